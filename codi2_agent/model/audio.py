@@ -1,0 +1,104 @@
+"""Log-mel spectrograms with `torch.stft` and their inversion (Griffin-Lim), without torchaudio.
+
+The tiny audio encoder reads a log-mel "image"; the tiny audio decoder generates one and
+`MelSpectrogram.invert` turns it back into a waveform.
+
+Example:
+    >>> import torch
+    >>> mel = MelSpectrogram(sample_rate=16000, n_fft=512, hop_length=256, n_mels=32, num_frames=64)
+    >>> mel(torch.zeros(2, 16000)).shape
+    torch.Size([2, 1, 32, 64])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["MelSpectrogram", "mel_filterbank"]
+
+
+def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
+    return 2595.0 * torch.log10(1.0 + hz / 700.0)  # HTK formula
+
+
+def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None) -> torch.Tensor:
+    """Triangular HTK mel filters, (n_mels, n_fft // 2 + 1), each normalised to unit area."""
+    f_max = f_max or sample_rate / 2
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    mels = torch.linspace(float(_hz_to_mel(torch.tensor(f_min))), float(_hz_to_mel(torch.tensor(f_max))), n_mels + 2)
+    hz = _mel_to_hz(mels)
+    lower, centre, upper = hz[:-2, None], hz[1:-1, None], hz[2:, None]
+    up = (freqs[None] - lower) / (centre - lower)
+    down = (upper - freqs[None]) / (upper - centre)
+    fb = torch.clamp(torch.minimum(up, down), min=0.0)
+    return fb / fb.sum(dim=1, keepdim=True).clamp(min=1e-8)
+
+
+class MelSpectrogram(nn.Module):
+    """Waveform (B, N) -> normalised log-mel (B, 1, n_mels, num_frames) in roughly [-1, 1]."""
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_fft: int = 512,
+        hop_length: int = 256,
+        n_mels: int = 32,
+        num_frames: int = 64,
+        log_floor: float = 1e-4,
+        log_ceil: float = 1e2,
+    ) -> None:
+        super().__init__()
+        self.sample_rate, self.n_fft, self.hop_length = sample_rate, n_fft, hop_length
+        self.n_mels, self.num_frames = n_mels, num_frames
+        self.log_floor, self.log_ceil = log_floor, log_ceil
+        fb = mel_filterbank(sample_rate, n_fft, n_mels)
+        self.register_buffer("filters", fb, persistent=False)  # (M, F)
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        # Pseudo-inverse used to go back from mel to linear magnitudes before Griffin-Lim.
+        self.register_buffer("filters_pinv", torch.linalg.pinv(fb), persistent=False)  # (F, M)
+
+    @property
+    def num_samples(self) -> int:
+        return (self.num_frames - 1) * self.hop_length
+
+    def _normalise(self, log_mel: torch.Tensor) -> torch.Tensor:
+        lo, hi = math.log(self.log_floor), math.log(self.log_ceil)
+        return (log_mel - lo) / ((hi - lo) / 2) - 1.0  # [log_floor, log_ceil] -> [-1, 1]
+
+    def _denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = math.log(self.log_floor), math.log(self.log_ceil)
+        return (x + 1.0) * ((hi - lo) / 2) + lo
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(
+            waveform.float(), self.n_fft, self.hop_length, window=self.window, center=True, return_complex=True
+        ).abs()  # (B, F, T)
+        mel = self.filters @ spec  # (B, M, T)
+        log_mel = torch.log(mel.clamp(min=self.log_floor))
+        frames = log_mel.shape[-1]
+        if frames < self.num_frames:  # pad with silence
+            log_mel = nn.functional.pad(log_mel, (0, self.num_frames - frames), value=math.log(self.log_floor))
+        return self._normalise(log_mel[..., : self.num_frames]).unsqueeze(1).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def invert(self, mel_image: torch.Tensor, n_iter: int = 32) -> torch.Tensor:
+        """Normalised log-mel (B, 1, M, T) -> waveform (B, num_samples) by Griffin-Lim."""
+        mel = torch.exp(self._denormalise(mel_image.squeeze(1).float()))  # (B, M, T)
+        mag = (self.filters_pinv @ mel).clamp(min=0.0)  # (B, F, T)
+        gen = torch.Generator().manual_seed(0)  # fixed phase init: inversion is deterministic
+        angles = torch.exp(2j * math.pi * torch.rand(mag.shape, generator=gen)).to(torch.complex64)
+        length = self.num_samples
+        for _ in range(n_iter):
+            wav = torch.istft(mag * angles, self.n_fft, self.hop_length, window=self.window, length=length)
+            rebuilt = torch.stft(wav, self.n_fft, self.hop_length, window=self.window, return_complex=True)
+            angles = torch.exp(1j * torch.angle(rebuilt[..., : mag.shape[-1]]))
+        wav = torch.istft(mag * angles, self.n_fft, self.hop_length, window=self.window, length=length)
+        peak = wav.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
+        return torch.where(peak > 0.99, wav / peak * 0.99, wav)
