@@ -1,0 +1,169 @@
+"""Diffusion decoders: feature vectors (c_MLLM, or C_x(x) when training) -> images / audio.
+
+`TinyDiffusionDecoder` is ours: a diffusers `UNet2DModel` in pixel space (images) or log-mel space
+(audio, inverted by Griffin-Lim), conditioned on the feature twice — through the time embedding
+(`class_embed_type="identity"`) and as extra constant input channels — which the prototype in
+DESIGN.md §5 found to matter. v-prediction, DDPM training, DDIM sampling, classifier-free
+guidance from a learned null feature.
+
+Paper-scale decoders (`stable_unclip`, `audioldm2`) live in `paper_decoders.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import torch
+from torch import nn
+
+from codi2_agent.media import Media, Modality
+from codi2_agent.model.audio import MelSpectrogram
+from codi2_agent.model.configuration_codi2 import CoDi2Config, DecoderConfig
+
+__all__ = ["MediaDecoder", "ProgressCallback", "TinyDiffusionDecoder"]
+
+ProgressCallback = Callable[[int, int], None]  # (step, total)
+
+
+class MediaDecoder(nn.Module):
+    """Base: `loss(values, features)` (L_DM) and `decode(features, ...) -> list[Media]`."""
+
+    modality: Modality
+    pretrained: bool = False
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def loss(self, values: torch.Tensor, features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(
+        self,
+        features: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        callback: ProgressCallback | None = None,
+        prompt: str | None = None,
+    ) -> list[Media]:
+        raise NotImplementedError
+
+
+class TinyDiffusionDecoder(MediaDecoder):
+    """A small conditional UNet2DModel; images (3, S, S) or log-mel (1, M, T).
+
+    `features` are (B, K, D); the K vectors are flattened into one conditioning vector.
+    """
+
+    def __init__(self, cfg: DecoderConfig, config: CoDi2Config, modality: Modality, feature_dim: int,
+                 num_feature_tokens: int) -> None:
+        super().__init__(cfg)
+        from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+        self.modality = modality
+        cond_dim = feature_dim * num_feature_tokens
+        if modality is Modality.IMAGE:
+            self.mel: MelSpectrogram | None = None
+            self.channels, sample_size = 3, (config.image_size, config.image_size)
+        else:
+            self.mel = MelSpectrogram(config.sample_rate, n_mels=config.n_mels, num_frames=config.mel_frames)
+            self.channels, sample_size = 1, (config.n_mels, config.mel_frames)
+        self.sample_size = sample_size
+        time_dim = cfg.block_out_channels[0] * 4
+        n = len(cfg.block_out_channels)
+        self.unet = UNet2DModel(
+            sample_size=sample_size,
+            in_channels=self.channels + cfg.cond_channels,
+            out_channels=self.channels,
+            block_out_channels=cfg.block_out_channels,
+            layers_per_block=cfg.layers_per_block,
+            down_block_types=("DownBlock2D",) * n,
+            up_block_types=("UpBlock2D",) * n,
+            add_attention=False,  # attention at these sizes costs CPU time and bought nothing in the prototype
+            class_embed_type="identity",  # the conditioning vector is added to the time embedding
+            norm_num_groups=8,
+        )
+        self.cond_to_time = nn.Sequential(nn.Linear(cond_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self.cond_to_channels = nn.Linear(cond_dim, cfg.cond_channels)
+        self.null_cond = nn.Parameter(torch.zeros(cond_dim))  # classifier-free guidance's "no condition"
+        sched = dict(num_train_timesteps=cfg.num_train_timesteps, prediction_type=cfg.prediction_type,
+                     beta_schedule="squaredcos_cap_v2", clip_sample=False)
+        self.train_scheduler = DDPMScheduler(**sched)
+        self.sample_scheduler = DDIMScheduler(**sched, set_alpha_to_one=True)
+
+    # --- shared pieces ----------------------------------------------------------------------------
+    def to_space(self, values: torch.Tensor) -> torch.Tensor:
+        """Processor tensors -> the space the UNet denoises: pixels as they are, audio as log-mel."""
+        return self.mel(values) if self.mel is not None else values
+
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        extra = self.cond_to_channels(cond)[:, :, None, None].expand(b, -1, h, w)  # (B, Cc, H, W)
+        return self.unet(torch.cat([x, extra], dim=1), t, class_labels=self.cond_to_time(cond)).sample
+
+    # --- training ---------------------------------------------------------------------------------
+    def loss(self, values: torch.Tensor, features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x0 = self.to_space(values)  # (B, C, H, W)
+        cond = features.flatten(1)  # (B, K*D)
+        drop = torch.rand(cond.shape[0], 1, device=cond.device, generator=generator) < self.cfg.cond_dropout
+        cond = torch.where(drop, self.null_cond.expand_as(cond), cond)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        t = torch.randint(0, self.cfg.num_train_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        noisy = self.train_scheduler.add_noise(x0, noise, t)
+        if self.cfg.prediction_type == "v_prediction":
+            target = self.train_scheduler.get_velocity(x0, noise, t)
+        else:
+            target = noise
+        return nn.functional.mse_loss(self._unet(noisy, t, cond), target)
+
+    # --- sampling ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        features: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        callback: ProgressCallback | None = None,
+    ) -> torch.Tensor:
+        """Features (B, K, D) -> samples (B, C, H, W) in the decoder's space, in [-1, 1]."""
+        steps = num_inference_steps or self.cfg.num_inference_steps
+        scale = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
+        cond = features.flatten(1).to(self.null_cond.dtype)
+        b = cond.shape[0]
+        scheduler = self.sample_scheduler
+        scheduler.set_timesteps(steps)
+        x = torch.randn((b, self.channels, *self.sample_size), generator=generator).to(cond.device)
+        for i, t in enumerate(scheduler.timesteps):
+            tt = t.expand(b).to(cond.device)
+            if scale != 1.0:
+                both = self._unet(torch.cat([x, x]), torch.cat([tt, tt]),
+                                  torch.cat([cond, self.null_cond.expand_as(cond)]))
+                pred_cond, pred_null = both.chunk(2)
+                pred = pred_null + scale * (pred_cond - pred_null)
+            else:
+                pred = self._unet(x, tt, cond)
+            x = scheduler.step(pred, t, x).prev_sample
+            if callback is not None:
+                callback(i + 1, steps)
+        return x.clamp(-1.0, 1.0)
+
+    def decode(
+        self,
+        features: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        callback: ProgressCallback | None = None,
+        prompt: str | None = None,
+    ) -> list[Media]:
+        x = self.sample(features, generator=generator, num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale, callback=callback)
+        if self.mel is None:
+            pixels = ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+            return [Media.from_image(p.cpu().numpy()) for p in pixels]
+        wav = self.mel.invert(x.cpu())
+        return [Media.from_audio(w.numpy(), self.mel.sample_rate) for w in wav]

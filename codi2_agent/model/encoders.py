@@ -1,0 +1,229 @@
+"""Media encoders C_x: media tensors -> feature vectors in the space the decoders are conditioned on.
+
+Every encoder maps a batch from `CoDi2Processor.media_tensor` to `(B, num_feature_tokens, D)`.
+The same features serve three roles, as in CoDi-2: LM input (through the projector), the
+regression target for `c_MLLM`, and the memory's embedding space.
+
+- `TinyImageEncoder` / `TinyAudioEncoder`: small CNNs (audio reads a log-mel image); ours, trained.
+- `ClipImageEncoder`: transformers' `CLIPVisionModelWithProjection`, i.e. the OpenCLIP-H image tower
+  that SD-2.1-unCLIP-H is conditioned on (its `image_encoder` subfolder).
+- `ClapAudioEncoder`: transformers' `ClapModel` audio tower (AudioLDM-2's own CLAP), pooled and
+  expanded to the 8 x 768 sequence AudioLDM-2's UNet reads.
+- `ImageBindEncoder`: the paper's encoder; optional (CC BY-NC-SA), imported lazily.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from codi2_agent.media import Modality
+from codi2_agent.model.audio import MelSpectrogram
+from codi2_agent.model.configuration_codi2 import CoDi2Config, EncoderConfig
+
+__all__ = [
+    "ClapAudioEncoder",
+    "ClipImageEncoder",
+    "ImageBindEncoder",
+    "MediaEncoder",
+    "TinyAudioEncoder",
+    "TinyImageEncoder",
+    "build_encoder",
+]
+
+
+class MediaEncoder(nn.Module):
+    """Base: `forward(values) -> (B, num_feature_tokens, feature_dim)`."""
+
+    modality: Modality
+    pretrained: bool = False  # True: weights live in their own subfolder (transformers layout)
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.feature_dim = cfg.feature_dim
+        self.num_feature_tokens = cfg.num_feature_tokens
+
+
+def _conv_stack(in_channels: int, channels: tuple[int, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for out_channels in channels:
+        layers += [
+            nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1),
+            nn.GroupNorm(8, out_channels),
+            nn.SiLU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            nn.GroupNorm(8, out_channels),
+            nn.SiLU(),
+        ]
+        in_channels = out_channels
+    return nn.Sequential(*layers)
+
+
+class TinyImageEncoder(MediaEncoder):
+    """(B, 3, S, S) in [-1, 1] -> (B, 1, D). Strided CNN, global mean+max pool, linear."""
+
+    modality = Modality.IMAGE
+
+    def __init__(self, cfg: EncoderConfig, config: CoDi2Config) -> None:
+        super().__init__(cfg)
+        self.body = _conv_stack(3, cfg.channels)
+        self.out = nn.Linear(2 * cfg.channels[-1], cfg.feature_dim)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        h = self.body(values)  # (B, C, S/8, S/8)
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 2C)
+        return self.out(pooled).unsqueeze(1)  # (B, 1, D)
+
+
+class TinyAudioEncoder(MediaEncoder):
+    """(B, N) waveform -> log-mel (B, 1, M, T) -> CNN -> (B, 1, D)."""
+
+    modality = Modality.AUDIO
+
+    def __init__(self, cfg: EncoderConfig, config: CoDi2Config) -> None:
+        super().__init__(cfg)
+        self.mel = MelSpectrogram(config.sample_rate, n_mels=config.n_mels, num_frames=config.mel_frames)
+        self.body = _conv_stack(1, cfg.channels)
+        self.out = nn.Linear(2 * cfg.channels[-1], cfg.feature_dim)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        h = self.body(self.mel(values))  # (B, C, M/8, T/8)
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 2C)
+        return self.out(pooled).unsqueeze(1)  # (B, 1, D)
+
+
+class ClipImageEncoder(MediaEncoder):
+    """unCLIP's CLIP-H image tower: (B, 3, S, S) in [-1, 1] -> (B, 1, 1024) `image_embeds`."""
+
+    modality = Modality.IMAGE
+    pretrained = True
+
+    def __init__(self, cfg: EncoderConfig, config: CoDi2Config, model: Any) -> None:
+        super().__init__(cfg)
+        self.model = model
+        size = model.config.image_size
+        self.size = size
+        self.register_buffer("mean", torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1), False)
+
+    @classmethod
+    def load(cls, cfg: EncoderConfig, config: CoDi2Config, path: Path) -> ClipImageEncoder:
+        from transformers import CLIPVisionModelWithProjection
+
+        return cls(cfg, config, CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True))
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.interpolate((values + 1) / 2, size=(self.size, self.size), mode="bicubic",
+                                      align_corners=False)
+        x = (x - self.mean) / self.std  # CLIP normalisation, done in torch so it stays differentiable
+        return self.model(pixel_values=x.to(self.model.dtype)).image_embeds.unsqueeze(1)  # (B, 1, 1024)
+
+    def save(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+
+
+class ClapAudioEncoder(MediaEncoder):
+    """AudioLDM-2's CLAP audio tower: waveform -> pooled 512-d embed -> (B, K, 768) via a learned map.
+
+    AudioLDM-2's UNet reads a sequence of K x 768 "generated prompt embeds"; the linear expansion is
+    part of this encoder (saved in `expand.safetensors`) so C_x(x) lives in that space.
+    """
+
+    modality = Modality.AUDIO
+    pretrained = True
+
+    def __init__(self, cfg: EncoderConfig, config: CoDi2Config, model: Any, feature_extractor: Any) -> None:
+        super().__init__(cfg)
+        self.model, self.feature_extractor = model, feature_extractor
+        self.sample_rate = config.sample_rate
+        width = model.config.projection_dim
+        self.expand = nn.Linear(width, cfg.num_feature_tokens * cfg.feature_dim)
+
+    @classmethod
+    def load(cls, cfg: EncoderConfig, config: CoDi2Config, path: Path) -> ClapAudioEncoder:
+        from safetensors.torch import load_file
+        from transformers import ClapFeatureExtractor, ClapModel
+
+        enc = cls(cfg, config, ClapModel.from_pretrained(path, local_files_only=True),
+                  ClapFeatureExtractor.from_pretrained(path, local_files_only=True))
+        expand = path / "expand.safetensors"
+        if expand.is_file():
+            enc.expand.load_state_dict(load_file(expand))
+        return enc
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        target = self.feature_extractor.sampling_rate
+        wav = values.detach().cpu().numpy()
+        if target != self.sample_rate:
+            g = gcd(target, self.sample_rate)
+            wav = resample_poly(wav, target // g, self.sample_rate // g, axis=-1)
+        feats = self.feature_extractor(list(wav), sampling_rate=target, return_tensors="pt")
+        emb = self.model.get_audio_features(input_features=feats["input_features"].to(values.device))  # (B, P)
+        emb = getattr(emb, "pooler_output", emb)
+        return self.expand(emb).view(values.shape[0], self.num_feature_tokens, self.feature_dim)
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        self.model.save_pretrained(path)
+        self.feature_extractor.save_pretrained(path)
+        save_file({k: v.contiguous() for k, v in self.expand.state_dict().items()}, path / "expand.safetensors")
+
+
+class ImageBindEncoder(MediaEncoder):
+    """The paper's ImageBind-huge (image or audio). Not a dependency: its licence is CC BY-NC-SA 4.0."""
+
+    pretrained = True
+
+    def __init__(self, cfg: EncoderConfig, config: CoDi2Config, modality: Modality, path: Path) -> None:
+        super().__init__(cfg)
+        try:
+            from imagebind.models import imagebind_model  # type: ignore[import-not-found]
+        except ImportError as e:
+            raise ImportError(
+                "the 'imagebind' encoder needs the ImageBind package (CC BY-NC-SA 4.0, non-commercial): "
+                "pip install git+https://github.com/facebookresearch/ImageBind, or use the 'clip_vision' / "
+                "'clap_audio' encoders of the paper preset"
+            ) from e
+        self.modality = modality
+        weights = path / "imagebind_huge.pth"
+        if not weights.is_file():
+            raise FileNotFoundError(f"ImageBind weights missing: expected {weights}")
+        self.model = imagebind_model.imagebind_huge(pretrained=False)
+        self.model.load_state_dict(torch.load(weights, map_location="cpu"))
+        self.key = "vision" if modality is Modality.IMAGE else "audio"
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        return self.model({self.key: values})[self.key].unsqueeze(1)  # (B, 1, 1024)
+
+
+_TINY = {"tiny_image": TinyImageEncoder, "tiny_audio": TinyAudioEncoder}
+_PRETRAINED: dict[str, Any] = {"clip_vision": ClipImageEncoder, "clap_audio": ClapAudioEncoder}
+
+
+def build_encoder(cfg: EncoderConfig, config: CoDi2Config, modality: Modality, folder: Path | None) -> MediaEncoder:
+    """Build the encoder `cfg.kind` names; pretrained kinds load from `folder / cfg.subfolder`."""
+    if cfg.kind in _TINY:
+        enc: MediaEncoder = _TINY[cfg.kind](cfg, config)
+    elif cfg.kind in _PRETRAINED or cfg.kind == "imagebind":
+        if folder is None or cfg.subfolder is None:
+            raise ValueError(f"encoder kind {cfg.kind!r} loads pretrained weights: give a model folder")
+        path = folder / cfg.subfolder
+        if cfg.kind == "imagebind":
+            enc = ImageBindEncoder(cfg, config, modality, path)
+        else:
+            enc = _PRETRAINED[cfg.kind].load(cfg, config, path)
+    else:
+        raise ValueError(f"unknown encoder kind {cfg.kind!r}; expected one of "
+                         f"{sorted([*_TINY, *_PRETRAINED, 'imagebind'])}")
+    if enc.modality is not modality:
+        raise ValueError(f"encoder kind {cfg.kind!r} encodes {enc.modality.value}, not {modality.value}")
+    return enc

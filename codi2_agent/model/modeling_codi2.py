@@ -1,0 +1,469 @@
+"""`CoDi2Model`: encoders -> projector -> causal LM -> output head -> diffusion decoders.
+
+Reading order: projector and output head, the output type, then the model — embedding
+(placeholder check + `masked_scatter`), `forward` (the paper's loss), `generate`, and
+`save_pretrained` / `from_pretrained`.
+
+On-disk layout (both presets; the same loading code):
+    config.json              CoDi2Config
+    tokenizer/               tokenizer files (with the CoDi-2 special tokens)
+    language_model/          transformers LlamaForCausalLM (config.json + model.safetensors)
+    codi2.safetensors        projectors, output heads, and every non-pretrained encoder/decoder
+    <subfolder>/             pretrained encoders/decoders (paper preset): CLIP, CLAP, unCLIP, AudioLDM-2
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from codi2_agent.media import Media, MediaError, Modality
+from codi2_agent.model.configuration_codi2 import CONFIG_NAME, CoDi2Config
+from codi2_agent.model.decoders import MediaDecoder, ProgressCallback, TinyDiffusionDecoder
+from codi2_agent.model.encoders import MediaEncoder, build_encoder
+from codi2_agent.model.processing_codi2 import (
+    GEN,
+    MARKER,
+    PLACEHOLDER,
+    SPECIAL_TOKENS,
+    CoDi2Processor,
+    Turn,
+    build_tokenizer,
+)
+
+__all__ = ["CoDi2Model", "CoDi2Output", "GenerationOutput", "PlaceholderMismatchError", "WeightsNotFoundError"]
+
+WEIGHTS_NAME = "codi2.safetensors"
+TOKENIZER_FOLDER = "tokenizer"
+MODALITIES = (Modality.IMAGE, Modality.AUDIO)
+OutputKind = Literal["auto", "text", "image", "audio"]
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A model folder that is missing, or lacks files or tensors the config needs."""
+
+
+class PlaceholderMismatchError(ValueError):
+    """The number of media placeholder tokens does not match the media given."""
+
+
+# --- small modules ----------------------------------------------------------------------------------
+def build_projector(kind: str, in_dim: int, width: int, num_tokens: int) -> nn.Module:
+    """Input projector factory (keyed by name, as LLaVA does): (B, F*D) -> (B, N*H)."""
+    if kind == "linear":
+        return nn.Linear(in_dim, width * num_tokens)
+    if kind == "mlp2x_gelu_ln":  # CoDi-2: Linear, GELU, LayerNorm, Linear
+        return nn.Sequential(nn.Linear(in_dim, width), nn.GELU(), nn.LayerNorm(width),
+                             nn.Linear(width, width * num_tokens))
+    raise ValueError(f"unknown projector_type {kind!r}; expected 'linear' or 'mlp2x_gelu_ln'")
+
+
+class OutputHead(nn.Module):
+    """LM hidden states at the K gen positions (B, K, H) -> c_MLLM (B, K, D)."""
+
+    def __init__(self, width: int, feature_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, feature_dim))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net(hidden)
+
+
+@dataclass
+class CoDi2Output:
+    """`forward`'s result. `loss = alpha * loss_feature + w * loss_diffusion + loss_text`."""
+
+    loss: torch.Tensor
+    loss_text: torch.Tensor
+    loss_feature: torch.Tensor
+    loss_diffusion: torch.Tensor
+    logits: torch.Tensor
+    features: dict[Modality, torch.Tensor] = field(default_factory=dict)  # c_MLLM per output modality
+
+
+@dataclass
+class GenerationOutput:
+    """`generate`'s result: the text answer and any generated media (with its c_MLLM features)."""
+
+    text: str
+    media: list[Media] = field(default_factory=list)
+    features: torch.Tensor | None = None  # (K, D) c_MLLM of the generated medium
+    modality: Modality = Modality.TEXT
+
+    @property
+    def image(self) -> Media | None:
+        return next((m for m in self.media if m.modality is Modality.IMAGE), None)
+
+    @property
+    def audio(self) -> Media | None:
+        return next((m for m in self.media if m.modality is Modality.AUDIO), None)
+
+
+class CoDi2Model(nn.Module):
+    """CoDi-2 as one module. Build with `from_config` (random weights) or `from_pretrained` (a folder)."""
+
+    def __init__(
+        self,
+        config: CoDi2Config,
+        tokenizer: Any,
+        lm: nn.Module,
+        encoders: dict[Modality, MediaEncoder],
+        decoders: dict[Modality, MediaDecoder],
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.lm = lm
+        width = lm.config.hidden_size
+        self.encoders = nn.ModuleDict({m.value: encoders[m] for m in MODALITIES})
+        self.decoders = nn.ModuleDict({m.value: decoders[m] for m in MODALITIES})
+        self.projectors = nn.ModuleDict({
+            m.value: build_projector(config.projector_type, enc.feature_dim * enc.num_feature_tokens, width,
+                                     config.num_media_tokens)
+            for m, enc in encoders.items()
+        })
+        self.output_heads = nn.ModuleDict({m.value: OutputHead(width, enc.feature_dim) for m, enc in encoders.items()})
+        self.processor = CoDi2Processor(
+            tokenizer,
+            image_size=config.image_size,
+            sample_rate=config.sample_rate,
+            audio_num_samples=config.audio_num_samples,
+            num_media_tokens=config.num_media_tokens,
+            num_output_tokens={m: encoders[m].num_feature_tokens for m in MODALITIES},
+            max_length=config.max_length,
+        )
+        self._ids = {t: self.processor.token_id(t) for t in SPECIAL_TOKENS}
+
+    # --- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: CoDi2Config, tokenizer: Any = None, *, seed: int | None = None) -> CoDi2Model:
+        """Random weights (tiny preset). A seed makes them reproducible."""
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        if any(c.kind not in ("tiny_image", "tiny_audio", "tiny_diffusion")
+               for c in (config.image_encoder, config.audio_encoder, config.image_decoder, config.audio_decoder)):
+            raise ValueError("from_config builds tiny components only; load pretrained ones with from_pretrained")
+        if seed is not None:
+            torch.manual_seed(seed)
+        tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
+        lm_config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **config.lm,
+        )
+        lm = LlamaForCausalLM(lm_config)
+        encoders = {
+            Modality.IMAGE: build_encoder(config.image_encoder, config, Modality.IMAGE, None),
+            Modality.AUDIO: build_encoder(config.audio_encoder, config, Modality.AUDIO, None),
+        }
+        decoders = {m: _tiny_decoder(config, m, encoders[m]) for m in MODALITIES}
+        return cls(config, tokenizer, lm, encoders, decoders)
+
+    def num_parameters(self, part: str | None = None) -> int:
+        module = self if part is None else getattr(self, part)
+        return sum(p.numel() for p in module.parameters())
+
+    # --- embedding --------------------------------------------------------------------------------
+    def encode_media(self, modality: Modality | str, values: torch.Tensor) -> torch.Tensor:
+        """C_x: processor tensors -> (B, K, D) features."""
+        return self.encoders[Modality.parse(modality).value](values)
+
+    def embed(self, input_ids: torch.Tensor, media_values: dict[Modality, torch.Tensor]) -> torch.Tensor:
+        """Token embeddings with projected media features written into their placeholders."""
+        embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
+        for modality in MODALITIES:
+            mask = input_ids == self._ids[PLACEHOLDER[modality]]  # (B, T)
+            values = media_values.get(modality)
+            n_media = 0 if values is None else values.shape[0]
+            expected = n_media * self.config.num_media_tokens
+            if int(mask.sum()) != expected:
+                raise PlaceholderMismatchError(
+                    f"{int(mask.sum())} {PLACEHOLDER[modality]} placeholder tokens but {n_media} {modality.value} "
+                    f"input(s) x {self.config.num_media_tokens} tokens each = {expected}"
+                )
+            if values is None or n_media == 0:
+                continue
+            feats = self.encode_media(modality, values)  # (N, K, D)
+            proj = self.projectors[modality.value](feats.flatten(1))  # (N, T_m * H)
+            proj = proj.reshape(-1, embeds.shape[-1]).to(embeds.dtype)  # (N * T_m, H)
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), proj)
+        return embeds
+
+    def _media_inputs(self, batch: dict[str, Any], prefix: str = "") -> dict[Modality, torch.Tensor]:
+        return {m: batch[f"{prefix}{m.value}_values"] for m in MODALITIES if batch.get(f"{prefix}{m.value}_values") is not None}
+
+    # --- training forward -------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        image_values: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+        output_image_values: torch.Tensor | None = None,
+        output_audio_values: torch.Tensor | None = None,
+        compute_diffusion_loss: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> CoDi2Output:
+        """The paper's loss: `alpha * MSE(c_MLLM, C_x(target)) + w * L_DM + L_t`.
+
+        `output_*_values` are the targets of the gen blocks, in order. L_DM is conditioned on c_MLLM
+        when `config.diffusion_loss_into_lm` (gradients reach the LM, as in the paper), otherwise on
+        C_x(target) (the decoder learns as an autoencoder of encoder features).
+        """
+        inputs = {m: v for m, v in ((Modality.IMAGE, image_values), (Modality.AUDIO, audio_values)) if v is not None}
+        targets = {m: v for m, v in ((Modality.IMAGE, output_image_values), (Modality.AUDIO, output_audio_values))
+                   if v is not None}
+        embeds = self.embed(input_ids, inputs)
+        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, output_hidden_states=True)
+        zero = embeds.new_zeros(())
+        loss_text = out.loss if labels is not None and out.loss is not None else zero
+        hidden = out.hidden_states[-1]  # (B, T, H)
+        loss_feature, loss_diffusion, features = zero, zero, {}
+        for modality in MODALITIES:
+            gen_mask = input_ids == self._ids[GEN[modality]]  # (B, T)
+            k = self.encoders[modality.value].num_feature_tokens
+            n_blocks = int(gen_mask.sum()) // k
+            target_values = targets.get(modality)
+            n_targets = 0 if target_values is None else target_values.shape[0]
+            if n_blocks != n_targets or int(gen_mask.sum()) % k:
+                raise PlaceholderMismatchError(
+                    f"{int(gen_mask.sum())} {GEN[modality]} tokens ({k} per block) but {n_targets} "
+                    f"{modality.value} target(s)"
+                )
+            if target_values is None or n_targets == 0:
+                continue
+            c_mllm = self.output_heads[modality.value](hidden[gen_mask].view(n_targets, k, -1))  # (M, K, D)
+            with torch.no_grad():
+                c_target = self.encode_media(modality, target_values)  # (M, K, D)
+            features[modality] = c_mllm
+            loss_feature = loss_feature + nn.functional.mse_loss(c_mllm, c_target)
+            if compute_diffusion_loss and self.config.diffusion_loss_weight > 0:
+                cond = c_mllm if self.config.diffusion_loss_into_lm else c_target
+                loss_diffusion = loss_diffusion + self.decoders[modality.value].loss(target_values, cond, generator)
+        loss = self.config.alpha * loss_feature + self.config.diffusion_loss_weight * loss_diffusion + loss_text
+        return CoDi2Output(loss, loss_text, loss_feature, loss_diffusion, out.logits, features)
+
+    # --- generation -------------------------------------------------------------------------------
+    def _turns(self, inputs: Sequence[Any]) -> list[Any]:
+        if not inputs:
+            raise ValueError("generate needs at least one input (text or media)")
+        if all(hasattr(x, "role") and hasattr(x, "content") for x in inputs):
+            return list(inputs)  # already a conversation
+        return [Turn("user", list(inputs))]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: Sequence[str | Media] | Sequence[Any],
+        output: OutputKind | Modality = "auto",
+        *,
+        seed: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        max_new_tokens: int = 64,
+        callback: ProgressCallback | None = None,
+    ) -> GenerationOutput:
+        """Answer an interleaved prompt (or a conversation of turns) with text and/or media.
+
+        `output="auto"` follows the model: it writes text and, if it emits a generation marker
+        (`<boi>` / `<boa>`), the medium that follows. `"text"` forbids markers; `"image"` /
+        `"audio"` start the answer with that marker. Decoding is greedy; `seed` fixes the
+        diffusion noise, so equal inputs and seed give equal outputs.
+
+        Example:
+            >>> model = CoDi2Model.from_config(CoDi2Config.tiny(), seed=0)
+            >>> model.generate(["draw a red star"], output="image", num_inference_steps=2).image.image.size
+            (32, 32)
+        """
+        # 1. Check inputs and build the prompt
+        kind = str(output.value if isinstance(output, Modality) else output)
+        if kind not in ("auto", "text", "image", "audio"):
+            raise ValueError(f"output must be 'auto', 'text', 'image' or 'audio', got {output!r}")
+        self.eval()
+        device = self.lm.get_input_embeddings().weight.device
+        enc = self.processor.encode(self._turns(inputs))
+        values = {m: self.processor.media_tensor(m, media).to(device) for m, media in enc.input_media.items()}
+        ids = enc.input_ids[None].to(device)  # (1, T)
+        # 2. Read the prompt (and, for a forced modality, its marker)
+        target: Modality | None = None if kind in ("auto", "text") else Modality(kind)
+        if target is not None:
+            ids = torch.cat([ids, ids.new_tensor([[self._ids[MARKER[target]]]])], dim=1)
+        out = self.lm(inputs_embeds=self.embed(ids, values), use_cache=True)
+        past = out.cache
+        # 3. Decode text greedily until </s> or a generation marker
+        text_ids: list[int] = []
+        if target is None:
+            banned = self._banned_ids(allow_markers=kind == "auto")
+            logits = out.logits[:, -1]
+            for _ in range(max_new_tokens):
+                logits[:, banned] = float("-inf")
+                nxt = int(logits.argmax(-1))
+                if nxt == self.tokenizer.eos_token_id:
+                    break
+                marker = next((m for m in MODALITIES if nxt == self._ids[MARKER[m]]), None)
+                step = self.lm(input_ids=ids.new_tensor([[nxt]]), cache=past, use_cache=True)
+                past, logits = step.cache, step.logits[:, -1]
+                if marker is not None:
+                    target = marker
+                    break
+                text_ids.append(nxt)
+        text = self.processor.decode(text_ids)
+        if target is None:
+            return GenerationOutput(text=text)
+        # 4. Feed the K gen tokens; their last hidden states are c_MLLM's source
+        k = self.encoders[target.value].num_feature_tokens
+        gen_ids = ids.new_full((1, k), self._ids[GEN[target]])
+        step = self.lm(input_ids=gen_ids, cache=past, use_cache=True, output_hidden_states=True)
+        c_mllm = self.output_heads[target.value](step.hidden_states[-1])  # (1, K, D)
+        # 5. Decode the medium
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        media = self.decoders[target.value].decode(
+            c_mllm, generator=generator, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, callback=callback, prompt=text or None,
+        )
+        return GenerationOutput(text=text, media=media, features=c_mllm[0], modality=target)
+
+    def _banned_ids(self, allow_markers: bool) -> list[int]:
+        banned = [self._ids[t] for t in (*PLACEHOLDER.values(), *GEN.values())]
+        banned += [self.tokenizer.pad_token_id, self.tokenizer.bos_token_id]
+        if not allow_markers:
+            banned += [self._ids[t] for t in MARKER.values()]
+        return banned
+
+    @torch.no_grad()
+    def embed_media(self, media: Sequence[Media]) -> torch.Tensor:
+        """C_x features of images/audio, pooled to one vector each: (N, D). Used by the memory."""
+        out = []
+        for m in media:
+            if m.modality is Modality.TEXT:
+                raise MediaError("embed_media takes images and audio; use embed_text for text")
+            values = self.processor.media_tensor(m.modality, [m])
+            out.append(self.encode_media(m.modality, values).mean(dim=1)[0])
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def embed_text(self, texts: Sequence[str], modality: Modality | str = Modality.IMAGE) -> torch.Tensor:
+        """Text -> (N, D) in `modality`'s feature space: the c_MLLM the model predicts for it.
+
+        This is CoDi-2's own text-to-media path, stopped before the decoder, so a text query and
+        the stored media embeddings are comparable.
+        """
+        modality = Modality.parse(modality)
+        self.eval()
+        device = self.lm.get_input_embeddings().weight.device
+        out = []
+        for text in texts:
+            enc = self.processor.encode([Turn("user", [text])])
+            ids = torch.cat([enc.input_ids, torch.tensor(self.processor.gen_block(modality))])[None].to(device)
+            hidden = self.lm(inputs_embeds=self.embed(ids, {}), output_hidden_states=True).hidden_states[-1]
+            k = self.encoders[modality.value].num_feature_tokens
+            out.append(self.output_heads[modality.value](hidden[:, -k:]).mean(dim=1)[0])
+        return torch.stack(out)
+
+    # --- persistence ------------------------------------------------------------------------------
+    def _tiny_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything not saved in a subfolder of its own (LM and pretrained components are)."""
+        skip = ["lm."] + [f"{kind}.{m.value}." for kind, parts in (("encoders", self.encoders), ("decoders", self.decoders))
+                          for m in MODALITIES if getattr(parts[m.value], "pretrained", False)]
+        return {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
+                if not any(k.startswith(s) for s in skip)}
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write config, tokenizer, LM and weights (safetensors) to `folder`."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.to_json_file(folder / CONFIG_NAME)
+        self.tokenizer.save_pretrained(folder / TOKENIZER_FOLDER)
+        self.lm.save_pretrained(folder / self.config.lm_subfolder, safe_serialization=True)
+        for kind, parts in (("encoder", self.encoders), ("decoder", self.decoders)):
+            for m in MODALITIES:
+                part = parts[m.value]
+                if getattr(part, "pretrained", False):
+                    part.save(folder / getattr(self.config, f"{m.value}_{kind}").subfolder)
+        save_file(self._tiny_state_dict(), folder / WEIGHTS_NAME, metadata={"format": "pt", "preset": self.config.preset})
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, *, device: str | torch.device = "cpu",
+                        torch_dtype: torch.dtype | None = None) -> CoDi2Model:
+        """Load a model folder written by `save_pretrained` (local files only; never a hub call)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer, LlamaForCausalLM
+
+        folder = Path(folder).expanduser()
+        # 1. Check the folder before loading anything
+        if not folder.is_dir():
+            raise WeightsNotFoundError(f"model folder {folder} does not exist")
+        config_path = folder / CONFIG_NAME
+        if not config_path.is_file():
+            raise WeightsNotFoundError(f"model folder {folder} is incomplete: missing {CONFIG_NAME}")
+        config = CoDi2Config.from_json_file(config_path)
+        needed = [TOKENIZER_FOLDER, config.lm_subfolder, WEIGHTS_NAME]
+        for part in (config.image_encoder, config.audio_encoder, config.image_decoder, config.audio_decoder):
+            if part.subfolder is not None:
+                needed.append(part.subfolder)
+        missing = [name for name in needed if not (folder / name).exists()]
+        if missing:
+            raise WeightsNotFoundError(f"model folder {folder} is incomplete: missing {', '.join(missing)}")
+        # 2. Build the components
+        tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_FOLDER, local_files_only=True)
+        try:
+            lm = LlamaForCausalLM.from_pretrained(folder / config.lm_subfolder, local_files_only=True,
+                                                  dtype=torch_dtype or torch.float32)
+        except OSError as e:
+            raise WeightsNotFoundError(f"cannot load the language model from {folder / config.lm_subfolder}: {e}") from None
+        encoders = {
+            Modality.IMAGE: build_encoder(config.image_encoder, config, Modality.IMAGE, folder),
+            Modality.AUDIO: build_encoder(config.audio_encoder, config, Modality.AUDIO, folder),
+        }
+        decoders = {m: _build_decoder(config, m, encoders[m], folder) for m in MODALITIES}
+        model = cls(config, tokenizer, lm, encoders, decoders)
+        # 3. Load our own weights strictly: a missing tensor is an incomplete checkpoint, not a silent init
+        try:
+            state = load_file(folder / WEIGHTS_NAME)
+        except (SafetensorError, OSError) as e:
+            raise WeightsNotFoundError(f"{folder / WEIGHTS_NAME} is not a readable safetensors file: {e}") from None
+        expected = model._tiny_state_dict()
+        missing_keys = sorted(set(expected) - set(state))
+        if missing_keys:
+            shown = ", ".join(missing_keys[:5]) + (" ..." if len(missing_keys) > 5 else "")
+            raise WeightsNotFoundError(f"{folder / WEIGHTS_NAME} lacks {len(missing_keys)} tensors: {shown}")
+        unexpected = sorted(set(state) - set(expected))
+        if unexpected:
+            raise ValueError(f"{folder / WEIGHTS_NAME} has tensors this config does not use: {unexpected[:5]}")
+        model.load_state_dict(state, strict=False)
+        return model.to(device).eval()
+
+    def identity(self) -> str:
+        """A short name for this model's feature space (recorded by the memory)."""
+        return json.dumps({"preset": self.config.preset, "image": self.config.image_encoder.kind,
+                           "audio": self.config.audio_encoder.kind}, sort_keys=True)
+
+
+def _tiny_decoder(config: CoDi2Config, modality: Modality, encoder: MediaEncoder) -> MediaDecoder:
+    cfg = config.image_decoder if modality is Modality.IMAGE else config.audio_decoder
+    return TinyDiffusionDecoder(cfg, config, modality, encoder.feature_dim, encoder.num_feature_tokens)
+
+
+def _build_decoder(config: CoDi2Config, modality: Modality, encoder: MediaEncoder, folder: Path) -> MediaDecoder:
+    cfg = config.image_decoder if modality is Modality.IMAGE else config.audio_decoder
+    if cfg.kind == "tiny_diffusion":
+        return _tiny_decoder(config, modality, encoder)
+    if cfg.kind not in ("stable_unclip", "audioldm2"):
+        raise ValueError(f"unknown decoder kind {cfg.kind!r}; expected 'tiny_diffusion', 'stable_unclip' or 'audioldm2'")
+    from codi2_agent.model.paper_decoders import build_paper_decoder
+
+    return build_paper_decoder(cfg, config, modality, folder)
+
