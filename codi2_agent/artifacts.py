@@ -112,7 +112,9 @@ class ArtifactStore:
         artifact_id = self.parse_id(ref)
         path = self.path(artifact_id)
         mime = _EXT_TO_MIME[path.suffix]
-        return MediaRef(id=artifact_id, uri=URI_SCHEME + artifact_id, modality=_MIME_TO_MODALITY[mime], mime=mime)
+        return MediaRef(
+            id=artifact_id, uri=URI_SCHEME + artifact_id, modality=_MIME_TO_MODALITY[mime], mime=mime
+        )
 
     def path(self, ref: MediaRef | str) -> Path:
         """The file holding an artifact; raises `ArtifactNotFoundError` if it is not stored."""

@@ -99,8 +99,14 @@ class MediaLimits:
 
 DEFAULT_LIMITS = MediaLimits()
 
-_IMAGE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "BMP": "image/bmp",
-               "GIF": "image/gif", "TIFF": "image/tiff"}
+_IMAGE_MIME = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "GIF": "image/gif",
+    "TIFF": "image/tiff",
+}
 _AUDIO_MIME = {"WAV": "audio/wav", "FLAC": "audio/flac", "OGG": "audio/ogg"}
 MIME_TO_EXT = {"image/png": ".png", "audio/wav": ".wav", "text/plain": ".txt"}
 
@@ -322,7 +328,11 @@ class Media:
         if self.modality is Modality.TEXT:
             return {"type": "text", "text": self.text}
         data, mime = self.to_bytes()
-        return {"type": self.modality.value, "base64": base64.b64encode(data).decode("ascii"), "mime_type": mime}
+        return {
+            "type": self.modality.value,
+            "base64": base64.b64encode(data).decode("ascii"),
+            "mime_type": mime,
+        }
 
     @classmethod
     def from_content_block(cls, block: dict[str, Any], *, limits: MediaLimits = DEFAULT_LIMITS) -> Media:
@@ -369,7 +379,9 @@ class Media:
             detail = f"{self.duration_s:.2f}s@{self.sample_rate}Hz"
         else:
             detail = repr(self.text[:40])
-        return f"Media({self.modality.value}, {detail}" + (f", caption={self.caption!r})" if self.caption else ")")
+        return f"Media({self.modality.value}, {detail}" + (
+            f", caption={self.caption!r})" if self.caption else ")"
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Media) or other.modality is not self.modality:
@@ -419,7 +431,9 @@ def _decode_image(data: bytes, limits: MediaLimits, where: str, caption: str | N
                 raise UnsupportedFormatError(f"{where}: image format {fmt} is not accepted")
             w, h = img.size
             if w * h > limits.max_pixels:  # checked on the header, before any pixel is decoded
-                raise MediaTooLargeError(f"{where}: {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}")
+                raise MediaTooLargeError(
+                    f"{where}: {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}"
+                )
             img.load()
     except MediaError:
         raise
@@ -439,7 +453,8 @@ def _decode_audio(data: bytes, limits: MediaLimits, where: str, caption: str | N
             raise UnsupportedFormatError(f"{where}: audio format {info.format} is not accepted")
         if info.frames / max(info.samplerate, 1) > limits.max_duration_s:
             raise MediaTooLargeError(
-                f"{where}: {info.frames / info.samplerate:.1f} s of audio; the limit is {limits.max_duration_s:.0f} s"
+                f"{where}: {info.frames / info.samplerate:.1f} s of audio; "
+                f"the limit is {limits.max_duration_s:.0f} s"
             )
         wav, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except MediaError:

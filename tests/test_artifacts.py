@@ -14,7 +14,12 @@ from codi2_agent.media import CorruptMediaError, Media, Modality
 def test_put_get_round_trip_and_dedup(tmp_path):
     store = ArtifactStore(tmp_path)
     ref = store.put(image(1), caption="noise", turn=2)
-    assert ref.modality is Modality.IMAGE and ref.mime == "image/png" and ref.caption == "noise" and ref.turn == 2
+    assert (
+        ref.modality is Modality.IMAGE
+        and ref.mime == "image/png"
+        and ref.caption == "noise"
+        and ref.turn == 2
+    )
     assert ref.id == image(1).sha256() and ref.uri == f"artifact://{ref.id}"
     assert store.get(ref) == image(1) and store.get(ref).caption == "noise"
     assert store.get(ref.uri) == image(1) and store.get(ref.id) == image(1)

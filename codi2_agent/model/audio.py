@@ -28,11 +28,15 @@ def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None) -> torch.Tensor:
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None
+) -> torch.Tensor:
     """Triangular HTK mel filters, (n_mels, n_fft // 2 + 1), each normalised to unit area."""
     f_max = f_max or sample_rate / 2
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    mels = torch.linspace(float(_hz_to_mel(torch.tensor(f_min))), float(_hz_to_mel(torch.tensor(f_max))), n_mels + 2)
+    mels = torch.linspace(
+        float(_hz_to_mel(torch.tensor(f_min))), float(_hz_to_mel(torch.tensor(f_max))), n_mels + 2
+    )
     hz = _mel_to_hz(mels)
     lower, centre, upper = hz[:-2, None], hz[1:-1, None], hz[2:, None]
     up = (freqs[None] - lower) / (centre - lower)
@@ -43,6 +47,10 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
 
 class MelSpectrogram(nn.Module):
     """Waveform (B, N) -> normalised log-mel (B, 1, n_mels, num_frames) in roughly [-1, 1]."""
+
+    filters: torch.Tensor
+    window: torch.Tensor
+    filters_pinv: torch.Tensor
 
     def __init__(
         self,
@@ -78,13 +86,20 @@ class MelSpectrogram(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(
-            waveform.float(), self.n_fft, self.hop_length, window=self.window, center=True, return_complex=True
+            waveform.float(),
+            self.n_fft,
+            self.hop_length,
+            window=self.window,
+            center=True,
+            return_complex=True,
         ).abs()  # (B, F, T)
         mel = self.filters @ spec  # (B, M, T)
         log_mel = torch.log(mel.clamp(min=self.log_floor))
         frames = log_mel.shape[-1]
         if frames < self.num_frames:  # pad with silence
-            log_mel = nn.functional.pad(log_mel, (0, self.num_frames - frames), value=math.log(self.log_floor))
+            log_mel = nn.functional.pad(
+                log_mel, (0, self.num_frames - frames), value=math.log(self.log_floor)
+            )
         return self._normalise(log_mel[..., : self.num_frames]).unsqueeze(1).clamp(-1.0, 1.0)
 
     @torch.no_grad()

@@ -37,6 +37,7 @@ class DecoderConfig:
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
     cond_channels: int = 4  # feature also projected into this many extra input channels
+    fold: int = 1  # pixel-unshuffle factor: denoise at 1/fold resolution with fold^2 x channels (CPU speed)
     num_train_timesteps: int = 1000
     prediction_type: str = "v_prediction"
     cond_dropout: float = 0.1  # classifier-free guidance: share of steps trained unconditioned
@@ -88,6 +89,12 @@ class CoDi2Config:
                 rms_norm_eps=1e-5,
                 tie_word_embeddings=True,
             ),
+            image_decoder=DecoderConfig(
+                "tiny_diffusion", block_out_channels=(64, 128, 128), layers_per_block=2, fold=2
+            ),
+            audio_decoder=DecoderConfig(
+                "tiny_diffusion", block_out_channels=(32, 64, 128), layers_per_block=1, fold=2
+            ),
         )
         return cfg.replace(**overrides)
 
@@ -107,11 +114,15 @@ class CoDi2Config:
             audio_num_samples=16000 * 10,
             num_media_tokens=1,
             image_encoder=EncoderConfig("clip_vision", feature_dim=1024, subfolder="image_encoder"),
-            audio_encoder=EncoderConfig("clap_audio", feature_dim=768, num_feature_tokens=8, subfolder="audio_encoder"),
-            image_decoder=DecoderConfig("stable_unclip", subfolder="image_decoder", num_inference_steps=20,
-                                        guidance_scale=7.5),
-            audio_decoder=DecoderConfig("audioldm2", subfolder="audio_decoder", num_inference_steps=100,
-                                        guidance_scale=3.5),
+            audio_encoder=EncoderConfig(
+                "clap_audio", feature_dim=768, num_feature_tokens=8, subfolder="audio_encoder"
+            ),
+            image_decoder=DecoderConfig(
+                "stable_unclip", subfolder="image_decoder", num_inference_steps=20, guidance_scale=7.5
+            ),
+            audio_decoder=DecoderConfig(
+                "audioldm2", subfolder="audio_decoder", num_inference_steps=100, guidance_scale=3.5
+            ),
             alpha=1.0,
             diffusion_loss_into_lm=True,
             max_length=4096,
@@ -144,11 +155,15 @@ class CoDi2Config:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown CoDi2Config fields: {sorted(unknown)}")
-        for name, sub in (("image_encoder", EncoderConfig), ("audio_encoder", EncoderConfig),
-                          ("image_decoder", DecoderConfig), ("audio_decoder", DecoderConfig)):
+        for name, sub in (
+            ("image_encoder", EncoderConfig),
+            ("audio_encoder", EncoderConfig),
+            ("image_decoder", DecoderConfig),
+            ("audio_decoder", DecoderConfig),
+        ):
             if name in data and isinstance(data[name], dict):
                 sub_data = {k: tuple(v) if isinstance(v, list) else v for k, v in data[name].items()}
-                data[name] = sub(**sub_data)
+                data[name] = sub(**sub_data)  # type: ignore[arg-type]
         return cls(**data)
 
     def to_json_file(self, path: str | Path) -> None:

@@ -12,6 +12,8 @@ Paper-scale decoders (`stable_unclip`, `audioldm2`) live in `paper_decoders.py`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -34,7 +36,9 @@ class MediaDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
 
-    def loss(self, values: torch.Tensor, features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self, values: torch.Tensor, features: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def decode(
@@ -56,8 +60,14 @@ class TinyDiffusionDecoder(MediaDecoder):
     `features` are (B, K, D); the K vectors are flattened into one conditioning vector.
     """
 
-    def __init__(self, cfg: DecoderConfig, config: CoDi2Config, modality: Modality, feature_dim: int,
-                 num_feature_tokens: int) -> None:
+    def __init__(
+        self,
+        cfg: DecoderConfig,
+        config: CoDi2Config,
+        modality: Modality,
+        feature_dim: int,
+        num_feature_tokens: int,
+    ) -> None:
         super().__init__(cfg)
         from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
@@ -69,10 +79,15 @@ class TinyDiffusionDecoder(MediaDecoder):
         else:
             self.mel = MelSpectrogram(config.sample_rate, n_mels=config.n_mels, num_frames=config.mel_frames)
             self.channels, sample_size = 1, (config.n_mels, config.mel_frames)
+        if sample_size[0] % cfg.fold or sample_size[1] % cfg.fold:
+            raise ValueError(f"decoder fold {cfg.fold} does not divide the sample size {sample_size}")
+        # Denoise a pixel-unshuffled (space-to-depth) tensor: same information, fold^2 fewer positions.
+        self.channels = self.channels * cfg.fold**2
+        sample_size = (sample_size[0] // cfg.fold, sample_size[1] // cfg.fold)
         self.sample_size = sample_size
         time_dim = cfg.block_out_channels[0] * 4
         n = len(cfg.block_out_channels)
-        self.unet = UNet2DModel(
+        self.unet: Any = UNet2DModel(
             sample_size=sample_size,
             in_channels=self.channels + cfg.cond_channels,
             out_channels=self.channels,
@@ -80,22 +95,32 @@ class TinyDiffusionDecoder(MediaDecoder):
             layers_per_block=cfg.layers_per_block,
             down_block_types=("DownBlock2D",) * n,
             up_block_types=("UpBlock2D",) * n,
-            add_attention=False,  # attention at these sizes costs CPU time and bought nothing in the prototype
+            add_attention=False,  # at these sizes attention costs CPU time and bought nothing (DESIGN §5)
             class_embed_type="identity",  # the conditioning vector is added to the time embedding
             norm_num_groups=8,
         )
-        self.cond_to_time = nn.Sequential(nn.Linear(cond_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self.cond_to_time = nn.Sequential(
+            nn.Linear(cond_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
+        )
         self.cond_to_channels = nn.Linear(cond_dim, cfg.cond_channels)
         self.null_cond = nn.Parameter(torch.zeros(cond_dim))  # classifier-free guidance's "no condition"
-        sched = dict(num_train_timesteps=cfg.num_train_timesteps, prediction_type=cfg.prediction_type,
-                     beta_schedule="squaredcos_cap_v2", clip_sample=False)
-        self.train_scheduler = DDPMScheduler(**sched)
-        self.sample_scheduler = DDIMScheduler(**sched, set_alpha_to_one=True)
+        sched = dict(
+            num_train_timesteps=cfg.num_train_timesteps,
+            prediction_type=cfg.prediction_type,
+            beta_schedule="squaredcos_cap_v2",
+            clip_sample=False,
+        )
+        self.train_scheduler: Any = DDPMScheduler(**sched)
+        self.sample_scheduler: Any = DDIMScheduler(**sched, set_alpha_to_one=True)
 
     # --- shared pieces ----------------------------------------------------------------------------
     def to_space(self, values: torch.Tensor) -> torch.Tensor:
-        """Processor tensors -> the space the UNet denoises: pixels as they are, audio as log-mel."""
-        return self.mel(values) if self.mel is not None else values
+        """Processor tensors -> the space the UNet denoises: pixels (or log-mel), space-to-depth folded."""
+        x = self.mel(values) if self.mel is not None else values
+        return nn.functional.pixel_unshuffle(x, self.cfg.fold) if self.cfg.fold > 1 else x
+
+    def from_space(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pixel_shuffle(x, self.cfg.fold) if self.cfg.fold > 1 else x
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -103,13 +128,17 @@ class TinyDiffusionDecoder(MediaDecoder):
         return self.unet(torch.cat([x, extra], dim=1), t, class_labels=self.cond_to_time(cond)).sample
 
     # --- training ---------------------------------------------------------------------------------
-    def loss(self, values: torch.Tensor, features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self, values: torch.Tensor, features: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         x0 = self.to_space(values)  # (B, C, H, W)
         cond = features.flatten(1)  # (B, K*D)
         drop = torch.rand(cond.shape[0], 1, device=cond.device, generator=generator) < self.cfg.cond_dropout
         cond = torch.where(drop, self.null_cond.expand_as(cond), cond)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-        t = torch.randint(0, self.cfg.num_train_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        t = torch.randint(
+            0, self.cfg.num_train_timesteps, (x0.shape[0],), device=x0.device, generator=generator
+        )
         noisy = self.train_scheduler.add_noise(x0, noise, t)
         if self.cfg.prediction_type == "v_prediction":
             target = self.train_scheduler.get_velocity(x0, noise, t)
@@ -128,7 +157,7 @@ class TinyDiffusionDecoder(MediaDecoder):
         guidance_scale: float | None = None,
         callback: ProgressCallback | None = None,
     ) -> torch.Tensor:
-        """Features (B, K, D) -> samples (B, C, H, W) in the decoder's space, in [-1, 1]."""
+        """Features (B, K, D) -> samples (B, C, H, W) in pixel (or log-mel) space, in [-1, 1]."""
         steps = num_inference_steps or self.cfg.num_inference_steps
         scale = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
         cond = features.flatten(1).to(self.null_cond.dtype)
@@ -139,8 +168,9 @@ class TinyDiffusionDecoder(MediaDecoder):
         for i, t in enumerate(scheduler.timesteps):
             tt = t.expand(b).to(cond.device)
             if scale != 1.0:
-                both = self._unet(torch.cat([x, x]), torch.cat([tt, tt]),
-                                  torch.cat([cond, self.null_cond.expand_as(cond)]))
+                both = self._unet(
+                    torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, self.null_cond.expand_as(cond)])
+                )
                 pred_cond, pred_null = both.chunk(2)
                 pred = pred_null + scale * (pred_cond - pred_null)
             else:
@@ -148,7 +178,7 @@ class TinyDiffusionDecoder(MediaDecoder):
             x = scheduler.step(pred, t, x).prev_sample
             if callback is not None:
                 callback(i + 1, steps)
-        return x.clamp(-1.0, 1.0)
+        return self.from_space(x).clamp(-1.0, 1.0)
 
     def decode(
         self,
@@ -160,8 +190,13 @@ class TinyDiffusionDecoder(MediaDecoder):
         callback: ProgressCallback | None = None,
         prompt: str | None = None,
     ) -> list[Media]:
-        x = self.sample(features, generator=generator, num_inference_steps=num_inference_steps,
-                        guidance_scale=guidance_scale, callback=callback)
+        x = self.sample(
+            features,
+            generator=generator,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            callback=callback,
+        )
         if self.mel is None:
             pixels = ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
             return [Media.from_image(p.cpu().numpy()) for p in pixels]

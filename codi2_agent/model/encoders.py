@@ -14,9 +14,11 @@ regression target for `c_MLLM`, and the memory's embedding space.
 
 from __future__ import annotations
 
+from math import gcd
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -63,6 +65,45 @@ def _conv_stack(in_channels: int, channels: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# CLIP's (and ImageBind's) pixel normalisation
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def clip_pixels(values: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, S, S) in [-1, 1] -> CLIP's input: bicubic to `size`, normalised. Differentiable, in torch."""
+    x = nn.functional.interpolate((values + 1) / 2, size=(size, size), mode="bicubic", align_corners=False)
+    mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+_WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+)
+
+
+def _require_transformers_files(path: Path, what: str, extra: tuple[str, ...] = ()) -> None:
+    """Check a transformers folder before loading: a missing config would otherwise load a default one."""
+    from codi2_agent.model.modeling_codi2 import WeightsNotFoundError
+
+    missing = [name for name in ("config.json", *extra) if not (path / name).is_file()]
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        missing.append(" or ".join(_WEIGHT_FILES[::2]))
+    if missing:
+        raise WeightsNotFoundError(f"{what} folder {path} is incomplete: missing {', '.join(missing)}")
+
+
+def resample_audio(wav: np.ndarray, source: int, target: int) -> np.ndarray:
+    """Polyphase resampling along the last axis (scipy; no torchaudio)."""
+    if source == target:
+        return wav
+    from scipy.signal import resample_poly
+
+    g = gcd(source, target)
+    return resample_poly(wav, target // g, source // g, axis=-1).astype(np.float32)
+
+
 class TinyImageEncoder(MediaEncoder):
     """(B, 3, S, S) in [-1, 1] -> (B, 1, D). Strided CNN, global mean+max pool, linear."""
 
@@ -72,11 +113,13 @@ class TinyImageEncoder(MediaEncoder):
         super().__init__(cfg)
         self.body = _conv_stack(3, cfg.channels)
         self.out = nn.Linear(2 * cfg.channels[-1], cfg.feature_dim)
+        # Unit-scale features: they are regression targets and decoder conditions, so keep them bounded.
+        self.norm = nn.LayerNorm(cfg.feature_dim, elementwise_affine=False)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         h = self.body(values)  # (B, C, S/8, S/8)
         pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 2C)
-        return self.out(pooled).unsqueeze(1)  # (B, 1, D)
+        return self.norm(self.out(pooled)).unsqueeze(1)  # (B, 1, D)
 
 
 class TinyAudioEncoder(MediaEncoder):
@@ -89,11 +132,12 @@ class TinyAudioEncoder(MediaEncoder):
         self.mel = MelSpectrogram(config.sample_rate, n_mels=config.n_mels, num_frames=config.mel_frames)
         self.body = _conv_stack(1, cfg.channels)
         self.out = nn.Linear(2 * cfg.channels[-1], cfg.feature_dim)
+        self.norm = nn.LayerNorm(cfg.feature_dim, elementwise_affine=False)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         h = self.body(self.mel(values))  # (B, C, M/8, T/8)
         pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 2C)
-        return self.out(pooled).unsqueeze(1)  # (B, 1, D)
+        return self.norm(self.out(pooled)).unsqueeze(1)  # (B, 1, D)
 
 
 class ClipImageEncoder(MediaEncoder):
@@ -105,21 +149,17 @@ class ClipImageEncoder(MediaEncoder):
     def __init__(self, cfg: EncoderConfig, config: CoDi2Config, model: Any) -> None:
         super().__init__(cfg)
         self.model = model
-        size = model.config.image_size
-        self.size = size
-        self.register_buffer("mean", torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1), False)
-        self.register_buffer("std", torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1), False)
+        self.size = model.config.image_size
 
     @classmethod
     def load(cls, cfg: EncoderConfig, config: CoDi2Config, path: Path) -> ClipImageEncoder:
         from transformers import CLIPVisionModelWithProjection
 
+        _require_transformers_files(path, "CLIP image encoder")
         return cls(cfg, config, CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True))
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.interpolate((values + 1) / 2, size=(self.size, self.size), mode="bicubic",
-                                      align_corners=False)
-        x = (x - self.mean) / self.std  # CLIP normalisation, done in torch so it stays differentiable
+        x = clip_pixels(values, self.size)
         return self.model(pixel_values=x.to(self.model.dtype)).image_embeds.unsqueeze(1)  # (B, 1, 1024)
 
     def save(self, path: Path) -> None:
@@ -132,6 +172,8 @@ class ClapAudioEncoder(MediaEncoder):
     AudioLDM-2's UNet reads a sequence of K x 768 "generated prompt embeds"; the linear expansion is
     part of this encoder (saved in `expand.safetensors`) so C_x(x) lives in that space.
     """
+
+    EXPAND = "expand.safetensors"
 
     modality = Modality.AUDIO
     pretrained = True
@@ -148,26 +190,25 @@ class ClapAudioEncoder(MediaEncoder):
         from safetensors.torch import load_file
         from transformers import ClapFeatureExtractor, ClapModel
 
+        # expand.safetensors is CoDi-2's own (trained) part: without it C_x would be a random map
+        _require_transformers_files(path, "CLAP audio encoder",
+                                    extra=("preprocessor_config.json", cls.EXPAND))
         enc = cls(cfg, config, ClapModel.from_pretrained(path, local_files_only=True),
                   ClapFeatureExtractor.from_pretrained(path, local_files_only=True))
-        expand = path / "expand.safetensors"
-        if expand.is_file():
-            enc.expand.load_state_dict(load_file(expand))
+        enc.expand.load_state_dict(load_file(path / cls.EXPAND))
         return enc
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
-        from math import gcd
-
-        from scipy.signal import resample_poly
-
         target = self.feature_extractor.sampling_rate
-        wav = values.detach().cpu().numpy()
-        if target != self.sample_rate:
-            g = gcd(target, self.sample_rate)
-            wav = resample_poly(wav, target // g, self.sample_rate // g, axis=-1)
+        wav = resample_audio(values.detach().float().cpu().numpy(), self.sample_rate, target)
         feats = self.feature_extractor(list(wav), sampling_rate=target, return_tensors="pt")
-        emb = self.model.get_audio_features(input_features=feats["input_features"].to(values.device))  # (B, P)
-        emb = getattr(emb, "pooler_output", emb)
+        is_longer = feats.get("is_longer")  # only fusion CLAPs read it
+        emb = self.model.get_audio_features(
+            input_features=feats["input_features"].to(values.device, self.model.dtype),
+            is_longer=None if is_longer is None else is_longer.to(values.device),
+        )
+        emb = getattr(emb, "pooler_output", emb)  # (B, P): transformers 5 returns an output object
+        emb = emb.to(self.expand.weight.dtype)
         return self.expand(emb).view(values.shape[0], self.num_feature_tokens, self.feature_dim)
 
     def save(self, path: Path) -> None:
@@ -175,41 +216,81 @@ class ClapAudioEncoder(MediaEncoder):
 
         self.model.save_pretrained(path)
         self.feature_extractor.save_pretrained(path)
-        save_file({k: v.contiguous() for k, v in self.expand.state_dict().items()}, path / "expand.safetensors")
+        expand = {k: v.contiguous() for k, v in self.expand.state_dict().items()}
+        save_file(expand, path / self.EXPAND)
 
 
 class ImageBindEncoder(MediaEncoder):
-    """The paper's ImageBind-huge (image or audio). Not a dependency: its licence is CC BY-NC-SA 4.0."""
+    """The paper's ImageBind-huge (image or audio) -> (B, 1, 1024). Not a dependency: CC BY-NC-SA 4.0.
+
+    Inputs are prepared as ImageBind's own `data.load_and_transform_*` do: images bicubic to 224 with
+    CLIP normalisation; audio at 16 kHz cut into 3 evenly spaced 2 s clips, each turned into ImageBind's
+    128-bin Kaldi fbank (its `waveform2melspec`, which needs its torchaudio) and normalised.
+    """
 
     pretrained = True
+    WEIGHTS = "imagebind_huge.pth"
+    IMAGE_SIZE = 224
+    AUDIO_RATE, CLIP_S, NUM_CLIPS, MEL_BINS, MEL_FRAMES = 16000, 2.0, 3, 128, 204
+    MEL_MEAN, MEL_STD = -4.268, 9.138
 
     def __init__(self, cfg: EncoderConfig, config: CoDi2Config, modality: Modality, path: Path) -> None:
         super().__init__(cfg)
         try:
-            from imagebind.models import imagebind_model  # type: ignore[import-not-found]
+            from imagebind.models import imagebind_model
         except ImportError as e:
             raise ImportError(
                 "the 'imagebind' encoder needs the ImageBind package (CC BY-NC-SA 4.0, non-commercial): "
                 "pip install git+https://github.com/facebookresearch/ImageBind, or use the 'clip_vision' / "
                 "'clap_audio' encoders of the paper preset"
             ) from e
+        from codi2_agent.model.modeling_codi2 import WeightsNotFoundError
+
         self.modality = modality
-        weights = path / "imagebind_huge.pth"
+        self.sample_rate = config.sample_rate
+        weights = path / self.WEIGHTS
         if not weights.is_file():
-            raise FileNotFoundError(f"ImageBind weights missing: expected {weights}")
+            raise WeightsNotFoundError(f"ImageBind folder {path} is incomplete: missing {self.WEIGHTS}")
         self.model = imagebind_model.imagebind_huge(pretrained=False)
         self.model.load_state_dict(torch.load(weights, map_location="cpu"))
-        self.key = "vision" if modality is Modality.IMAGE else "audio"
+        self.key = "vision" if modality is Modality.IMAGE else "audio"  # ImageBind's ModalityType values
+
+    def _audio_inputs(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, N) -> (B, clips, 1, 128, 204), as `imagebind.data.load_and_transform_audio_data`."""
+        from imagebind.data import waveform2melspec
+
+        wav = torch.from_numpy(  # (B, N) at 16 kHz
+            resample_audio(values.detach().float().cpu().numpy(), self.sample_rate, self.AUDIO_RATE)
+        )
+        clip_len = int(self.CLIP_S * self.AUDIO_RATE)
+        last_start = max(wav.shape[-1] - clip_len, 0)
+        starts = np.linspace(0, last_start, self.NUM_CLIPS).astype(int)
+        out = torch.stack([
+            torch.stack([waveform2melspec(w[None, s : s + clip_len].clone(), self.AUDIO_RATE, self.MEL_BINS,
+                                          self.MEL_FRAMES) for s in starts])
+            for w in wav
+        ])
+        return ((out - self.MEL_MEAN) / self.MEL_STD).to(values.device)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
-        return self.model({self.key: values})[self.key].unsqueeze(1)  # (B, 1, 1024)
+        if self.modality is Modality.IMAGE:
+            x = clip_pixels(values, self.IMAGE_SIZE)
+        else:
+            x = self._audio_inputs(values)
+        return self.model({self.key: x})[self.key].unsqueeze(1)  # (B, 1, 1024)
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), path / self.WEIGHTS)
 
 
 _TINY = {"tiny_image": TinyImageEncoder, "tiny_audio": TinyAudioEncoder}
 _PRETRAINED: dict[str, Any] = {"clip_vision": ClipImageEncoder, "clap_audio": ClapAudioEncoder}
 
 
-def build_encoder(cfg: EncoderConfig, config: CoDi2Config, modality: Modality, folder: Path | None) -> MediaEncoder:
+def build_encoder(
+    cfg: EncoderConfig, config: CoDi2Config, modality: Modality, folder: Path | None
+) -> MediaEncoder:
     """Build the encoder `cfg.kind` names; pretrained kinds load from `folder / cfg.subfolder`."""
     if cfg.kind in _TINY:
         enc: MediaEncoder = _TINY[cfg.kind](cfg, config)

@@ -18,7 +18,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -37,7 +37,13 @@ from codi2_agent.model.processing_codi2 import (
     build_tokenizer,
 )
 
-__all__ = ["CoDi2Model", "CoDi2Output", "GenerationOutput", "PlaceholderMismatchError", "WeightsNotFoundError"]
+__all__ = [
+    "CoDi2Model",
+    "CoDi2Output",
+    "GenerationOutput",
+    "PlaceholderMismatchError",
+    "WeightsNotFoundError",
+]
 
 WEIGHTS_NAME = "codi2.safetensors"
 TOKENIZER_FOLDER = "tokenizer"
@@ -59,8 +65,9 @@ def build_projector(kind: str, in_dim: int, width: int, num_tokens: int) -> nn.M
     if kind == "linear":
         return nn.Linear(in_dim, width * num_tokens)
     if kind == "mlp2x_gelu_ln":  # CoDi-2: Linear, GELU, LayerNorm, Linear
-        return nn.Sequential(nn.Linear(in_dim, width), nn.GELU(), nn.LayerNorm(width),
-                             nn.Linear(width, width * num_tokens))
+        return nn.Sequential(
+            nn.Linear(in_dim, width), nn.GELU(), nn.LayerNorm(width), nn.Linear(width, width * num_tokens)
+        )
     raise ValueError(f"unknown projector_type {kind!r}; expected 'linear' or 'mlp2x_gelu_ln'")
 
 
@@ -112,7 +119,7 @@ class CoDi2Model(nn.Module):
         self,
         config: CoDi2Config,
         tokenizer: Any,
-        lm: nn.Module,
+        lm: Any,
         encoders: dict[Modality, MediaEncoder],
         decoders: dict[Modality, MediaDecoder],
     ) -> None:
@@ -123,12 +130,20 @@ class CoDi2Model(nn.Module):
         width = lm.config.hidden_size
         self.encoders = nn.ModuleDict({m.value: encoders[m] for m in MODALITIES})
         self.decoders = nn.ModuleDict({m.value: decoders[m] for m in MODALITIES})
-        self.projectors = nn.ModuleDict({
-            m.value: build_projector(config.projector_type, enc.feature_dim * enc.num_feature_tokens, width,
-                                     config.num_media_tokens)
-            for m, enc in encoders.items()
-        })
-        self.output_heads = nn.ModuleDict({m.value: OutputHead(width, enc.feature_dim) for m, enc in encoders.items()})
+        self.projectors = nn.ModuleDict(
+            {
+                m.value: build_projector(
+                    config.projector_type,
+                    enc.feature_dim * enc.num_feature_tokens,
+                    width,
+                    config.num_media_tokens,
+                )
+                for m, enc in encoders.items()
+            }
+        )
+        self.output_heads = nn.ModuleDict(
+            {m.value: OutputHead(width, enc.feature_dim) for m, enc in encoders.items()}
+        )
         self.processor = CoDi2Processor(
             tokenizer,
             image_size=config.image_size,
@@ -142,13 +157,19 @@ class CoDi2Model(nn.Module):
 
     # --- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: CoDi2Config, tokenizer: Any = None, *, seed: int | None = None) -> CoDi2Model:
+    def from_config(
+        cls, config: CoDi2Config, tokenizer: Any = None, *, seed: int | None = None
+    ) -> CoDi2Model:
         """Random weights (tiny preset). A seed makes them reproducible."""
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        if any(c.kind not in ("tiny_image", "tiny_audio", "tiny_diffusion")
-               for c in (config.image_encoder, config.audio_encoder, config.image_decoder, config.audio_decoder)):
-            raise ValueError("from_config builds tiny components only; load pretrained ones with from_pretrained")
+        if any(
+            c.kind not in ("tiny_image", "tiny_audio", "tiny_diffusion")
+            for c in (config.image_encoder, config.audio_encoder, config.image_decoder, config.audio_decoder)
+        ):
+            raise ValueError(
+                "from_config builds tiny components only; load pretrained ones with from_pretrained"
+            )
         if seed is not None:
             torch.manual_seed(seed)
         tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
@@ -167,6 +188,13 @@ class CoDi2Model(nn.Module):
         decoders = {m: _tiny_decoder(config, m, encoders[m]) for m in MODALITIES}
         return cls(config, tokenizer, lm, encoders, decoders)
 
+    # --- typed access to the per-modality parts ----------------------------------------------------
+    def encoder(self, modality: Modality | str) -> MediaEncoder:
+        return cast(MediaEncoder, self.encoders[Modality.parse(modality).value])
+
+    def decoder(self, modality: Modality | str) -> MediaDecoder:
+        return cast(MediaDecoder, self.decoders[Modality.parse(modality).value])
+
     def num_parameters(self, part: str | None = None) -> int:
         module = self if part is None else getattr(self, part)
         return sum(p.numel() for p in module.parameters())
@@ -174,7 +202,7 @@ class CoDi2Model(nn.Module):
     # --- embedding --------------------------------------------------------------------------------
     def encode_media(self, modality: Modality | str, values: torch.Tensor) -> torch.Tensor:
         """C_x: processor tensors -> (B, K, D) features."""
-        return self.encoders[Modality.parse(modality).value](values)
+        return self.encoder(modality)(values)
 
     def embed(self, input_ids: torch.Tensor, media_values: dict[Modality, torch.Tensor]) -> torch.Tensor:
         """Token embeddings with projected media features written into their placeholders."""
@@ -186,7 +214,8 @@ class CoDi2Model(nn.Module):
             expected = n_media * self.config.num_media_tokens
             if int(mask.sum()) != expected:
                 raise PlaceholderMismatchError(
-                    f"{int(mask.sum())} {PLACEHOLDER[modality]} placeholder tokens but {n_media} {modality.value} "
+                    f"{int(mask.sum())} {PLACEHOLDER[modality]} placeholder tokens but "
+                    f"{n_media} {modality.value} "
                     f"input(s) x {self.config.num_media_tokens} tokens each = {expected}"
                 )
             if values is None or n_media == 0:
@@ -198,7 +227,11 @@ class CoDi2Model(nn.Module):
         return embeds
 
     def _media_inputs(self, batch: dict[str, Any], prefix: str = "") -> dict[Modality, torch.Tensor]:
-        return {m: batch[f"{prefix}{m.value}_values"] for m in MODALITIES if batch.get(f"{prefix}{m.value}_values") is not None}
+        return {
+            m: batch[f"{prefix}{m.value}_values"]
+            for m in MODALITIES
+            if batch.get(f"{prefix}{m.value}_values") is not None
+        }
 
     # --- training forward -------------------------------------------------------------------------
     def forward(
@@ -219,18 +252,25 @@ class CoDi2Model(nn.Module):
         when `config.diffusion_loss_into_lm` (gradients reach the LM, as in the paper), otherwise on
         C_x(target) (the decoder learns as an autoencoder of encoder features).
         """
-        inputs = {m: v for m, v in ((Modality.IMAGE, image_values), (Modality.AUDIO, audio_values)) if v is not None}
-        targets = {m: v for m, v in ((Modality.IMAGE, output_image_values), (Modality.AUDIO, output_audio_values))
-                   if v is not None}
+        inputs = {
+            m: v for m, v in ((Modality.IMAGE, image_values), (Modality.AUDIO, audio_values)) if v is not None
+        }
+        targets = {
+            m: v
+            for m, v in ((Modality.IMAGE, output_image_values), (Modality.AUDIO, output_audio_values))
+            if v is not None
+        }
         embeds = self.embed(input_ids, inputs)
-        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, output_hidden_states=True)
+        out = self.lm(
+            inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, output_hidden_states=True
+        )
         zero = embeds.new_zeros(())
         loss_text = out.loss if labels is not None and out.loss is not None else zero
         hidden = out.hidden_states[-1]  # (B, T, H)
         loss_feature, loss_diffusion, features = zero, zero, {}
         for modality in MODALITIES:
             gen_mask = input_ids == self._ids[GEN[modality]]  # (B, T)
-            k = self.encoders[modality.value].num_feature_tokens
+            k = self.encoder(modality).num_feature_tokens
             n_blocks = int(gen_mask.sum()) // k
             target_values = targets.get(modality)
             n_targets = 0 if target_values is None else target_values.shape[0]
@@ -248,8 +288,12 @@ class CoDi2Model(nn.Module):
             loss_feature = loss_feature + nn.functional.mse_loss(c_mllm, c_target)
             if compute_diffusion_loss and self.config.diffusion_loss_weight > 0:
                 cond = c_mllm if self.config.diffusion_loss_into_lm else c_target
-                loss_diffusion = loss_diffusion + self.decoders[modality.value].loss(target_values, cond, generator)
-        loss = self.config.alpha * loss_feature + self.config.diffusion_loss_weight * loss_diffusion + loss_text
+                loss_diffusion = loss_diffusion + self.decoder(modality).loss(
+                    target_values, cond, generator
+                )
+        loss = (
+            self.config.alpha * loss_feature + self.config.diffusion_loss_weight * loss_diffusion + loss_text
+        )
         return CoDi2Output(loss, loss_text, loss_feature, loss_diffusion, out.logits, features)
 
     # --- generation -------------------------------------------------------------------------------
@@ -320,15 +364,19 @@ class CoDi2Model(nn.Module):
         if target is None:
             return GenerationOutput(text=text)
         # 4. Feed the K gen tokens; their last hidden states are c_MLLM's source
-        k = self.encoders[target.value].num_feature_tokens
+        k = self.encoder(target).num_feature_tokens
         gen_ids = ids.new_full((1, k), self._ids[GEN[target]])
         step = self.lm(input_ids=gen_ids, cache=past, use_cache=True, output_hidden_states=True)
         c_mllm = self.output_heads[target.value](step.hidden_states[-1])  # (1, K, D)
         # 5. Decode the medium
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        media = self.decoders[target.value].decode(
-            c_mllm, generator=generator, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, callback=callback, prompt=text or None,
+        media = self.decoder(target).decode(
+            c_mllm,
+            generator=generator,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            callback=callback,
+            prompt=text or None,
         )
         return GenerationOutput(text=text, media=media, features=c_mllm[0], modality=target)
 
@@ -363,19 +411,28 @@ class CoDi2Model(nn.Module):
         out = []
         for text in texts:
             enc = self.processor.encode([Turn("user", [text])])
-            ids = torch.cat([enc.input_ids, torch.tensor(self.processor.gen_block(modality))])[None].to(device)
+            ids = torch.cat([enc.input_ids, torch.tensor(self.processor.gen_block(modality))])[None].to(
+                device
+            )
             hidden = self.lm(inputs_embeds=self.embed(ids, {}), output_hidden_states=True).hidden_states[-1]
-            k = self.encoders[modality.value].num_feature_tokens
+            k = self.encoder(modality).num_feature_tokens
             out.append(self.output_heads[modality.value](hidden[:, -k:]).mean(dim=1)[0])
         return torch.stack(out)
 
     # --- persistence ------------------------------------------------------------------------------
     def _tiny_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything not saved in a subfolder of its own (LM and pretrained components are)."""
-        skip = ["lm."] + [f"{kind}.{m.value}." for kind, parts in (("encoders", self.encoders), ("decoders", self.decoders))
-                          for m in MODALITIES if getattr(parts[m.value], "pretrained", False)]
-        return {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
-                if not any(k.startswith(s) for s in skip)}
+        skip = ["lm."] + [
+            f"{kind}.{m.value}."
+            for kind, parts in (("encoders", self.encoders), ("decoders", self.decoders))
+            for m in MODALITIES
+            if getattr(parts[m.value], "pretrained", False)
+        ]
+        return {
+            k: v.detach().contiguous().cpu()
+            for k, v in self.state_dict().items()
+            if not any(k.startswith(s) for s in skip)
+        }
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write config, tokenizer, LM and weights (safetensors) to `folder`."""
@@ -386,17 +443,21 @@ class CoDi2Model(nn.Module):
         self.config.to_json_file(folder / CONFIG_NAME)
         self.tokenizer.save_pretrained(folder / TOKENIZER_FOLDER)
         self.lm.save_pretrained(folder / self.config.lm_subfolder, safe_serialization=True)
-        for kind, parts in (("encoder", self.encoders), ("decoder", self.decoders)):
-            for m in MODALITIES:
-                part = parts[m.value]
-                if getattr(part, "pretrained", False):
-                    part.save(folder / getattr(self.config, f"{m.value}_{kind}").subfolder)
-        save_file(self._tiny_state_dict(), folder / WEIGHTS_NAME, metadata={"format": "pt", "preset": self.config.preset})
+        for m in MODALITIES:
+            for kind, part in (("encoder", self.encoder(m)), ("decoder", self.decoder(m))):
+                if part.pretrained:
+                    cast(Any, part).save(folder / getattr(self.config, f"{m.value}_{kind}").subfolder)
+        save_file(
+            self._tiny_state_dict(),
+            folder / WEIGHTS_NAME,
+            metadata={"format": "pt", "preset": self.config.preset},
+        )
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, *, device: str | torch.device = "cpu",
-                        torch_dtype: torch.dtype | None = None) -> CoDi2Model:
+    def from_pretrained(
+        cls, folder: str | Path, *, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None
+    ) -> CoDi2Model:
         """Load a model folder written by `save_pretrained` (local files only; never a hub call)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -420,10 +481,13 @@ class CoDi2Model(nn.Module):
         # 2. Build the components
         tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_FOLDER, local_files_only=True)
         try:
-            lm = LlamaForCausalLM.from_pretrained(folder / config.lm_subfolder, local_files_only=True,
-                                                  dtype=torch_dtype or torch.float32)
+            lm = LlamaForCausalLM.from_pretrained(
+                folder / config.lm_subfolder, local_files_only=True, dtype=torch_dtype or torch.float32
+            )
         except OSError as e:
-            raise WeightsNotFoundError(f"cannot load the language model from {folder / config.lm_subfolder}: {e}") from None
+            raise WeightsNotFoundError(
+                f"cannot load the language model from {folder / config.lm_subfolder}: {e}"
+            ) from None
         encoders = {
             Modality.IMAGE: build_encoder(config.image_encoder, config, Modality.IMAGE, folder),
             Modality.AUDIO: build_encoder(config.audio_encoder, config, Modality.AUDIO, folder),
@@ -434,7 +498,9 @@ class CoDi2Model(nn.Module):
         try:
             state = load_file(folder / WEIGHTS_NAME)
         except (SafetensorError, OSError) as e:
-            raise WeightsNotFoundError(f"{folder / WEIGHTS_NAME} is not a readable safetensors file: {e}") from None
+            raise WeightsNotFoundError(
+                f"{folder / WEIGHTS_NAME} is not a readable safetensors file: {e}"
+            ) from None
         expected = model._tiny_state_dict()
         missing_keys = sorted(set(expected) - set(state))
         if missing_keys:
@@ -442,14 +508,22 @@ class CoDi2Model(nn.Module):
             raise WeightsNotFoundError(f"{folder / WEIGHTS_NAME} lacks {len(missing_keys)} tensors: {shown}")
         unexpected = sorted(set(state) - set(expected))
         if unexpected:
-            raise ValueError(f"{folder / WEIGHTS_NAME} has tensors this config does not use: {unexpected[:5]}")
+            raise ValueError(
+                f"{folder / WEIGHTS_NAME} has tensors this config does not use: {unexpected[:5]}"
+            )
         model.load_state_dict(state, strict=False)
         return model.to(device).eval()
 
     def identity(self) -> str:
         """A short name for this model's feature space (recorded by the memory)."""
-        return json.dumps({"preset": self.config.preset, "image": self.config.image_encoder.kind,
-                           "audio": self.config.audio_encoder.kind}, sort_keys=True)
+        return json.dumps(
+            {
+                "preset": self.config.preset,
+                "image": self.config.image_encoder.kind,
+                "audio": self.config.audio_encoder.kind,
+            },
+            sort_keys=True,
+        )
 
 
 def _tiny_decoder(config: CoDi2Config, modality: Modality, encoder: MediaEncoder) -> MediaDecoder:
@@ -457,13 +531,16 @@ def _tiny_decoder(config: CoDi2Config, modality: Modality, encoder: MediaEncoder
     return TinyDiffusionDecoder(cfg, config, modality, encoder.feature_dim, encoder.num_feature_tokens)
 
 
-def _build_decoder(config: CoDi2Config, modality: Modality, encoder: MediaEncoder, folder: Path) -> MediaDecoder:
+def _build_decoder(
+    config: CoDi2Config, modality: Modality, encoder: MediaEncoder, folder: Path
+) -> MediaDecoder:
     cfg = config.image_decoder if modality is Modality.IMAGE else config.audio_decoder
     if cfg.kind == "tiny_diffusion":
         return _tiny_decoder(config, modality, encoder)
     if cfg.kind not in ("stable_unclip", "audioldm2"):
-        raise ValueError(f"unknown decoder kind {cfg.kind!r}; expected 'tiny_diffusion', 'stable_unclip' or 'audioldm2'")
+        raise ValueError(
+            f"unknown decoder kind {cfg.kind!r}; expected 'tiny_diffusion', 'stable_unclip' or 'audioldm2'"
+        )
     from codi2_agent.model.paper_decoders import build_paper_decoder
 
     return build_paper_decoder(cfg, config, modality, folder)
-

@@ -80,7 +80,10 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 1024)
     lines = list(corpus) if corpus is not None else [_DEFAULT_CORPUS]
     tok.train_from_iterator(lines, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
         additional_special_tokens=SPECIAL_TOKENS,
     )
     return fast
@@ -123,7 +126,9 @@ class CoDi2Processor:
         self.num_media_tokens = num_media_tokens
         self.num_output_tokens = num_output_tokens or {Modality.IMAGE: 1, Modality.AUDIO: 1}
         self.max_length = max_length
-        missing = [t for t in SPECIAL_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+        missing = [
+            t for t in SPECIAL_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)
+        ]
         if missing:
             raise ValueError(f"tokenizer lacks CoDi-2 special tokens {missing}; add them before use")
 
@@ -151,7 +156,9 @@ class CoDi2Processor:
 
     def gen_block(self, modality: Modality) -> list[int]:
         """`<boi>` + K x `<image_gen>` (or the audio equivalents)."""
-        return [self.token_id(MARKER[modality])] + [self.token_id(GEN[modality])] * self.num_output_tokens[modality]
+        return [self.token_id(MARKER[modality])] + [self.token_id(GEN[modality])] * self.num_output_tokens[
+            modality
+        ]
 
     # --- conversations ------------------------------------------------------------------------------
     def encode(
@@ -178,7 +185,7 @@ class CoDi2Processor:
                 piece += self._ids("\n" + ASSISTANT_PREFIX)
             elif turn.role == "assistant":
                 # An earlier answer: its media come back as inputs, so the model can read them.
-                piece = self._content_ids(turn.content, input_media) + [eos]
+                piece = [*self._content_ids(turn.content, input_media), eos]
             else:
                 raise ValueError(f"unknown role {turn.role!r}; expected 'user' or 'assistant'")
             ids += piece
@@ -204,7 +211,9 @@ class CoDi2Processor:
 
     def encode_sample(self, sample: Any) -> EncodedSample:
         """A training sample from `codi2_agent.data` (`messages`, `target_text`, `target`)."""
-        return self.encode(sample.messages, answer_text=sample.target_text or None, answer_media=sample.target)
+        return self.encode(
+            sample.messages, answer_text=sample.target_text or None, answer_media=sample.target
+        )
 
     # --- media ------------------------------------------------------------------------------------
     def image_tensor(self, media: Sequence[Media]) -> torch.Tensor:

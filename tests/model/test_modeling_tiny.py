@@ -46,7 +46,9 @@ def test_config_json_round_trip(tmp_path):
 # --- processor: placeholder expansion and labels ----------------------------------------------------
 def test_processor_expands_placeholders_and_masks_labels(tiny_model):
     proc = tiny_model.processor
-    enc = proc.encode([Turn("user", ["a", image(0), "b", tone(), image(1)])], answer_text="ok", answer_media=image(2))
+    enc = proc.encode(
+        [Turn("user", ["a", image(0), "b", tone(), image(1)])], answer_text="ok", answer_media=image(2)
+    )
     ids, labels = enc.input_ids, enc.labels
     assert int((ids == proc.token_id("<image>")).sum()) == 2 * proc.num_media_tokens
     assert int((ids == proc.token_id("<audio>")).sum()) == proc.num_media_tokens
@@ -153,7 +155,9 @@ def test_auto_follows_the_generation_marker(make_model):
 
 def test_generate_reports_progress(tiny_model):
     steps = []
-    tiny_model.generate(["draw"], output="image", seed=0, num_inference_steps=4, callback=lambda i, n: steps.append((i, n)))
+    tiny_model.generate(
+        ["draw"], output="image", seed=0, num_inference_steps=4, callback=lambda i, n: steps.append((i, n))
+    )
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
@@ -175,15 +179,24 @@ def saved_tiny(tmp_path_factory):
 
 def test_save_load_round_trip_gives_identical_outputs(saved_tiny):
     model, folder = saved_tiny
-    assert {p.name for p in folder.iterdir()} >= {"config.json", "tokenizer", "language_model", "codi2.safetensors"}
+    assert {p.name for p in folder.iterdir()} >= {
+        "config.json",
+        "tokenizer",
+        "language_model",
+        "codi2.safetensors",
+    }
     loaded = load_model(str(folder))
     for a, b in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert a[0] == b[0] and torch.equal(a[1], b[1]), a[0]
     prompt = ["draw", image(3), "with", tone()]
-    assert model.generate(prompt, output="image", seed=1, num_inference_steps=3).image == \
-        loaded.generate(prompt, output="image", seed=1, num_inference_steps=3).image
-    assert model.generate(prompt, output="text", max_new_tokens=8).text == \
-        loaded.generate(prompt, output="text", max_new_tokens=8).text
+    assert (
+        model.generate(prompt, output="image", seed=1, num_inference_steps=3).image
+        == loaded.generate(prompt, output="image", seed=1, num_inference_steps=3).image
+    )
+    assert (
+        model.generate(prompt, output="text", max_new_tokens=8).text
+        == loaded.generate(prompt, output="text", max_new_tokens=8).text
+    )
 
 
 def test_missing_or_incomplete_weights_name_the_problem(saved_tiny, tmp_path):
@@ -220,7 +233,9 @@ def test_placeholder_feature_count_mismatch_is_refused(tiny_model):
     enc = proc.encode([Turn("user", ["a", image(0)])])
     batch = proc.collate([enc])
     batch["image_values"] = torch.cat([batch["image_values"]] * 2)  # two images, one placeholder run
-    with pytest.raises(PlaceholderMismatchError, match=r"2 <image> placeholder tokens but 2 image input\(s\)"):
+    with pytest.raises(
+        PlaceholderMismatchError, match=r"2 <image> placeholder tokens but 2 image input\(s\)"
+    ):
         tiny_model(**batch)
     del batch["image_values"]
     with pytest.raises(PlaceholderMismatchError, match="but 0 image"):

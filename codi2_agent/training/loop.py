@@ -1,0 +1,153 @@
+"""A small, resumable training loop on `accelerate`: one call per training stage.
+
+The loop owns what every stage needs and nothing else: gradient accumulation, clipping, a cosine
+schedule with warm-up, EMA of the trained weights (optional), a JSONL loss log, a tqdm bar, and a
+checkpoint (weights + optimiser + scheduler + step + RNG state) every `save_every` steps, so a killed
+run resumes where it stopped. The stage supplies `batch_fn(step) -> batch` and
+`loss_fn(batch) -> (loss, logs)`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["StageConfig", "run_stage"]
+
+
+@dataclass
+class StageConfig:
+    name: str
+    steps: int
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: int = 100
+    grad_accum: int = 1
+    clip: float = 1.0
+    ema: float | None = None  # EMA decay of the trained weights; the EMA copy is what gets kept
+    save_every: int = 200
+    log_every: int = 20
+
+
+def _lr_lambda(cfg: StageConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def run_stage(
+    cfg: StageConfig,
+    module: nn.Module,
+    params: Iterable[nn.Parameter],
+    batch_fn: Callable[[int], Any],
+    loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
+    workdir: Path,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> nn.Module:
+    """Train `params` (inside `module`) for `cfg.steps`; resume from `workdir/<name>/state.pt` if present.
+
+    Returns the module holding the final weights (the EMA copy when `cfg.ema` is set).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    stage_dir = workdir / cfg.name
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    done_flag, state_path, log_path = stage_dir / "done", stage_dir / "state.pt", stage_dir / "loss.jsonl"
+    ema = copy.deepcopy(module).eval().requires_grad_(False) if cfg.ema else None
+    if done_flag.exists():  # a finished stage: load its result and move on
+        final = ema if ema is not None else module
+        final.load_state_dict(torch.load(stage_dir / "final.pt", map_location="cpu"))
+        return final
+
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+    params = [p for p in params if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    start = 0
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        accelerator.unwrap_model(module).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"])
+        start = state["step"]
+    else:
+        torch.manual_seed(seed)
+
+    def save(step: int) -> None:
+        state = {
+            "model": accelerator.unwrap_model(module).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "rng": torch.get_rng_state(),
+        }
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        tmp = state_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(state_path)  # atomic: a kill mid-save keeps the previous checkpoint
+
+    module.train()
+    bar = tqdm(range(start, cfg.steps), desc=cfg.name, disable=not progress, initial=start, total=cfg.steps)
+    t0, window = time.time(), []
+    with log_path.open("a") as log:
+        for step in bar:
+            for micro in range(cfg.grad_accum):
+                with accelerator.accumulate(module):
+                    loss, logs = loss_fn(batch_fn(step * cfg.grad_accum + micro))
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.clip:
+                        accelerator.clip_grad_norm_(params, cfg.clip)
+                    optimizer.step()
+                    scheduler.step() if accelerator.sync_gradients else None
+                    optimizer.zero_grad()
+            if ema is not None:
+                with torch.no_grad():
+                    for e, p in zip(
+                        ema.parameters(), accelerator.unwrap_model(module).parameters(), strict=True
+                    ):
+                        e.lerp_(p.detach(), 1.0 - cfg.ema)  # type: ignore[operator]
+            window.append({"loss": float(loss.detach()), **logs})
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                log.write(
+                    json.dumps(
+                        {
+                            "step": step + 1,
+                            "lr": scheduler.get_last_lr()[0],
+                            "elapsed_s": round(time.time() - t0, 1),
+                            **mean,
+                        }
+                    )
+                    + "\n"
+                )
+                log.flush()
+                bar.set_postfix({k: f"{v:.4f}" for k, v in mean.items()})
+                window = []
+            if (step + 1) % cfg.save_every == 0:
+                save(step + 1)
+    final = ema if ema is not None else accelerator.unwrap_model(module)
+    torch.save(final.state_dict(), stage_dir / "final.pt")
+    done_flag.write_text(json.dumps({"steps": cfg.steps}))
+    state_path.unlink(missing_ok=True)
+    return final

@@ -1,0 +1,297 @@
+"""The tiny CoDi-2 training recipe: four stages on the tiny world, each resumable.
+
+1. `encoders`       — image and audio CNN encoders learn the world's attributes (linear heads on C_x),
+                      giving an aligned, attribute-separating feature space.
+2. `image_decoder`  — the diffusion decoders learn to invert frozen C_x features (the paper's
+3. `audio_decoder`    "decoder as an autoencoder of encoder features"): L_DM conditioned on C_x(x).
+4. `lm`             — projector + Llama + output heads on in-context task samples (every task of
+                      `codi2_agent.data`, including the text-only variant) with
+                      `alpha * MSE(c_MLLM, C_x(target)) + L_t`.
+
+Stages 2-4 only read the frozen encoders, so they can run as separate processes at once
+(`--stages image_decoder`, `--stages audio_decoder,lm`); a final run with every stage done
+assembles the model. Usage: `codi2-agent train --preset tiny --out DIR`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from codi2_agent.media import Modality
+from codi2_agent.model import CoDi2Config, CoDi2Model, build_tokenizer
+from codi2_agent.training.loop import StageConfig, run_stage
+
+__all__ = ["STAGES", "TinyRecipe", "train"]
+
+STAGES = ("encoders", "image_decoder", "audio_decoder", "lm")
+
+
+@dataclass
+class TinyRecipe:
+    """Step counts and sizes; the defaults reproduce the shipped `tiny` weights."""
+
+    seed: int = 0
+    threads: int = 2
+    vocab_size: int = 1024
+    encoder_steps: int = 500
+    encoder_batch: int = 64
+    image_decoder_steps: int = 5000
+    audio_decoder_steps: int = 3000
+    decoder_batch: int = 32
+    decoder_lr: float = 1e-3
+    decoder_ema: float = 0.999
+    lm_steps: int = 4000
+    lm_batch: int = 16
+    lm_lr: float = 2e-3
+    pool_images: int = 20000
+    pool_audio: int = 6000
+
+    @classmethod
+    def smoke(cls) -> TinyRecipe:
+        """Minutes-scale settings for tests and CI: the same code, far fewer steps."""
+        return cls(
+            encoder_steps=30,
+            image_decoder_steps=20,
+            audio_decoder_steps=10,
+            lm_steps=40,
+            lm_batch=8,
+            pool_images=256,
+            pool_audio=64,
+            decoder_batch=16,
+        )
+
+
+# --- stage 1: encoders ------------------------------------------------------------------------------
+class _EncoderProbe(nn.Module):
+    """An encoder plus one linear head per attribute: trains C_x to separate the world's attributes."""
+
+    def __init__(self, encoder: nn.Module, attributes: dict[str, tuple[str, ...]], dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict({a: nn.Linear(dim, len(v)) for a, v in attributes.items()})
+
+    def forward(self, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.encoder(values)[:, 0]  # (B, D)
+        return {a: head(feats) for a, head in self.heads.items()}
+
+
+class _Pool:
+    """Pre-rendered training media of one modality (train split), with their attribute indices."""
+
+    def __init__(self, model: CoDi2Model, modality: Modality, size: int, seed: int) -> None:
+        from codi2_agent.data import world
+
+        rng = np.random.default_rng(seed)
+        self.attributes = world.IMAGE_ATTRIBUTES if modality is Modality.IMAGE else world.AUDIO_ATTRIBUTES
+        kind: world.WorldModality = "image" if modality is Modality.IMAGE else "audio"
+        attrs = [world.random_attrs(kind, rng, "train") for _ in range(size)]
+        media = [world.render(a, world.render_seed(rng, "train")) for a in attrs]
+        self.values = model.processor.media_tensor(modality, media)
+        self.labels = {
+            a: torch.tensor([vals.index(x[a]) for x in attrs]) for a, vals in self.attributes.items()
+        }
+        self.rng = np.random.default_rng(seed + 1)
+
+    def batch(self, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        idx = torch.from_numpy(self.rng.integers(0, len(self.values), n))
+        return self.values[idx], {a: y[idx] for a, y in self.labels.items()}
+
+
+def _train_encoders(
+    model: CoDi2Model, pools: dict[Modality, _Pool], recipe: TinyRecipe, workdir: Path, progress: bool
+) -> None:
+    probes = nn.ModuleDict(
+        {
+            m.value: _EncoderProbe(
+                model.encoder(m), pools[m].attributes, model.encoder(m).feature_dim
+            )
+            for m in pools
+        }
+    )
+
+    def batch_fn(step: int) -> dict[Modality, Any]:
+        return {m: pools[m].batch(recipe.encoder_batch) for m in pools}
+
+    def loss_fn(batch: dict[Modality, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        total, logs = torch.zeros(()), {}
+        for m, (values, labels) in batch.items():
+            logits = probes[m.value](values)
+            for a, y in labels.items():
+                total = total + nn.functional.cross_entropy(logits[a], y, label_smoothing=0.05)
+                logs[f"{m.value}_{a}_acc"] = float((logits[a].argmax(-1) == y).float().mean())
+        return total, logs
+
+    cfg = StageConfig("encoders", recipe.encoder_steps, lr=2e-3, weight_decay=1e-4, warmup=50)
+    trained = run_stage(
+        cfg, probes, probes.parameters(), batch_fn, loss_fn, workdir, seed=recipe.seed, progress=progress
+    )
+    for m in pools:
+        model.encoder(m).load_state_dict(cast(_EncoderProbe, cast(nn.ModuleDict, trained)[m.value]).encoder.state_dict())
+
+
+# --- stages 2-3: decoders as autoencoders of C_x --------------------------------------------------
+def _train_decoder(
+    model: CoDi2Model,
+    modality: Modality,
+    pool: _Pool,
+    steps: int,
+    recipe: TinyRecipe,
+    workdir: Path,
+    progress: bool,
+) -> None:
+    decoder, encoder = model.decoder(modality), model.encoder(modality).eval()
+    generator = torch.Generator().manual_seed(recipe.seed)
+
+    def batch_fn(step: int) -> torch.Tensor:
+        return pool.batch(recipe.decoder_batch)[0]
+
+    def loss_fn(values: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.no_grad():
+            feats = encoder(values)
+        return decoder.loss(values, feats, generator), {}
+
+    cfg = StageConfig(
+        f"{modality.value}_decoder", steps, lr=recipe.decoder_lr, warmup=100, ema=recipe.decoder_ema
+    )
+    trained = run_stage(
+        cfg, decoder, decoder.parameters(), batch_fn, loss_fn, workdir, seed=recipe.seed, progress=progress
+    )
+    decoder.load_state_dict(trained.state_dict())
+
+
+# --- stage 4: projector + LM + output heads on in-context samples --------------------------------
+def _train_lm(model: CoDi2Model, recipe: TinyRecipe, workdir: Path, progress: bool) -> None:
+    from codi2_agent.data.tasks import TASKS, sample_task
+
+    model.encoders.requires_grad_(False).eval()
+    model.decoders.requires_grad_(False)
+    rng = np.random.default_rng(recipe.seed + 7)
+    names = sorted(TASKS)
+
+    def batch_fn(step: int) -> dict[str, Any]:
+        samples = [sample_task(names[rng.integers(len(names))], rng, "train") for _ in range(recipe.lm_batch)]
+        return model.processor.collate([model.processor.encode_sample(s) for s in samples])
+
+    def loss_fn(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model(**batch, compute_diffusion_loss=False)
+        return out.loss, {"text": out.loss_text.item(), "feature": out.loss_feature.item()}
+
+    trainable = nn.ModuleDict({"lm": model.lm, "projectors": model.projectors, "heads": model.output_heads})
+    cfg = StageConfig("lm", recipe.lm_steps, lr=recipe.lm_lr, weight_decay=0.01, warmup=200)
+    run_stage(
+        cfg,
+        trainable,
+        trainable.parameters(),
+        batch_fn,
+        loss_fn,
+        workdir,
+        seed=recipe.seed,
+        progress=progress,
+    )
+
+
+# --- the whole recipe ---------------------------------------------------------------------------------
+def _build_model(recipe: TinyRecipe, workdir: Path) -> CoDi2Model:
+    from transformers import AutoTokenizer
+
+    from codi2_agent.data.phrasing import corpus
+
+    tok_dir = workdir / "tokenizer"
+    if tok_dir.is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    else:
+        tokenizer = build_tokenizer(corpus(), vocab_size=recipe.vocab_size)
+        tokenizer.save_pretrained(tok_dir)
+    return CoDi2Model.from_config(CoDi2Config.tiny(), tokenizer, seed=recipe.seed)
+
+
+def _restore_done(model: CoDi2Model, workdir: Path) -> None:
+    """Load every finished stage's weights into `model` (stages are loaded in pipeline order)."""
+    enc = workdir / "encoders" / "final.pt"
+    if enc.exists():
+        state = torch.load(enc, map_location="cpu")
+        for m in ("image", "audio"):
+            prefix = f"{m}.encoder."
+            model.encoders[m].load_state_dict(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
+    for m in ("image", "audio"):
+        path = workdir / f"{m}_decoder" / "final.pt"
+        if path.exists():
+            model.decoders[m].load_state_dict(torch.load(path, map_location="cpu"))
+    lm = workdir / "lm" / "final.pt"
+    if lm.exists():
+        state = torch.load(lm, map_location="cpu")
+        for name, part in (("lm", model.lm), ("projectors", model.projectors), ("heads", model.output_heads)):
+            part.load_state_dict(
+                {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+            )
+
+
+def train(
+    out: str | Path,
+    *,
+    preset: str = "tiny",
+    workdir: str | Path | None = None,
+    recipe: TinyRecipe | None = None,
+    stages: Sequence[str] = STAGES,
+    progress: bool = True,
+) -> Path | None:
+    """Run (or resume) the recipe's `stages`; when every stage is done, save the model to `out`.
+
+    Returns `out` when the model was written, None when stages remain (run them, then call again).
+    """
+    if preset != "tiny":
+        raise ValueError(
+            f"the {preset!r} preset is trained from pretrained components on GPUs: build it with "
+            "CoDi2Model.from_pretrained(folder) and drive `run_stage` with an accelerate config; "
+            "`train` reproduces the tiny preset"
+        )
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}; expected some of {list(STAGES)}")
+    recipe = recipe or TinyRecipe()
+    out = Path(out)
+    workdir = Path(workdir) if workdir is not None else out.parent / f".{out.name}-work"
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(recipe.threads)
+    (workdir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+
+    model = _build_model(recipe, workdir)
+    _restore_done(model, workdir)
+    pools: dict[Modality, _Pool] = {}
+
+    def pool(m: Modality) -> _Pool:
+        if m not in pools:
+            size = recipe.pool_images if m is Modality.IMAGE else recipe.pool_audio
+            pools[m] = _Pool(model, m, size, recipe.seed + (1 if m is Modality.IMAGE else 2))
+        return pools[m]
+
+    if "encoders" in stages:
+        _train_encoders(
+            model, {m: pool(m) for m in (Modality.IMAGE, Modality.AUDIO)}, recipe, workdir, progress
+        )
+    if not (workdir / "encoders" / "done").exists():
+        raise RuntimeError(f"stage 'encoders' must finish first (workdir {workdir})")
+    if "image_decoder" in stages:
+        _train_decoder(
+            model, Modality.IMAGE, pool(Modality.IMAGE), recipe.image_decoder_steps, recipe, workdir, progress
+        )
+    if "audio_decoder" in stages:
+        _train_decoder(
+            model, Modality.AUDIO, pool(Modality.AUDIO), recipe.audio_decoder_steps, recipe, workdir, progress
+        )
+    if "lm" in stages:
+        _train_lm(model, recipe, workdir, progress)
+    if all((workdir / s / "done").exists() for s in STAGES):
+        _restore_done(model, workdir)
+        return model.save_pretrained(out)
+    return None
