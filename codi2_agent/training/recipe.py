@@ -43,12 +43,12 @@ class TinyRecipe:
     vocab_size: int = 1024
     encoder_steps: int = 500
     encoder_batch: int = 64
-    image_decoder_steps: int = 5000
-    audio_decoder_steps: int = 3000
+    image_decoder_steps: int = 3500
+    audio_decoder_steps: int = 1500
     decoder_batch: int = 32
     decoder_lr: float = 1e-3
     decoder_ema: float = 0.999
-    lm_steps: int = 4000
+    lm_steps: int = 3000
     lm_batch: int = 16
     lm_lr: float = 2e-3
     pool_images: int = 20000
@@ -110,9 +110,7 @@ def _train_encoders(
 ) -> None:
     probes = nn.ModuleDict(
         {
-            m.value: _EncoderProbe(
-                model.encoder(m), pools[m].attributes, model.encoder(m).feature_dim
-            )
+            m.value: _EncoderProbe(model.encoder(m), pools[m].attributes, model.encoder(m).feature_dim)
             for m in pools
         }
     )
@@ -134,7 +132,9 @@ def _train_encoders(
         cfg, probes, probes.parameters(), batch_fn, loss_fn, workdir, seed=recipe.seed, progress=progress
     )
     for m in pools:
-        model.encoder(m).load_state_dict(cast(_EncoderProbe, cast(nn.ModuleDict, trained)[m.value]).encoder.state_dict())
+        model.encoder(m).load_state_dict(
+            cast(_EncoderProbe, cast(nn.ModuleDict, trained)[m.value]).encoder.state_dict()
+        )
 
 
 # --- stages 2-3: decoders as autoencoders of C_x --------------------------------------------------

@@ -1,0 +1,85 @@
+"""Training: the accelerate loop resumes from its checkpoint; the tiny recipe learns from a fresh init."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from codi2_agent.media import Modality
+from codi2_agent.model import load_model
+from codi2_agent.training import StageConfig, TinyRecipe, run_stage, train
+
+
+def _regression(seed: int = 0) -> tuple[nn.Module, callable, callable]:
+    torch.manual_seed(seed)
+    net = nn.Linear(4, 1)
+    w = torch.tensor([[1.0, -2.0, 3.0, 0.5]])
+
+    def batch_fn(step: int) -> torch.Tensor:
+        return torch.randn(16, 4, generator=torch.Generator().manual_seed(step))
+
+    def loss_fn(x: torch.Tensor):
+        return nn.functional.mse_loss(net(x), x @ w.T), {}
+
+    return net, batch_fn, loss_fn
+
+
+def test_stage_resumes_where_it_stopped(tmp_path):
+    cfg = StageConfig("reg", steps=40, lr=0.05, warmup=1, save_every=10, log_every=10)
+    reference, batch_fn, loss_fn = _regression()
+    run_stage(cfg, reference, reference.parameters(), batch_fn, loss_fn, tmp_path / "a", progress=False)
+
+    net, batch_fn, loss_fn = _regression()
+
+    def crashing(step: int) -> torch.Tensor:
+        if step == 25:
+            raise KeyboardInterrupt  # the run is killed between checkpoints
+        return batch_fn(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg, net, net.parameters(), crashing, loss_fn, tmp_path / "b", progress=False)
+    state = torch.load(tmp_path / "b" / "reg" / "state.pt", weights_only=False)
+    assert state["step"] == 20
+    resumed, batch_fn, loss_fn = _regression(
+        seed=123
+    )  # another init: everything must come from the checkpoint
+    run_stage(cfg, resumed, resumed.parameters(), batch_fn, loss_fn, tmp_path / "b", progress=False)
+    torch.testing.assert_close(resumed.weight, reference.weight)
+    assert not (tmp_path / "b" / "reg" / "state.pt").exists() and (tmp_path / "b" / "reg" / "done").exists()
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "b" / "reg" / "loss.jsonl").read_text().splitlines()
+    ]
+    assert steps == [10, 20, 30, 40]
+
+
+@pytest.mark.slow
+def test_tiny_recipe_smoke_learns_and_writes_a_loadable_model(tmp_path):
+    out = train(tmp_path / "model", recipe=TinyRecipe.smoke(), progress=False)
+    assert out == tmp_path / "model"
+    work = tmp_path / ".model-work"
+
+    def losses(stage: str, key: str = "loss") -> list[float]:
+        return [json.loads(line)[key] for line in (work / stage / "loss.jsonl").read_text().splitlines()]
+
+    enc = losses("encoders")
+    assert enc[-1] < 0.8 * enc[0]
+    text = losses("lm", "text")
+    assert text[-1] < 0.8 * text[0]
+    model = load_model(str(out))
+    assert model.config.preset == "tiny"
+    result = model.generate(
+        ["draw a small red star in the snow"], output="image", seed=0, num_inference_steps=2
+    )
+    assert result.modality is Modality.IMAGE and result.image.image.size == (32, 32)
+    # Every stage is done: running again loads the results instead of training.
+    assert train(tmp_path / "model", recipe=TinyRecipe.smoke(), progress=False) == out
+
+
+def test_train_refuses_unknown_stages_and_presets(tmp_path):
+    with pytest.raises(ValueError, match="unknown stages"):
+        train(tmp_path / "m", stages=["warmup"], recipe=TinyRecipe.smoke())
+    with pytest.raises(ValueError, match="paper"):
+        train(tmp_path / "m", preset="paper")
