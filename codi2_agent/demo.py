@@ -78,7 +78,7 @@ def run_demo(
     chat += [Turn("assistant", [first]), Turn("user", ["make it blue"])]
     second = step("edit_colour", chat, "image")
     assert second is not None
-    chat += [Turn("assistant", [second]), Turn("user", ["now put it in the snow"])]
+    chat += [Turn("assistant", [second]), Turn("user", ["now put it in the snow"])]  # world phrasings
     step("edit_scene", chat, "image")
 
     # 4. In-context exemplar: A -> A' shows an edit; apply it to B.
@@ -88,7 +88,12 @@ def run_demo(
     query = world.render(b, 13)
     step(
         "analogy",
-        [Turn("user", ["Here is an edit:", ex_a, "becomes", ex_a2, ". Do the same to this one:", query])],
+        [
+            Turn(
+                "user",
+                ["here is an example of an edit:", ex_a, "becomes", ex_a2, "do the same to this:", query],
+            )
+        ],
         "image",
         {"example_before": ex_a, "example_after": ex_a2, "query": query},
     )
@@ -102,7 +107,18 @@ def run_demo(
     rain = world.render({"instrument": "pluck", "pitch": "330", "ambience": "rain"}, 32)
     step(
         "compose",
-        [Turn("user", ["show this picture", picture, "in the ambience of this sound", rain])],
+        [
+            Turn(
+                "user",
+                [
+                    "here is a picture",
+                    picture,
+                    "and a sound",
+                    rain,
+                    "show this picture in the ambience of this sound.",
+                ],
+            )
+        ],
         "image",
         {"picture": picture, "sound": rain},
     )
@@ -112,7 +128,7 @@ def run_demo(
     after = world.render({"shape": "cross", "colour": "blue", "size": "small", "scene": "forest"}, 42)
     step(
         "what_changed",
-        [Turn("user", ["what changed between", before, "and", after, "?"])],
+        [Turn("user", ["what changed between", before, "and", after, "what changed?"])],
         "text",
         {"before": before, "after": after},
     )

@@ -1,0 +1,89 @@
+"""Exemplar memory: every turn's media embeddings in Chroma, retrievable as in-context exemplars.
+
+What keeps multi-round editing and analogy consistent beyond the model's context window: each medium
+that enters or leaves a session is embedded in the model's own encoder space and stored with its
+lineage (tenant, thread, turn, role, parents), and the right earlier items come back as exemplars.
+
+Setup:
+    Part of codi2-agent (``chromadb`` is a core dependency). Chroma's default ONNX embedding model is
+    never used; telemetry is off. Several processes share one memory through a server:
+    ``chroma run --path ./memory-db --host 127.0.0.1 --port 8765``.
+
+Instantiate:
+    .. code-block:: python
+
+        from codi2_agent.memory import ExemplarMemory, HashingEmbedder
+        memory = ExemplarMemory("./memory-db", embedder=HashingEmbedder(64))       # embedded
+        memory = ExemplarMemory(host="127.0.0.1", port=8765, embedder=embedder)    # server
+
+Use:
+    .. code-block:: python
+
+        memory.add("alice", "t1", ref, role="output", parents=[src_ref], instruction="make it blue")
+        memory.latest("alice", thread="t1")                       # multi-round consistency
+        memory.analogous_edits("alice", "make the circle blue")   # A -> A' exemplars
+        memory.search("alice", "the picture with the blue star")  # free text
+        memory.select_exemplars("alice", "blue star", k=4, max_tokens=200)
+
+`ExemplarMemory` (and the Chroma embedding function) import chromadb on first use, so importing this
+package stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._embedding import Embedder, HashingEmbedder, get_embedder, register_embedder
+from ._errors import (
+    AmbiguousReferenceError,
+    CorruptMetadataError,
+    EmbeddingDimensionError,
+    EncoderMismatchError,
+    EncoderUnavailableError,
+    ExemplarMemoryError,
+    UnknownReferenceError,
+)
+from ._item import SHARED_TENANT, EditPair, MemoryItem, NewItem, Role, item_id
+from ._policies import DEFAULT_MEDIA_TOKENS, default_token_cost, select_budgeted
+
+if TYPE_CHECKING:
+    from ._chroma_ef import CoDi2EmbeddingFunction
+    from ._store import CompactReport, ExemplarMemory
+
+__all__ = [
+    "DEFAULT_MEDIA_TOKENS",
+    "SHARED_TENANT",
+    "AmbiguousReferenceError",
+    "CoDi2EmbeddingFunction",
+    "CompactReport",
+    "CorruptMetadataError",
+    "EditPair",
+    "Embedder",
+    "EmbeddingDimensionError",
+    "EncoderMismatchError",
+    "EncoderUnavailableError",
+    "ExemplarMemory",
+    "ExemplarMemoryError",
+    "HashingEmbedder",
+    "MemoryItem",
+    "NewItem",
+    "Role",
+    "UnknownReferenceError",
+    "default_token_cost",
+    "get_embedder",
+    "item_id",
+    "register_embedder",
+    "select_budgeted",
+]
+
+# chromadb takes ~0.7 s to import; only the parts that talk to Chroma need it.
+_LAZY = {"ExemplarMemory": "._store", "CompactReport": "._store", "CoDi2EmbeddingFunction": "._chroma_ef"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
