@@ -24,6 +24,7 @@ import torch
 
 from codi2_agent.media import Media
 from codi2_agent.model import CoDi2Model, Turn
+from codi2_agent.model.modeling_codi2 import OutputKind
 
 __all__ = ["EvalRow", "evaluate", "format_table"]
 
@@ -80,10 +81,12 @@ def evaluate(
     rows: list[EvalRow] = []
     for name in names:
         rng = np.random.default_rng([seed, names.index(name)])
-        hits, attr_hits, n_attr, t0 = 0, defaultdict(int), defaultdict(int), time.perf_counter()
+        hits, t0 = 0, time.perf_counter()
+        attr_hits: dict[str, int] = defaultdict(int)
+        n_attr: dict[str, int] = defaultdict(int)
         for i in range(per_task):
             sample = sample_task(name, rng, "test")
-            output = sample.target.modality.value if sample.target is not None else "text"
+            output: OutputKind = "text" if sample.target is None else sample.target.modality.value
             result = model.generate(
                 sample.messages, output=output, seed=seed + i, num_inference_steps=num_inference_steps
             )
@@ -119,9 +122,10 @@ def _decoder_oracle(model: CoDi2Model, probes: Any, n: int, seed: int, steps: in
     from codi2_agent.data import world
 
     rows = []
-    for modality in ("image", "audio"):
-        rng = np.random.default_rng([seed, 99, len(modality)])
-        attrs = [world.random_attrs(modality, rng, "test") for _ in range(n)]  # type: ignore[arg-type]
+    modalities: tuple[world.WorldModality, ...] = ("image", "audio")
+    for k, modality in enumerate(modalities):
+        rng = np.random.default_rng([seed, 99, k])
+        attrs = [world.random_attrs(modality, rng, "test") for _ in range(n)]
         media = [world.render(a, world.render_seed(rng, "test")) for a in attrs]
         t0 = time.perf_counter()
         feats = model.encode_media(modality, model.processor.media_tensor(media[0].modality, media))

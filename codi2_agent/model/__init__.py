@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from codi2_agent.model.assemble import assemble_paper_model
 from codi2_agent.model.configuration_codi2 import CoDi2Config, DecoderConfig, EncoderConfig
 from codi2_agent.model.modeling_codi2 import (
     CoDi2Model,
@@ -27,6 +28,7 @@ __all__ = [
     "PlaceholderMismatchError",
     "Turn",
     "WeightsNotFoundError",
+    "assemble_paper_model",
     "build_tokenizer",
     "load_model",
     "shipped_model_path",

@@ -79,7 +79,10 @@ def clip_pixels(values: torch.Tensor, size: int) -> torch.Tensor:
 
 
 _WEIGHT_FILES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
 )
 
 
@@ -191,10 +194,15 @@ class ClapAudioEncoder(MediaEncoder):
         from transformers import ClapFeatureExtractor, ClapModel
 
         # expand.safetensors is CoDi-2's own (trained) part: without it C_x would be a random map
-        _require_transformers_files(path, "CLAP audio encoder",
-                                    extra=("preprocessor_config.json", cls.EXPAND))
-        enc = cls(cfg, config, ClapModel.from_pretrained(path, local_files_only=True),
-                  ClapFeatureExtractor.from_pretrained(path, local_files_only=True))
+        _require_transformers_files(
+            path, "CLAP audio encoder", extra=("preprocessor_config.json", cls.EXPAND)
+        )
+        enc = cls(
+            cfg,
+            config,
+            ClapModel.from_pretrained(path, local_files_only=True),
+            ClapFeatureExtractor.from_pretrained(path, local_files_only=True),
+        )
         enc.expand.load_state_dict(load_file(path / cls.EXPAND))
         return enc
 
@@ -265,11 +273,19 @@ class ImageBindEncoder(MediaEncoder):
         clip_len = int(self.CLIP_S * self.AUDIO_RATE)
         last_start = max(wav.shape[-1] - clip_len, 0)
         starts = np.linspace(0, last_start, self.NUM_CLIPS).astype(int)
-        out = torch.stack([
-            torch.stack([waveform2melspec(w[None, s : s + clip_len].clone(), self.AUDIO_RATE, self.MEL_BINS,
-                                          self.MEL_FRAMES) for s in starts])
-            for w in wav
-        ])
+        out = torch.stack(
+            [
+                torch.stack(
+                    [
+                        waveform2melspec(
+                            w[None, s : s + clip_len].clone(), self.AUDIO_RATE, self.MEL_BINS, self.MEL_FRAMES
+                        )
+                        for s in starts
+                    ]
+                )
+                for w in wav
+            ]
+        )
         return ((out - self.MEL_MEAN) / self.MEL_STD).to(values.device)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
@@ -303,8 +319,10 @@ def build_encoder(
         else:
             enc = _PRETRAINED[cfg.kind].load(cfg, config, path)
     else:
-        raise ValueError(f"unknown encoder kind {cfg.kind!r}; expected one of "
-                         f"{sorted([*_TINY, *_PRETRAINED, 'imagebind'])}")
+        raise ValueError(
+            f"unknown encoder kind {cfg.kind!r}; expected one of "
+            f"{sorted([*_TINY, *_PRETRAINED, 'imagebind'])}"
+        )
     if enc.modality is not modality:
         raise ValueError(f"encoder kind {cfg.kind!r} encodes {enc.modality.value}, not {modality.value}")
     return enc

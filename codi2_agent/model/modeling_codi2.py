@@ -288,9 +288,7 @@ class CoDi2Model(nn.Module):
             loss_feature = loss_feature + nn.functional.mse_loss(c_mllm, c_target)
             if compute_diffusion_loss and self.config.diffusion_loss_weight > 0:
                 cond = c_mllm if self.config.diffusion_loss_into_lm else c_target
-                loss_diffusion = loss_diffusion + self.decoder(modality).loss(
-                    target_values, cond, generator
-                )
+                loss_diffusion = loss_diffusion + self.decoder(modality).loss(target_values, cond, generator)
         loss = (
             self.config.alpha * loss_feature + self.config.diffusion_loss_weight * loss_diffusion + loss_text
         )

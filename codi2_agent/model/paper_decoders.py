@@ -170,8 +170,9 @@ class UnCLIPImageDecoder(_PipelineDecoder):
         normalizer = self.pipe.image_normalizer
         noise = randn_tensor(embeds.shape, generator=generator, device=embeds.device, dtype=embeds.dtype)
         noised = self.pipe.image_noising_scheduler.add_noise(normalizer.scale(embeds), noise, levels)
-        level_embeds = get_timestep_embedding(levels, embeds.shape[-1], flip_sin_to_cos=True,
-                                              downscale_freq_shift=0)
+        level_embeds = get_timestep_embedding(
+            levels, embeds.shape[-1], flip_sin_to_cos=True, downscale_freq_shift=0
+        )
         return torch.cat([normalizer.unscale(noised), level_embeds.to(embeds.dtype)], dim=1)
 
     @torch.no_grad()
@@ -188,8 +189,9 @@ class UnCLIPImageDecoder(_PipelineDecoder):
         with torch.no_grad():
             dist = pipe.vae.encode(values.to(self.device, self.dtype)).latent_dist
             latents = dist.sample(generator) * pipe.vae.config.scaling_factor  # (B, 4, S/f, S/f)
-        levels = _randint(pipe.image_noising_scheduler.config.num_train_timesteps, embeds.shape[0], generator,
-                          self.device)
+        levels = _randint(
+            pipe.image_noising_scheduler.config.num_train_timesteps, embeds.shape[0], generator, self.device
+        )
         class_labels = self.augment(embeds, levels, generator)  # (B, 2D)
         text = self._empty_prompt_embeds(len(values))
         return self._noise_loss(latents, generator, encoder_hidden_states=text, class_labels=class_labels)
@@ -249,8 +251,12 @@ class AudioLDM2Decoder(_PipelineDecoder):
         self.hop_length = int(np.prod(vocoder.upsample_rates))
         self.n_mels = int(vocoder.model_in_dim)
         fb = mel_filter_bank(
-            num_frequency_bins=self.N_FFT // 2 + 1, num_mel_filters=self.n_mels, min_frequency=0.0,
-            max_frequency=self.vocoder_rate / 2, sampling_rate=self.vocoder_rate, norm="slaney",
+            num_frequency_bins=self.N_FFT // 2 + 1,
+            num_mel_filters=self.n_mels,
+            min_frequency=0.0,
+            max_frequency=self.vocoder_rate / 2,
+            sampling_rate=self.vocoder_rate,
+            norm="slaney",
             mel_scale="slaney",
         )  # (F, M), as librosa's default mel filters
         self.register_buffer("mel_filters", torch.from_numpy(fb.T.astype(np.float32)), persistent=False)
@@ -281,8 +287,13 @@ class AudioLDM2Decoder(_PipelineDecoder):
         pipe = self.pipe
         if not isinstance(pipe.text_encoder_2, T5EncoderModel):
             raise ValueError("AudioLDM2Decoder needs the T5 text encoder variant, not the VITS (speech) one")
-        tok = pipe.tokenizer_2(prompts, padding=True, max_length=pipe.tokenizer_2.model_max_length,
-                               truncation=True, return_tensors="pt")
+        tok = pipe.tokenizer_2(
+            prompts,
+            padding=True,
+            max_length=pipe.tokenizer_2.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
         return pipe.text_encoder_2(ids, attention_mask=mask)[0], mask  # (B, L, H_t5), (B, L)
 
@@ -301,8 +312,9 @@ class AudioLDM2Decoder(_PipelineDecoder):
         wav = wav.to(self.mel_filters.device)
         pad = (self.N_FFT - self.hop_length) // 2  # AudioLDM pads so that frames = samples / hop
         wav = nn.functional.pad(wav[:, None], (pad, pad), mode="reflect")[:, 0]
-        spec = torch.stft(wav, self.N_FFT, self.hop_length, window=self.window, center=False,
-                          return_complex=True)  # (B, F, T)
+        spec = torch.stft(
+            wav, self.N_FFT, self.hop_length, window=self.window, center=False, return_complex=True
+        )  # (B, F, T)
         mel = self.mel_filters @ spec.abs()  # (B, M, T)
         log_mel = torch.log(mel.clamp(min=1e-5)).transpose(1, 2)  # (B, T, M)
         frames = self._num_frames()
@@ -321,8 +333,13 @@ class AudioLDM2Decoder(_PipelineDecoder):
             mel = self.log_mel(values).to(self.device, pipe.vae.dtype)
             latents = pipe.vae.encode(mel).latent_dist.sample(generator) * pipe.vae.config.scaling_factor
         text, mask = self.text_embeds(_prompts(None, len(values)))
-        return self._noise_loss(latents.to(self.dtype), generator, encoder_hidden_states=generated,
-                                encoder_hidden_states_1=text.to(self.dtype), encoder_attention_mask_1=mask)
+        return self._noise_loss(
+            latents.to(self.dtype),
+            generator,
+            encoder_hidden_states=generated,
+            encoder_hidden_states_1=text.to(self.dtype),
+            encoder_attention_mask_1=mask,
+        )
 
     @torch.no_grad()
     def decode(

@@ -21,7 +21,12 @@ from codi2_agent.model.paper_decoders import AudioLDM2Decoder, UnCLIPImageDecode
 from codi2_agent.model.paper_testing import TINY_PAPER_SIZES, build_tiny_paper_model, tiny_paper_config
 
 SUBFOLDERS = (
-    "tokenizer", "language_model", "image_encoder", "audio_encoder", "image_decoder", "audio_decoder",
+    "tokenizer",
+    "language_model",
+    "image_encoder",
+    "audio_encoder",
+    "image_decoder",
+    "audio_decoder",
 )
 
 
@@ -70,7 +75,8 @@ def test_folder_has_the_paper_layout(paper_folder: Path) -> None:
     assert config == tiny_paper_config()
     for part in ("image_encoder", "audio_encoder", "image_decoder", "audio_decoder"):
         assert (getattr(config, part).kind, getattr(config, part).subfolder) == (
-            getattr(paper, part).kind, getattr(paper, part).subfolder
+            getattr(paper, part).kind,
+            getattr(paper, part).subfolder,
         )
 
 
@@ -96,8 +102,11 @@ def test_loads_the_paper_classes(paper_model: CoDi2Model) -> None:
 def _batch(model: CoDi2Model) -> dict:
     p = model.processor
     samples = [
-        p.encode([Turn("user", ["make", _image(0), "sound like", _audio(1)])], answer_text="ok",
-                 answer_media=_image(2)),
+        p.encode(
+            [Turn("user", ["make", _image(0), "sound like", _audio(1)])],
+            answer_text="ok",
+            answer_media=_image(2),
+        ),
         p.encode([Turn("user", ["now hear", _audio(3)])], answer_media=_audio(4)),
     ]
     return p.collate(samples)
@@ -141,8 +150,9 @@ def test_without_diffusion_loss_into_lm_the_lm_gets_no_diffusion_gradient(paper_
 def test_generate_image_has_the_configured_size_and_follows_the_seed(paper_model: CoDi2Model) -> None:
     steps: list[tuple[int, int]] = []
     prompt = ["draw this again", _image(5)]
-    a = paper_model.generate(prompt, output="image", seed=0, num_inference_steps=2,
-                             callback=lambda i, n: steps.append((i, n)))
+    a = paper_model.generate(
+        prompt, output="image", seed=0, num_inference_steps=2, callback=lambda i, n: steps.append((i, n))
+    )
     b = paper_model.generate(prompt, output="image", seed=0, num_inference_steps=2)
     c = paper_model.generate(prompt, output="image", seed=1, num_inference_steps=2)
     assert a.modality is Modality.IMAGE and a.image is not None
@@ -190,8 +200,10 @@ def test_save_and_load_round_trip_gives_identical_outputs(paper_model: CoDi2Mode
         b = again.generate(prompt, output=output, seed=3, num_inference_steps=2)
         assert torch.equal(a.features, b.features), output
         ma, mb = a.media[0], b.media[0]
-        assert np.array_equal(ma.image_array() if output == "image" else ma.audio,
-                              mb.image_array() if output == "image" else mb.audio), output
+        assert np.array_equal(
+            ma.image_array() if output == "image" else ma.audio,
+            mb.image_array() if output == "image" else mb.audio,
+        ), output
 
 
 # --- missing weights and optional encoders ----------------------------------------------------------------
@@ -203,17 +215,20 @@ def test_missing_subfolder_raises_weights_not_found_naming_it(copy_folder, name:
         CoDi2Model.from_pretrained(folder)
 
 
-@pytest.mark.parametrize("missing", [
-    "image_encoder/model.safetensors",
-    "audio_encoder/config.json",
-    "audio_encoder/preprocessor_config.json",
-    "image_decoder/model_index.json",
-    "image_decoder/unet",
-    "image_decoder/unet/config.json",
-    "audio_decoder/vocoder",
-    "audio_decoder/tokenizer_2",
-    "audio_encoder/expand.safetensors",
-])
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "image_encoder/model.safetensors",
+        "audio_encoder/config.json",
+        "audio_encoder/preprocessor_config.json",
+        "image_decoder/model_index.json",
+        "image_decoder/unet",
+        "image_decoder/unet/config.json",
+        "audio_decoder/vocoder",
+        "audio_decoder/tokenizer_2",
+        "audio_encoder/expand.safetensors",
+    ],
+)
 def test_missing_file_inside_a_component_raises_weights_not_found(copy_folder, missing: str) -> None:
     folder = copy_folder()
     target = folder / missing

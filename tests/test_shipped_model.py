@@ -1,0 +1,70 @@
+"""The shipped tiny checkpoint: loads offline, fits its budget, clears accuracy floors, runs the demo.
+
+A broken or missing checkpoint fails here (and so fails CI). Floors sit well below the committed
+eval table (benchmarks/results/eval_tiny.txt) so sampling noise on a small subset cannot trip them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from codi2_agent.evaluation import evaluate
+from codi2_agent.model import load_model, shipped_model_path
+
+FLOORS = {  # task -> minimum accuracy on 12 held-out samples (see the committed table for the real figures)
+    "caption_image": 0.75,
+    "caption_audio": 0.75,
+    "what_changed": 0.5,
+    "text_to_image": 0.4,
+    "edit_image": 0.4,
+    "edit_audio": 0.4,
+}
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model("tiny")
+
+
+def test_shipped_checkpoint_is_small_safetensors_and_complete():
+    folder = shipped_model_path("tiny")
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 50 * 1024 * 1024
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".pth")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    assert (folder / "config.json").is_file() and (folder / "REPRODUCE.md").is_file()
+
+
+def test_shipped_model_clears_accuracy_floors(shipped):
+    rows = {r.task: r for r in evaluate(shipped, per_task=12, tasks=sorted(FLOORS), rounds=2)}
+    failures = {t: rows[t].accuracy for t, floor in FLOORS.items() if rows[t].accuracy < floor}
+    assert not failures, f"below the floor: {failures}"
+    assert rows["decoder_oracle_image"].accuracy >= 0.4
+    assert rows["probe_self_image"].accuracy == 1.0
+
+
+def test_demo_runs_end_to_end_and_writes_what_it_claims(tmp_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "codi2_agent.cli", "demo", "--out", str(out), "--steps", "4"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [t["name"] for t in summary] == [
+        "text_to_image", "edit_colour", "edit_scene", "analogy", "edit_audio", "compose", "what_changed"
+    ]
+    for turn in summary:
+        for path in turn["files"] + turn["inputs"]:
+            assert Path(path).is_file() and Path(path).stat().st_size > 0
+            assert path in proc.stdout or turn["inputs"]  # outputs are printed with their paths
+    kinds = [Path(t["files"][0]).suffix if t["files"] else "" for t in summary]
+    assert kinds == [".png", ".png", ".png", ".png", ".wav", ".png", ""]
+    assert summary[-1]["text"]  # "what changed?" gets a text answer
