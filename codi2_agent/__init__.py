@@ -30,6 +30,7 @@ _LAZY = {
     "CoDi2Config": "codi2_agent.model",
     "CoDi2Model": "codi2_agent.model",
     "load_model": "codi2_agent.model",
+    "Session": "codi2_agent.session",
 }
 
 

@@ -1,0 +1,350 @@
+"""Backends: where the CoDi-2 model runs, behind one small protocol.
+
+The session graph, `ChatCoDi2` and the tools never call a model directly; they hand a `Backend` a
+`GenerateRequest` and get a `GenerateResult` back. Both are plain pydantic data holding text and
+`MediaRef`s, never tensors, PIL images or bytes: the media themselves travel through the shared
+`ArtifactStore`. That keeps the protocol remote-friendly — a Ray Serve deployment (DESIGN §9) can
+implement it by reading and writing the same store — and keeps graph state small.
+
+`LocalBackend` runs a `CoDi2Model` in this process. `ModelEmbedder` turns the model's own encoders
+into the `Embedder` the exemplar memory needs, so "similar" in memory means similar to the model.
+
+Setup:
+    Part of codi2-agent; nothing extra to install.
+
+Instantiate:
+    .. code-block:: python
+
+        from codi2_agent import ArtifactStore, load_model
+        from codi2_agent.backends import LocalBackend
+
+        backend = LocalBackend(load_model("tiny"), ArtifactStore("./artifacts"))
+
+Invoke:
+    .. code-block:: python
+
+        from codi2_agent.backends import GenerateRequest, PromptTurn
+
+        request = GenerateRequest(prompt=[PromptTurn(role="user", parts=["draw a red star"])], output="image")
+        result = backend.generate(request, progress=lambda step, total: None)
+        result.media[0].uri          # 'artifact://3f2a…'
+        backend.artifacts.get(result.media[0]).image.size   # (32, 32)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from codi2_agent.artifacts import ArtifactStore
+from codi2_agent.media import Media, MediaRef, Modality
+
+if TYPE_CHECKING:
+    from codi2_agent.model import CoDi2Model
+
+__all__ = [
+    "Backend",
+    "GenerateRequest",
+    "GenerateResult",
+    "LocalBackend",
+    "ModelEmbedder",
+    "OutputKind",
+    "ProgressFn",
+    "PromptTurn",
+    "TransientBackendError",
+]
+
+OutputKind = Literal["auto", "text", "image", "audio"]
+ProgressFn = Callable[[int, int], None]  # (step, total) of the diffusion decoder
+
+
+class TransientBackendError(RuntimeError):
+    """A failure worth retrying as is: a lost worker, a timeout, a full queue.
+
+    The session graph's `RetryPolicy` retries this (and `ConnectionError` / `TimeoutError`), never
+    bad input, which would fail the same way again.
+    """
+
+
+# --- the request and result: data only, so they cross process boundaries ------------------------
+class PromptTurn(BaseModel):
+    """One message of a prompt: its role and interleaved text and media references."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Literal["user", "assistant"]
+    parts: tuple[str | MediaRef, ...] = Field(min_length=1)
+
+
+class GenerateRequest(BaseModel):
+    """What to generate: an interleaved conversation and how to answer it (see `CoDi2Model.generate`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: tuple[PromptTurn, ...] = Field(min_length=1)
+    output: OutputKind = "auto"
+    seed: int | None = None  # diffusion noise; equal request and seed give equal media (and artifact ids)
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    max_new_tokens: int = Field(default=64, ge=1)
+    turn: int | None = None  # stamped on the output refs
+    captions: tuple[str | None, ...] = ()  # captions for the output media, in order
+
+
+class GenerateResult(BaseModel):
+    """The answer: text, and any media already stored in the backend's `ArtifactStore`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    media: tuple[MediaRef, ...] = ()
+    modality: Modality = Modality.TEXT
+    created: tuple[str, ...] = ()  # artifact ids this call wrote (they were not stored before)
+    seconds: float = 0.0  # wall time inside the model
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Where generation runs. Implementations must be safe to call from several threads.
+
+    Attributes:
+        name: identity of the model behind it (recorded with results).
+        artifacts: the store requests read media from and results write media to.
+        context_limit: the most prompt tokens the model reads.
+    """
+
+    name: str
+    artifacts: ArtifactStore
+
+    @property
+    def context_limit(self) -> int: ...
+
+    def count_tokens(self, prompt: Sequence[PromptTurn]) -> int:
+        """Tokens the prompt takes, with the generation prefix (no answer)."""
+        ...
+
+    def generate(self, request: GenerateRequest, *, progress: ProgressFn | None = None) -> GenerateResult:
+        """Answer `request`; output media are in `artifacts` before this returns."""
+        ...
+
+    async def agenerate(
+        self, request: GenerateRequest, *, progress: ProgressFn | None = None
+    ) -> GenerateResult: ...
+
+    @property
+    def embedder(self) -> Any:
+        """The `codi2_agent.memory.Embedder` of this model's feature space."""
+        ...
+
+
+# --- in process ----------------------------------------------------------------------------------
+class LocalBackend:
+    """A `CoDi2Model` in this process.
+
+    Calls are serialised with a lock: one model, one forward pass at a time (async callers run in a
+    worker thread, so they do not block their event loop).
+
+    Args:
+        model: the model (`load_model("tiny")`, or `CoDi2Model.from_config(...)` in tests).
+        artifacts: where input media are read from and output media are written to.
+    """
+
+    def __init__(self, model: CoDi2Model, artifacts: ArtifactStore) -> None:
+        self.model = model.eval()
+        self.artifacts = artifacts
+        self._lock = threading.RLock()
+        self.name = f"codi2-local:{model.config.preset}"
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(model={self.model.config.preset!r}, artifacts={str(self.artifacts.root)!r})"
+
+    @property
+    def context_limit(self) -> int:
+        return int(self.model.processor.max_length)
+
+    @cached_property
+    def embedder(self) -> ModelEmbedder:
+        return ModelEmbedder(self.model)
+
+    # --- prompts --------------------------------------------------------------------------------
+    def _turns(self, prompt: Sequence[PromptTurn], *, placeholders: bool = False) -> list[Any]:
+        from codi2_agent.model import Turn
+
+        turns = []
+        for turn in prompt:
+            content: list[str | Media] = []
+            for part in turn.parts:
+                if isinstance(part, MediaRef):
+                    # Counting only needs each medium's modality: skip decoding the file.
+                    content.append(_stand_in(part.modality) if placeholders else self.artifacts.get(part))
+                else:
+                    content.append(part)
+            turns.append(Turn(turn.role, content))
+        return turns
+
+    def count_tokens(self, prompt: Sequence[PromptTurn]) -> int:
+        # The processor refuses prompts over its limit; measuring one must not, so use an unlimited copy.
+        processor = copy.copy(self.model.processor)
+        processor.max_length = 1 << 30
+        return int(processor.encode(self._turns(prompt, placeholders=True)).input_ids.numel())
+
+    # --- generation -----------------------------------------------------------------------------
+    def generate(self, request: GenerateRequest, *, progress: ProgressFn | None = None) -> GenerateResult:
+        # 1. Load the prompt's media from the store (validated there)
+        turns = self._turns(request.prompt)
+        # 2. Run the model
+        with self._lock:
+            t0 = time.perf_counter()
+            out = self.model.generate(
+                turns,
+                output=request.output,
+                seed=request.seed,
+                num_inference_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale,
+                max_new_tokens=request.max_new_tokens,
+                callback=progress,
+            )
+            seconds = time.perf_counter() - t0
+        # 3. Store the media. Content addressing makes a retried request write nothing new.
+        refs, created = [], []
+        for i, media in enumerate(out.media):
+            caption = request.captions[i] if i < len(request.captions) else None
+            new = media.sha256() not in self.artifacts
+            ref = self.artifacts.put(media, caption=caption, turn=request.turn)
+            refs.append(ref)
+            if new:
+                created.append(ref.id)
+        return GenerateResult(
+            text=out.text, media=tuple(refs), modality=out.modality, created=tuple(created), seconds=seconds
+        )
+
+    async def agenerate(
+        self, request: GenerateRequest, *, progress: ProgressFn | None = None
+    ) -> GenerateResult:
+        return await asyncio.to_thread(self.generate, request, progress=progress)
+
+
+_STAND_INS: dict[Modality, Media] = {}
+
+
+def _stand_in(modality: Modality) -> Media:
+    """A tiny medium of `modality`: the processor counts placeholders by modality only."""
+    if modality not in _STAND_INS:
+        if modality is Modality.IMAGE:
+            _STAND_INS[modality] = Media.from_image(np.zeros((1, 1, 3), np.uint8))
+        elif modality is Modality.AUDIO:
+            _STAND_INS[modality] = Media.from_audio(np.zeros(16, np.float32), 16000)
+        else:
+            _STAND_INS[modality] = Media.from_text("")
+    return _STAND_INS[modality]
+
+
+# --- the model as the memory's encoder -----------------------------------------------------------
+class ModelEmbedder:
+    """An `Embedder` (see `codi2_agent.memory`) backed by the model's encoders and text path.
+
+    Images and audio live in different feature spaces, so vectors are block-structured:
+    ``[image part | audio part]``. An image fills the first block, a sound the second, and a text
+    query fills both (the model's predicted image feature and its predicted audio feature for that
+    text, `CoDi2Model.embed_text`). Cosine similarity then compares a query with images in image
+    space and with sounds in audio space, and never compares an image's pixels with a sound's.
+
+    `name` fingerprints the weights, so a memory built with one checkpoint refuses another.
+
+    Setup:
+        Part of codi2-agent.
+
+    Instantiate:
+        .. code-block:: python
+
+            from codi2_agent.backends import ModelEmbedder
+            embedder = ModelEmbedder(model)       # a CoDi2Model
+            embedder.name, embedder.dim           # ('codi2:tiny:1a2b3c4d5e6f', 128)
+
+    Invoke:
+        .. code-block:: python
+
+            from codi2_agent.memory import ExemplarMemory
+            memory = ExemplarMemory("./memory-db", embedder=embedder, artifacts=store)
+    """
+
+    def __init__(self, model: CoDi2Model, *, name: str | None = None) -> None:
+        self.model = model
+        self._dims = {
+            Modality.IMAGE: int(model.encoder(Modality.IMAGE).feature_dim),
+            Modality.AUDIO: int(model.encoder(Modality.AUDIO).feature_dim),
+        }
+        self.dim = sum(self._dims.values())
+        self.name = name or f"codi2:{model.config.preset}:{_fingerprint(model)}"
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"ModelEmbedder(name={self.name!r}, dim={self.dim})"
+
+    def _block(self, modality: Modality, vecs: np.ndarray) -> np.ndarray:
+        out = np.zeros((vecs.shape[0], self.dim), dtype=np.float32)
+        start = 0 if modality is Modality.IMAGE else self._dims[Modality.IMAGE]
+        out[:, start : start + vecs.shape[1]] = _unit_rows(vecs)
+        return out
+
+    def embed_media(self, media: Sequence[Media]) -> np.ndarray:
+        out = np.zeros((len(media), self.dim), dtype=np.float32)
+        for modality in (Modality.IMAGE, Modality.AUDIO):
+            idx = [i for i, m in enumerate(media) if m.modality is modality]
+            if idx:
+                with self._lock:
+                    vecs = self.model.embed_media([media[i] for i in idx]).float().cpu().numpy()
+                out[idx] = self._block(modality, vecs)
+        text_idx = [i for i, m in enumerate(media) if m.modality is Modality.TEXT]
+        if text_idx:
+            out[text_idx] = self.embed_text([media[i].text for i in text_idx])
+        return out
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("embed_text takes a sequence of strings, not one string")
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            parts = [
+                self._block(m, self.model.embed_text(list(texts), m).float().cpu().numpy())
+                for m in (Modality.IMAGE, Modality.AUDIO)
+            ]
+        return (parts[0] + parts[1]) / np.sqrt(2.0, dtype=np.float32)
+
+
+def _unit_rows(vecs: np.ndarray) -> np.ndarray:
+    vecs = np.asarray(vecs, dtype=np.float32)
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    return vecs / np.where(norms > 0, norms, 1.0)
+
+
+def _fingerprint(model: CoDi2Model) -> str:
+    """12 hex digits identifying the weights behind `embed_media` / `embed_text`.
+
+    Samples at most 64 values per tensor (plus names and shapes), so it costs milliseconds even for
+    the paper preset, while any retraining changes it.
+    """
+    import torch
+
+    h = hashlib.sha256(model.identity().encode())
+    state = model.state_dict()
+    for key in sorted(state):
+        t = state[key]
+        if not torch.is_floating_point(t):
+            continue
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // 64)
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(flat[::step][:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]

@@ -1,0 +1,213 @@
+"""`build_session_graph`: the explicit `StateGraph` of one conversation turn (DESIGN §3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy
+
+from codi2_agent.artifacts import ArtifactStore
+from codi2_agent.backends import Backend, LocalBackend, TransientBackendError
+
+from ._checkpoint import register_types, sqlite_checkpointer
+from ._nodes import NodeSettings, SessionNodes
+from ._prompt import ContextPolicy
+from ._state import SessionInput, SessionState
+
+if TYPE_CHECKING:
+    from langgraph.graph.state import CompiledStateGraph
+    from langgraph.store.base import BaseStore
+
+    from codi2_agent.model import CoDi2Model
+
+__all__ = ["CHECKPOINT_FILE", "DEFAULT_RETRY", "build_session_graph", "is_transient"]
+
+CHECKPOINT_FILE = "checkpoints.sqlite"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors a retry can fix (a backend hiccup), as opposed to bad input (which would fail again)."""
+    return isinstance(exc, (TransientBackendError, ConnectionError, TimeoutError, MemoryError))
+
+
+DEFAULT_RETRY = RetryPolicy(max_attempts=3, initial_interval=0.2, backoff_factor=2.0, retry_on=is_transient)
+
+
+def build_session_graph(
+    model: CoDi2Model | Backend,
+    memory: Any,
+    artifacts: ArtifactStore | str | Path | None = None,
+    *,
+    checkpointer: BaseCheckpointSaver[Any] | str | Path | None = None,
+    store: BaseStore | None = None,
+    review: bool = False,
+    tenant: str = "default",
+    context: ContextPolicy = "memory",
+    window_k: int = 3,
+    shots: int = 0,
+    analogy_shots: int = 1,
+    max_prompt_tokens: int | None = None,
+    caption_outputs: bool = True,
+    seed: int | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    max_new_tokens: int = 64,
+    retry_policy: RetryPolicy | None = None,
+    name: str = "codi2_session",
+) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """Build the CoDi-2 session graph: ingest → resolve → retrieve → compose → generate → persist → respond.
+
+    Each ``invoke`` is one turn of a thread (``config={"configurable": {"thread_id": ...}}``). State
+    holds `MediaRef`s only; media live in `artifacts`, their embeddings in `memory`.
+
+    Setup:
+        Part of codi2-agent. PostgreSQL checkpoints need the ``serve`` extra
+        (``pip install "codi2-agent[serve]"``).
+
+    Instantiate:
+        .. code-block:: python
+
+            from codi2_agent import ArtifactStore, load_model
+            from codi2_agent.backends import ModelEmbedder
+            from codi2_agent.graphs import build_session_graph
+            from codi2_agent.memory import ExemplarMemory
+
+            model = load_model("tiny")
+            store = ArtifactStore("./session/artifacts")
+            memory = ExemplarMemory("./session/memory", embedder=ModelEmbedder(model), artifacts=store)
+            graph = build_session_graph(model, memory, store)   # SQLite at ./session/checkpoints.sqlite
+
+            from langgraph.checkpoint.postgres import PostgresSaver   # at scale (the serve extra)
+            with PostgresSaver.from_conn_string("postgresql://…") as saver:
+                saver.setup()
+                graph = build_session_graph(model, memory, store, checkpointer=saver)
+
+    Invoke:
+        .. code-block:: python
+
+            config = {"configurable": {"thread_id": "demo"}}
+            out = graph.invoke({"messages": [("user", "draw a small red star in the snow")]}, config)
+            out["messages"][-1].content_blocks
+            # [{'type': 'text', 'text': 'Here it is.'},
+            #  {'type': 'image', 'url': 'artifact://3f2a…', 'mime_type': 'image/png', 'extras': {...}}]
+            graph.invoke({"messages": [("user", "make it blue")]}, config)      # edits the star
+            for mode, chunk in graph.stream({"messages": [("user", "now the first picture, bigger")]},
+                                            config, stream_mode=["custom", "values"]):
+                ...   # ("custom", {"event": "progress", "step": 3, "total": 20, ...})
+
+        Media: send them as ``artifact://`` references (`ingest_message` stores inline ones first).
+        Inline base64 blocks work too — ingest stores them and the state keeps only references — but
+        LangGraph also keeps each run's raw input in the checkpoint's write log.
+
+        Long sessions: pass ``durability="exit"`` to ``invoke`` to write one checkpoint per turn
+        (a few KB) instead of one per step; a turn cut short then re-runs from its start, which is
+        safe because every write is idempotent.
+
+    Args:
+        model: a `CoDi2Model` (run in-process) or any `Backend` (e.g. a remote one).
+        memory: an `ExemplarMemory` (its embedder should be the model's `ModelEmbedder`), or None to
+            run without one (references resolve within the thread only; no exemplars).
+        artifacts: the `ArtifactStore` (or its root); defaults to the backend's store.
+        checkpointer: a LangGraph saver, or a path for a SQLite one; None puts SQLite (WAL, busy
+            timeout) beside the artifact store. Our state types are added to its serializer allowlist.
+        store: an optional LangGraph `BaseStore`, passed through to `compile`.
+        review: pause after each generated medium with ``interrupt()`` until a person resumes with
+            ``Command(resume="accept" | "reject")``; rejected media never become exemplars.
+        tenant: whose memory turns read and write; ``config["configurable"]["tenant"]`` overrides it.
+        context: ``"memory"`` (resolved media + exemplars from memory) or ``"window"`` (the last
+            `window_k` exchanges verbatim: the plain chat baseline).
+        window_k: exchanges shown in ``"window"`` mode.
+        shots: solved examples retrieved from memory for edits and generations (0: none; the tiny
+            model was trained without them).
+        analogy_shots: edit pairs shown for "do the same" requests (1 = the referenced edit only).
+        max_prompt_tokens: cap the prompt below the model's own context limit.
+        caption_outputs: caption each produced medium with the model (for references and search).
+        seed: base seed; by default each (tenant, thread, turn) has its own fixed seed.
+        num_inference_steps, guidance_scale, max_new_tokens: generation defaults (per turn, the
+            ``options`` input or ``config["configurable"]["num_inference_steps"]`` override them).
+        retry_policy: retries of the generate node (default: 3 attempts on transient errors).
+        name: the compiled graph's name.
+    """
+    # 1. Check arguments and wire the parts
+    if context not in ("memory", "window"):
+        raise ValueError(f"context must be 'memory' or 'window', got {context!r}")
+    if window_k < 0 or shots < 0 or analogy_shots < 1:
+        raise ValueError("window_k and shots must be >= 0 and analogy_shots >= 1")
+    if isinstance(artifacts, (str, Path)):
+        artifacts = ArtifactStore(artifacts)
+    if isinstance(model, Backend):
+        backend = model
+        if artifacts is not None and Path(artifacts.root) != Path(backend.artifacts.root):
+            raise ValueError("the backend and the graph must share one artifact store")
+        artifacts = backend.artifacts
+    else:
+        if artifacts is None:
+            raise ValueError(
+                "build_session_graph(model, ...) needs artifacts= (an ArtifactStore or its root)"
+            )
+        backend = LocalBackend(model, artifacts)
+    assert artifacts is not None
+    settings = NodeSettings(
+        tenant=tenant,
+        context=context,
+        window_k=window_k,
+        shots=shots,
+        analogy_shots=analogy_shots,
+        max_prompt_tokens=max_prompt_tokens,
+        caption_outputs=caption_outputs,
+        seed=seed,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        max_new_tokens=max_new_tokens,
+        review=review,
+    )
+    nodes = SessionNodes(backend, memory, artifacts, settings)
+
+    # 2. The graph: one node per step, named routers with explicit path maps
+    builder = StateGraph(SessionState, input_schema=SessionInput)
+    builder.add_node("ingest", nodes.ingest)
+    builder.add_node("resolve", nodes.resolve)
+    builder.add_node("retrieve", nodes.retrieve)
+    builder.add_node("compose", nodes.compose)
+    builder.add_node("generate", nodes.generate, retry_policy=retry_policy or DEFAULT_RETRY)
+    builder.add_node(
+        "persist", nodes.persist, retry_policy=RetryPolicy(max_attempts=2, retry_on=is_transient)
+    )
+    builder.add_node("respond", nodes.respond)
+    builder.add_edge(START, "ingest")
+    builder.add_conditional_edges(
+        "ingest", nodes.route_after_ingest, path_map={"resolve": "resolve", "respond": "respond"}
+    )
+    builder.add_conditional_edges(
+        "resolve", nodes.route_after_resolve, path_map={"retrieve": "retrieve", "respond": "respond"}
+    )
+    builder.add_conditional_edges(
+        "retrieve", nodes.route_after_retrieve, path_map={"compose": "compose", "respond": "respond"}
+    )
+    builder.add_conditional_edges(
+        "compose", nodes.route_after_compose, path_map={"generate": "generate", "respond": "respond"}
+    )
+    if review:
+        builder.add_node("review", nodes.review)
+        builder.add_node("discard", nodes.discard)
+        builder.add_conditional_edges(
+            "generate", nodes.route_after_generate, path_map={"review": "review", "persist": "persist"}
+        )
+        builder.add_conditional_edges(
+            "review", nodes.route_after_review, path_map={"persist": "persist", "discard": "discard"}
+        )
+        builder.add_edge("discard", "respond")
+    else:
+        builder.add_edge("generate", "persist")
+    builder.add_edge("persist", "respond")
+    builder.add_edge("respond", END)
+
+    # 3. Compile with a checkpointer that knows our types
+    if checkpointer is None:
+        checkpointer = sqlite_checkpointer(Path(artifacts.root).parent / CHECKPOINT_FILE)
+    elif isinstance(checkpointer, (str, Path)):
+        checkpointer = sqlite_checkpointer(checkpointer)
+    return builder.compile(checkpointer=register_types(checkpointer), store=store, name=name)

@@ -1,0 +1,586 @@
+"""The session graph's nodes, one method per step of DESIGN §3, and the routers between them.
+
+Every node is a pure function of (state, config) plus the shared backend, memory and artifact store,
+and is safe to run twice: artifact ids are content hashes, memory ids hash (tenant, thread, turn,
+role, artifact), and seeds derive from (tenant, thread, turn), so a retried or resumed turn writes
+exactly what the first attempt would have — no duplicates, no orphans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.config import get_stream_writer
+from langgraph.types import interrupt
+
+from codi2_agent.artifacts import ArtifactStore
+from codi2_agent.backends import Backend, GenerateRequest, PromptTurn
+from codi2_agent.media import MediaError, MediaRef
+
+from ._blocks import MEDIA_BLOCK_TYPES, block_ref, message_text, ref_block
+from ._language import clean_instruction, generation_caption
+from ._prompt import ContextPolicy, PromptTooLongError, _describe_question, compose_memory, compose_window
+from ._references import resolve
+from ._state import Clarification, Exemplar, MediaRecord, Request, SessionState, TurnOptions
+
+__all__ = ["NodeSettings", "SessionNodes"]
+
+_CAPTION_RE = re.compile(r"[a-zA-Z]{2,}")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Behaviour switches of a session graph (see `build_session_graph` for each)."""
+
+    tenant: str = "default"
+    context: ContextPolicy = "memory"
+    window_k: int = 3
+    shots: int = 0
+    analogy_shots: int = 1
+    max_prompt_tokens: int | None = None
+    caption_outputs: bool = True
+    seed: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    max_new_tokens: int = 64
+    review: bool = False
+
+
+def _config_value(config: RunnableConfig | None, key: str, default: Any = None) -> Any:
+    return ((config or {}).get("configurable") or {}).get(key, default)
+
+
+def _last_human(messages: Sequence[BaseMessage]) -> HumanMessage | None:
+    for m in reversed(messages):
+        if isinstance(m, AIMessage):
+            return None
+        if isinstance(m, HumanMessage):
+            return m
+    return None
+
+
+class SessionNodes:
+    """The nodes of one session graph, bound to its backend, memory and store."""
+
+    def __init__(self, backend: Backend, memory: Any, artifacts: ArtifactStore, settings: NodeSettings):
+        self.backend = backend
+        self.memory = memory
+        self.artifacts = artifacts
+        self.settings = settings
+
+    # --- helpers --------------------------------------------------------------------------------
+    def tenant(self, config: RunnableConfig | None) -> str:
+        return str(_config_value(config, "tenant", self.settings.tenant))
+
+    @staticmethod
+    def thread(config: RunnableConfig | None) -> str:
+        return str(_config_value(config, "thread_id", "default"))
+
+    def seed(self, config: RunnableConfig | None, turn: int, options: TurnOptions | None) -> int:
+        if options is not None and options.seed is not None:
+            return options.seed
+        if self.settings.seed is not None:
+            return self.settings.seed + turn
+        # Same place in the same thread -> same seed: a retried turn reproduces its media exactly.
+        key = f"{self.tenant(config)}\x1f{self.thread(config)}\x1f{turn}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+
+    def budget(self, max_new_tokens: int) -> int:
+        limit = self.backend.context_limit
+        if self.settings.max_prompt_tokens is not None:
+            limit = min(limit, self.settings.max_prompt_tokens)
+        return limit - max_new_tokens - 16  # room for the answer and a generation block
+
+    def _remember(self, config: RunnableConfig, records: Sequence[MediaRecord]) -> None:
+        if self.memory is None or not records:
+            return
+        from codi2_agent.memory import NewItem
+
+        entries = [
+            NewItem(
+                self.thread(config),
+                r.ref,
+                turn=r.turn,
+                role=r.role,
+                parents=r.parents,
+                task=r.task,
+                subject=r.subject,
+                caption=r.caption,
+                instruction=r.instruction,
+            )
+            for r in records
+        ]
+        media = [self.artifacts.get(r.ref) for r in records]
+        self.memory.add_many(self.tenant(config), entries, media=media)
+
+    def _record(self, item: Any) -> MediaRecord:
+        """A memory item as a media record (for media from other threads)."""
+        return MediaRecord(
+            ref=item.ref,
+            role=item.role,
+            turn=max(1, item.turn),
+            parents=tuple(item.parent_ids),
+            instruction=item.instruction,
+            task=item.task,
+            subject=item.subject,
+        )
+
+    def _live(self, state: SessionState, config: RunnableConfig, item: Any) -> bool:
+        """Memory items of this thread (or of the threads it was forked from) count only while their
+        turn is in the thread's media log (not undone, not after the fork); other threads' always do."""
+        if item.thread != self.thread(config) and item.thread not in state.get("ancestors", []):
+            return True
+        return any(r.id == item.artifact_id and r.turn == item.turn for r in state.get("media", []))
+
+    # =============================================================================================
+    # 1. ingest: the message's media -> ArtifactStore -> MediaRefs; inputs -> memory
+    # =============================================================================================
+    def ingest(self, state: SessionState, config: RunnableConfig) -> dict[str, Any]:
+        turn = int(state.get("turn") or 0) + 1
+        update: dict[str, Any] = {
+            "turn": turn,
+            "request": None,
+            "clarification": None,
+            "exemplars": [],
+            "prompt": None,
+            "result": None,
+            "verdict": None,
+            "found": [],
+        }
+        human = _last_human(state.get("messages", []))
+        options = state.get("options")
+        if human is None:
+            if options is None:
+                update["clarification"] = Clarification(question="What would you like me to do?")
+                return update
+            human = HumanMessage(options.instruction or options.query or "")
+            update["messages"] = [human]
+        # Media blocks carrying bytes are stored and replaced by references; the message keeps its
+        # id, so the reducer swaps it in place and no later checkpoint holds the bytes.
+        content: list[Any] = []
+        refs: list[MediaRef] = []
+        problems: list[str] = []
+        changed = False
+        for block in human.content_blocks:
+            if block.get("type") in MEDIA_BLOCK_TYPES:
+                try:
+                    ref = block_ref(block, self.artifacts, turn=turn)
+                except MediaError as e:
+                    problems.append(str(e))
+                    changed = True
+                    continue
+                refs.append(ref)
+                new_block = ref_block(ref)
+                changed = changed or new_block != block
+                content.append(new_block)
+            else:
+                content.append(block)
+        if changed:
+            update["messages"] = [HumanMessage(content=content, id=human.id)]
+        if problems:
+            update["clarification"] = Clarification(
+                question="I couldn't use the media you sent: "
+                + "; ".join(problems)
+                + ". Could you send it again?"
+            )
+            return update
+        # Media sent again keep their place in an edit chain (subject).
+        known = {r.id: r for r in state.get("media", [])}
+        records = [
+            MediaRecord(
+                ref=ref,
+                role="input",
+                turn=turn,
+                subject=known[ref.id].subject if ref.id in known else ref.short_id,
+            )
+            for ref in refs
+        ]
+        self._remember(config, records)
+        update["media"] = records
+        return update
+
+    # =============================================================================================
+    # 2. resolve: references -> MediaRecords, and what is asked (or a question back)
+    # =============================================================================================
+    def resolve(self, state: SessionState, config: RunnableConfig) -> dict[str, Any]:
+        turn = int(state["turn"])
+        options = state.get("options") or TurnOptions()
+        human = _last_human(state.get("messages", []))
+        text = message_text(human) if human is not None else ""
+        media = state.get("media", [])
+        attached = [r for r in media if r.turn == turn and r.role == "input"]
+        log = [r for r in media if r.turn < turn]
+        tenant = self.tenant(config)
+
+        def lookup(token: str) -> MediaRecord | None:
+            if self.memory is None:
+                return None
+            from codi2_agent.memory import AmbiguousReferenceError, UnknownReferenceError
+
+            try:
+                return self._record(self.memory.reference(tenant, "@m:" + token))
+            except UnknownReferenceError:
+                return None
+            except AmbiguousReferenceError as e:
+                raise ValueError(str(e)) from None
+
+        if options.task == "recall":
+            query = options.query or options.instruction or text
+            req = Request(text=text, task="recall", output="text", instruction=query)
+            return {"request": req}
+        res = resolve(
+            text or options.instruction or "",
+            attached=attached,
+            log=log,
+            lookup=lookup,
+            task=options.task,
+            output=options.output,
+            extra_sources=options.sources,
+            example=options.example,
+            example_fallback=self.memory is not None and self.settings.context == "memory",
+        )
+        if res.clarification is not None:
+            return {"clarification": res.clarification}
+        instruction = options.instruction or clean_instruction(text, res.mentions) or text
+        caption = options.caption
+        if caption is None and res.task == "generate":
+            caption = generation_caption(text or instruction)
+        output = res.output
+        if res.task == "generate" and output == "auto":
+            output = "image"
+        req = Request(
+            text=text or instruction,
+            task=res.task,  # type: ignore[arg-type]
+            output=output,  # type: ignore[arg-type]
+            instruction=instruction,
+            sources=tuple(res.sources),
+            example=tuple(res.example),
+            caption=caption,
+        )
+        return {"request": req}
+
+    # =============================================================================================
+    # 3. retrieve: in-context exemplars from memory
+    # =============================================================================================
+    def retrieve(self, state: SessionState, config: RunnableConfig) -> dict[str, Any]:
+        req = state["request"]
+        assert req is not None
+        tenant = self.tenant(config)
+        options = state.get("options") or TurnOptions()
+        if req.task == "recall":
+            return {"found": self._recall(state, config, req, options)}
+        if self.memory is None or self.settings.context == "window":
+            return {"exemplars": []}
+        exemplars: list[Exemplar] = []
+        update: dict[str, Any] = {}
+        if req.task == "analogy":
+            wanted = self.settings.analogy_shots - 1 + (0 if req.example else 1)
+            pairs = (
+                self._pairs(state, config, req.instruction, source=req.sources[-1].ref, k=4) if wanted else []
+            )
+            if not req.example:  # no edit in this thread: the most similar one in memory
+                if not pairs:
+                    question = "I haven't made an edit yet, so I don't know which edit to repeat."
+                    return {"clarification": Clarification(question=question)}
+                src, dst, _ = pairs[0]
+                req = req.model_copy(update={"example": (self._record(src), self._record(dst))})
+                update["request"] = req
+            # Extra pairs only of the same edit (same instruction): more evidence, not another task.
+            same = req.example[1].instruction
+            for src, dst, score in pairs:
+                if len(exemplars) >= self.settings.analogy_shots - 1:
+                    break
+                if same and dst.instruction == same and dst.artifact_id != req.example[1].id:
+                    exemplars.append(
+                        Exemplar(kind="pair", refs=(src.ref, dst.ref), instruction=same, score=score)
+                    )
+        elif req.task == "edit" and self.settings.shots > 0:
+            for src, dst, score in self._pairs(
+                state, config, req.instruction, source=None, k=self.settings.shots
+            ):
+                if req.sources[0].id not in (src.artifact_id, dst.artifact_id):
+                    exemplars.append(
+                        Exemplar(
+                            kind="pair", refs=(src.ref, dst.ref), instruction=dst.instruction, score=score
+                        )
+                    )
+        elif req.task == "generate" and self.settings.shots > 0:
+            modality = req.output if req.output in ("image", "audio") else None
+            hits = self.memory.search(
+                tenant, req.instruction, k=4 * self.settings.shots, role="output", modality=modality
+            )
+            for item in hits:
+                if item.task == "generate" and item.instruction and self._live(state, config, item):
+                    score = None if item.distance is None else 1.0 - item.distance
+                    exemplars.append(
+                        Exemplar(kind="shot", refs=(item.ref,), instruction=item.instruction, score=score)
+                    )
+                if len(exemplars) >= self.settings.shots:
+                    break
+        update["exemplars"] = exemplars
+        return update
+
+    def _pairs(
+        self, state: SessionState, config: RunnableConfig, request: str, *, source: MediaRef | None, k: int
+    ) -> list[tuple[Any, Any, float | None]]:
+        """Live edit pairs from memory most like `request` (and `source`), best first."""
+        from codi2_agent.memory import UnknownReferenceError
+
+        try:
+            found = self.memory.analogous_edits(self.tenant(config), request, source=source, k=k)
+        except UnknownReferenceError:  # the source is not remembered: search by the words alone
+            found = self.memory.analogous_edits(self.tenant(config), request, k=k)
+        out = []
+        for pair in found:
+            if self._live(state, config, pair.source) and self._live(state, config, pair.target):
+                score = None if pair.distance is None else 1.0 - pair.distance
+                out.append((pair.source, pair.target, score))
+        return out
+
+    def _recall(
+        self, state: SessionState, config: RunnableConfig, req: Request, options: TurnOptions
+    ) -> list[MediaRef]:
+        if self.memory is None:
+            return []
+        hits = self.memory.search(
+            self.tenant(config), req.instruction, k=4 * options.k, modality=options.modality
+        )
+        out: list[MediaRef] = []
+        for item in hits:
+            if self._live(state, config, item) and item.artifact_id not in {r.id for r in out}:
+                out.append(item.ref)
+            if len(out) >= options.k:
+                break
+        return out
+
+    # =============================================================================================
+    # 4. compose: one interleaved prompt within the context budget
+    # =============================================================================================
+    def compose(self, state: SessionState, config: RunnableConfig) -> dict[str, Any]:
+        req = state["request"]
+        assert req is not None
+        options = state.get("options") or TurnOptions()
+        budget = self.budget(options.max_new_tokens or self.settings.max_new_tokens)
+        try:
+            if self.settings.context == "window":
+                prompt = compose_window(
+                    state.get("messages", []),
+                    req,
+                    k=self.settings.window_k,
+                    budget=budget,
+                    count=self.backend.count_tokens,
+                )
+            else:
+                prompt = compose_memory(
+                    req, state.get("exemplars", []), budget=budget, count=self.backend.count_tokens
+                )
+        except PromptTooLongError as e:
+            return {"clarification": Clarification(question=f"That request is too long for the model: {e}.")}
+        return {"prompt": prompt}
+
+    # =============================================================================================
+    # 5. generate: the backend, with progress streamed (stream_mode="custom")
+    # =============================================================================================
+    def generate(self, state: SessionState, config: RunnableConfig) -> dict[str, Any]:
+        req, prompt, turn = state["request"], state["prompt"], int(state["turn"])
+        assert req is not None and prompt
+        options = state.get("options") or TurnOptions()
+        writer = get_stream_writer()
+        writer({"event": "start", "node": "generate", "turn": turn, "task": req.task, "output": req.output})
+
+        def progress(step: int, total: int) -> None:
+            writer({"event": "progress", "node": "generate", "turn": turn, "step": step, "total": total})
+
+        steps = options.num_inference_steps or _config_value(config, "num_inference_steps")
+        request = GenerateRequest(
+            prompt=tuple(prompt),
+            output=req.output,
+            seed=self.seed(config, turn, options),
+            num_inference_steps=steps or self.settings.num_inference_steps,
+            guidance_scale=options.guidance_scale or self.settings.guidance_scale,
+            max_new_tokens=options.max_new_tokens or self.settings.max_new_tokens,
+            turn=turn,
+            captions=(req.caption,) if req.caption else (),
+        )
+        result = self.backend.generate(request, progress=progress)
+        writer({"event": "end", "node": "generate", "turn": turn, "seconds": result.seconds,
+                "media": [r.id for r in result.media]})  # fmt: skip
+        return {"result": result}
+
+    # =============================================================================================
+    # review (optional): a person accepts or rejects the output
+    # =============================================================================================
+    def review(self, state: SessionState, config: RunnableConfig) -> dict[str, Any]:
+        result = state["result"]
+        assert result is not None
+        answer = interrupt(
+            {
+                "question": "Keep this output? Resume with 'accept' or 'reject'.",
+                "turn": state["turn"],
+                "text": result.text,
+                "media": [ref.model_dump(mode="json") for ref in result.media],
+            }
+        )
+        return {"verdict": "accepted" if _accepted(answer) else "rejected"}
+
+    def discard(self, state: SessionState, config: RunnableConfig) -> dict[str, Any]:
+        """A rejected output: never an exemplar, and its new artifacts are removed again."""
+        result = state["result"]
+        assert result is not None
+        live = {r.id for r in state.get("media", [])}
+        for artifact_id in result.created:
+            # Only files this turn created and nothing else points at (content addressing shares files).
+            if (
+                artifact_id not in live
+                and not self._remembered(config, artifact_id)
+                and artifact_id in self.artifacts
+            ):
+                self.artifacts.delete(artifact_id)
+        return {}
+
+    def _remembered(self, config: RunnableConfig, artifact_id: str) -> bool:
+        if self.memory is None:
+            return False
+        from codi2_agent.memory import UnknownReferenceError
+
+        try:
+            self.memory.reference(self.tenant(config), artifact_id)
+        except UnknownReferenceError:
+            return False
+        return True
+
+    # =============================================================================================
+    # 6. persist: outputs -> memory (linked to their sources) and the thread's media log
+    # =============================================================================================
+    def persist(self, state: SessionState, config: RunnableConfig) -> dict[str, Any]:
+        req, result, turn = state["request"], state["result"], int(state["turn"])
+        assert req is not None and result is not None
+        if not result.media:
+            return {}
+        sources = list(req.sources)
+        parents = tuple(s.id for s in (sources[-1:] if req.task == "analogy" else sources))
+        subject = sources[-1 if req.task == "analogy" else 0].subject if sources else None
+        records = []
+        for ref in result.media:
+            if ref.caption is None and self.settings.caption_outputs:
+                ref = ref.model_copy(update={"caption": self._caption(ref)})
+            records.append(
+                MediaRecord(
+                    ref=ref,
+                    role="output",
+                    turn=turn,
+                    parents=parents,
+                    instruction=req.instruction,
+                    task=req.task,
+                    subject=subject or ref.short_id,
+                )
+            )
+        self._remember(config, records)
+        return {
+            "media": records,
+            "result": result.model_copy(update={"media": tuple(r.ref for r in records)}),
+        }
+
+    def _caption(self, ref: MediaRef) -> str | None:
+        """The model's own caption of a medium (None unless it reads like words)."""
+        out = self.backend.generate(
+            GenerateRequest(
+                prompt=(PromptTurn(role="user", parts=(ref, _describe_question(ref.modality))),),
+                output="text",
+                max_new_tokens=24,
+            )
+        )
+        text = out.text.strip()
+        return text if len(_CAPTION_RE.findall(text)) >= 2 else None
+
+    # =============================================================================================
+    # 7. respond: an AIMessage whose media are artifact references
+    # =============================================================================================
+    def respond(self, state: SessionState, config: RunnableConfig) -> dict[str, Any]:
+        turn = int(state.get("turn") or 0)
+        req, result = state.get("request"), state.get("result")
+        meta: dict[str, Any] = {"turn": turn}
+        clarification = state.get("clarification")
+        if clarification is not None:
+            meta["clarification"] = True
+            content: list[Any] = [{"type": "text", "text": clarification.question}]
+        elif req is not None and req.task == "recall":
+            found = state.get("found", [])
+            lines = [
+                f"@m:{r.short_id} ({r.modality.value}{', ' + repr(r.caption) if r.caption else ''})"
+                for r in found
+            ]
+            text = ("Found: " + "; ".join(lines)) if found else f"I found nothing like {req.instruction!r}."
+            content = [{"type": "text", "text": text}, *(ref_block(r) for r in found)]
+            meta["task"] = "recall"
+        elif state.get("verdict") == "rejected":
+            content = [{"type": "text", "text": "Discarded, as you asked; I won't use it as an example."}]
+            meta["rejected"] = True
+        else:
+            assert req is not None and result is not None
+            text = result.text or (_DONE if result.media else "")
+            content = [{"type": "text", "text": text}] if text else []
+            content += [ref_block(r) for r in result.media]
+            meta.update(task=req.task, artifacts=[r.id for r in result.media])
+        return {"messages": [AIMessage(content=content, response_metadata=meta)], "options": None}
+
+    # =============================================================================================
+    # routers
+    # =============================================================================================
+    @staticmethod
+    def route_after_ingest(state: SessionState) -> Literal["resolve", "respond"]:
+        return "respond" if state.get("clarification") else "resolve"
+
+    @staticmethod
+    def route_after_resolve(state: SessionState) -> Literal["retrieve", "respond"]:
+        return "respond" if state.get("clarification") else "retrieve"
+
+    @staticmethod
+    def route_after_retrieve(state: SessionState) -> Literal["compose", "respond"]:
+        req = state.get("request")
+        return (
+            "respond"
+            if state.get("clarification") or (req is not None and req.task == "recall")
+            else "compose"
+        )
+
+    @staticmethod
+    def route_after_compose(state: SessionState) -> Literal["generate", "respond"]:
+        return "respond" if state.get("clarification") else "generate"
+
+    def route_after_generate(self, state: SessionState) -> Literal["review", "persist"]:
+        result = state.get("result")
+        return "review" if self.settings.review and result is not None and result.media else "persist"
+
+    @staticmethod
+    def route_after_review(state: SessionState) -> Literal["persist", "discard"]:
+        return "persist" if state.get("verdict") == "accepted" else "discard"
+
+
+_DONE = "Here it is."
+
+
+def _accepted(answer: Any) -> bool:
+    """Read a review answer: True / "accept" / {"accept": True} / {"action": "accept"} mean yes."""
+    if isinstance(answer, bool):
+        return answer
+    if isinstance(answer, dict):
+        if "accept" in answer:
+            return bool(answer["accept"])
+        answer = answer.get("action", answer.get("verdict", ""))
+    return str(answer).strip().lower() in {
+        "accept",
+        "accepted",
+        "yes",
+        "y",
+        "ok",
+        "keep",
+        "approve",
+        "approved",
+    }

@@ -1,0 +1,84 @@
+"""Opening everything a session needs from one folder: model, artifacts, memory, checkpoints.
+
+``root/artifacts`` (media), ``root/memory`` (embedded Chroma), ``root/checkpoints.sqlite``. Used by
+`codi2_agent.Session` and `codi2_agent.tools.CoDi2Toolkit`, so a notebook and an agent pointed at
+the same folder share one history (one process at a time: embedded Chroma is single-process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from codi2_agent.artifacts import ArtifactStore
+from codi2_agent.backends import Backend, LocalBackend
+
+from ._builder import CHECKPOINT_FILE, build_session_graph
+
+if TYPE_CHECKING:
+    from langgraph.graph.state import CompiledStateGraph
+
+    from codi2_agent.model import CoDi2Model
+
+__all__ = ["SessionParts", "as_backend", "open_session_graph"]
+
+
+@dataclass
+class SessionParts:
+    """A compiled session graph and the parts it runs on."""
+
+    graph: CompiledStateGraph[Any, Any, Any, Any]
+    backend: Backend
+    memory: Any
+    artifacts: ArtifactStore
+    root: Path
+
+    def close(self) -> None:
+        """Release the memory's Chroma client and the checkpoint database."""
+        if self.memory is not None and hasattr(self.memory, "close"):
+            self.memory.close()
+        conn = getattr(self.graph.checkpointer, "conn", None)
+        if conn is not None:
+            conn.close()
+
+
+def as_backend(model: str | Path | CoDi2Model | Backend, artifacts: ArtifactStore) -> Backend:
+    """A `Backend` for a shipped model name, a model folder, a `CoDi2Model` or a backend."""
+    if isinstance(model, Backend):
+        return model
+    if isinstance(model, (str, Path)):
+        from codi2_agent.model import load_model
+
+        model = load_model(model)
+    return LocalBackend(model, artifacts)
+
+
+def open_session_graph(
+    model: str | Path | CoDi2Model | Backend,
+    root: str | Path,
+    *,
+    memory: Any = None,
+    use_memory: bool = True,
+    **graph_options: Any,
+) -> SessionParts:
+    """Build a session graph whose artifacts, memory and checkpoints live under `root`.
+
+    Args:
+        model: ``"tiny"``, a model folder, a `CoDi2Model`, or a `Backend` (whose store is then used).
+        root: the session folder (created if missing).
+        memory: an `ExemplarMemory` to use instead of ``root/memory``.
+        use_memory: False runs without exemplar memory.
+        graph_options: passed to `build_session_graph` (``review=``, ``context=``, ``tenant=``, …).
+    """
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    artifacts = model.artifacts if isinstance(model, Backend) else ArtifactStore(root / "artifacts")
+    backend = as_backend(model, artifacts)
+    if memory is None and use_memory:
+        from codi2_agent.memory import ExemplarMemory
+
+        memory = ExemplarMemory(root / "memory", embedder=backend.embedder, artifacts=artifacts)
+    graph_options.setdefault("checkpointer", root / CHECKPOINT_FILE)
+    graph = build_session_graph(backend, memory, **graph_options)
+    return SessionParts(graph=graph, backend=backend, memory=memory, artifacts=artifacts, root=root)

@@ -1,0 +1,304 @@
+"""`ChatCoDi2`: CoDi-2 as a LangChain chat model that reads and writes images and sounds."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables.config import run_in_executor
+from pydantic import Field, PrivateAttr
+
+from codi2_agent.artifacts import ArtifactStore
+from codi2_agent.backends import Backend, GenerateRequest, GenerateResult, PromptTurn
+from codi2_agent.graphs import block_ref, inline_block, ref_block
+from codi2_agent.graphs._blocks import MEDIA_BLOCK_TYPES
+from codi2_agent.media import MediaRef
+
+__all__ = ["ChatCoDi2"]
+
+MODEL_ENV = "CODI2_AGENT_MODEL"
+
+
+def _default_model() -> str:
+    return os.environ.get(MODEL_ENV, "tiny")
+
+
+class ChatCoDi2(BaseChatModel):
+    """CoDi-2 any-to-any generation as a LangChain chat model.
+
+    Takes LangChain v1 content blocks — text, image and audio, as base64 (or ``data:`` urls), a
+    ``file_id`` or an ``artifact://`` url of the configured `ArtifactStore` — and answers with text
+    and, when the model draws or plays, an image or audio block. Decoding is greedy and diffusion
+    noise is seeded, so equal inputs give equal outputs. Stateless: for multi-turn work with memory
+    use `CoDi2Toolkit` or `codi2_agent.Session`.
+
+    Setup:
+        Part of codi2-agent. The shipped ``tiny`` model runs on CPU, offline.
+
+        .. code-block:: bash
+
+            pip install codi2-agent
+            export CODI2_AGENT_MODEL=tiny      # optional: the default model (name or folder)
+
+    Instantiate:
+        .. code-block:: python
+
+            from codi2_agent.tools import ChatCoDi2
+
+            llm = ChatCoDi2(model="tiny", output="auto", num_inference_steps=20, seed=0)
+
+    Invoke:
+        .. code-block:: python
+
+            msg = llm.invoke([("user", "draw a small red star in the snow")], output="image")
+            msg.content_blocks
+            # [{'type': 'text', 'text': 'Here it is.'},
+            #  {'type': 'image', 'base64': 'iVBORw0…', 'mime_type': 'image/png'}]
+
+            from langchain_core.messages import HumanMessage
+            llm.invoke([HumanMessage(content=[{"type": "text", "text": "describe this picture."},
+                                              msg.content_blocks[1]])]).text
+            # 'a small red star in the snow'
+
+    Stream:
+        .. code-block:: python
+
+            for chunk in llm.stream("describe this sound."):   # text first, media in the last chunk
+                print(chunk.text, end="")
+
+    Async:
+        .. code-block:: python
+
+            msg = await llm.ainvoke("draw a blue circle at night", output="image")
+
+    Args:
+        model: a shipped model name (``"tiny"``), a model folder, a `CoDi2Model` or a `Backend`.
+            Names and folders load on first use. Default: ``$CODI2_AGENT_MODEL`` or ``"tiny"``.
+        artifacts: the `ArtifactStore` (or its root) that ``file_id`` / ``artifact://`` inputs are read
+            from and, with ``media_format="artifact"``, outputs are written to. Default: a temporary store.
+        output: ``"auto"`` (the model decides), ``"text"``, ``"image"`` or ``"audio"``; per call too.
+        media_format: output media as ``"base64"`` blocks or as ``"artifact"`` url blocks.
+        seed, num_inference_steps, guidance_scale: diffusion settings (per call too).
+        max_tokens: most new text tokens (default 64).
+        temperature, timeout, max_retries: accepted for interface compatibility; the model runs
+            locally and decodes greedily, so they change nothing (an ``api_key`` is ignored likewise).
+        stop: cut the text at the first of these strings.
+    """
+
+    model: Any = Field(default_factory=_default_model)
+    artifacts: Any = None
+    output: Literal["auto", "text", "image", "audio"] = "auto"
+    media_format: Literal["base64", "artifact"] = "base64"
+    seed: int | None = 0
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: list[str] | None = None
+    timeout: float | None = None
+    max_retries: int | None = None
+    streaming: bool = False
+
+    _backend: Backend | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    # --- LangChain plumbing -----------------------------------------------------------------------
+    @property
+    def _llm_type(self) -> str:
+        return "codi2"
+
+    @property
+    def model_name(self) -> str:
+        if isinstance(self.model, (str, Path)):
+            return f"codi2-{self.model}" if str(self.model) == "tiny" else str(self.model)
+        backend = self.model if isinstance(self.model, Backend) else None
+        return backend.name if backend is not None else f"codi2-{self.model.config.preset}"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "output": self.output,
+            "seed": self.seed,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "codi2"
+        params["ls_model_name"] = kwargs.get("model", self.model_name)
+        if self.max_tokens is not None:
+            params["ls_max_tokens"] = self.max_tokens
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        if self.temperature is not None:
+            params["ls_temperature"] = self.temperature
+        return params
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["codi2_agent", "tools"]
+
+    # --- the model, loaded on first use ---------------------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        """The backend behind this chat model (loading the model on first use)."""
+        with self._lock:
+            if self._backend is None:
+                from codi2_agent.graphs import as_backend
+
+                self._backend = as_backend(self.model, self._store())
+            return self._backend
+
+    def _store(self) -> ArtifactStore:
+        if isinstance(self.model, Backend):
+            return self.model.artifacts
+        if isinstance(self.artifacts, ArtifactStore):
+            return self.artifacts
+        if self.artifacts is not None:
+            return ArtifactStore(self.artifacts)
+        return ArtifactStore(tempfile.mkdtemp(prefix="codi2-chat-"))
+
+    # --- messages <-> prompt ----------------------------------------------------------------------
+    def _prompt(self, messages: Sequence[BaseMessage]) -> list[PromptTurn]:
+        store = self.backend.artifacts
+        turns: list[PromptTurn] = []
+        system: list[str | MediaRef] = []
+        for message in messages:
+            parts: list[str | MediaRef] = []
+            for block in map(dict, message.content_blocks):
+                kind = block.get("type")
+                if kind == "text" and str(block.get("text", "")).strip():
+                    parts.append(str(block["text"]).strip())
+                elif kind in MEDIA_BLOCK_TYPES:
+                    parts.append(block_ref(block, store))  # refuses remote urls; stores inline bytes
+                elif kind not in ("text", "reasoning", "tool_call", "tool_call_chunk"):
+                    raise ValueError(f"ChatCoDi2 reads text, image and audio blocks, not {kind!r}")
+            if isinstance(message, SystemMessage):
+                system += parts  # the model has no system role: it prefixes the first user turn
+                continue
+            if not parts:
+                continue
+            role: Literal["user", "assistant"] = "assistant" if isinstance(message, AIMessage) else "user"
+            if role == "user" and system:
+                parts, system = [*system, *parts], []
+            if turns and turns[-1].role == role:  # merge consecutive messages of one speaker
+                turns[-1] = PromptTurn(role=role, parts=(*turns[-1].parts, *parts))
+            else:
+                turns.append(PromptTurn(role=role, parts=tuple(parts)))
+        if not turns or turns[-1].role != "user":
+            raise ValueError("ChatCoDi2 needs the conversation to end with a user message")
+        return turns
+
+    def _request(self, messages: Sequence[BaseMessage], **kwargs: Any) -> GenerateRequest:
+        return GenerateRequest(
+            prompt=tuple(self._prompt(messages)),
+            output=kwargs.get("output", self.output),
+            seed=kwargs.get("seed", self.seed),
+            num_inference_steps=kwargs.get("num_inference_steps", self.num_inference_steps),
+            guidance_scale=kwargs.get("guidance_scale", self.guidance_scale),
+            max_new_tokens=kwargs.get("max_tokens") or self.max_tokens or 64,
+        )
+
+    def _message_content(self, result: GenerateResult, stop: list[str] | None) -> tuple[str, list[dict]]:
+        text = result.text
+        for s in stop or self.stop or []:
+            if s and s in text:
+                text = text[: text.index(s)]
+        store = self.backend.artifacts
+        media = [
+            inline_block(r, store) if self.media_format == "base64" else ref_block(r) for r in result.media
+        ]
+        return text, media
+
+    def _metadata(self, result: GenerateResult) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "model_provider": "codi2",
+            "modality": result.modality.value,
+            "artifacts": [r.id for r in result.media],
+        }
+
+    # --- generation -------------------------------------------------------------------------------
+    def _run(self, messages: Sequence[BaseMessage], run_manager: Any, **kwargs: Any) -> GenerateResult:
+        return self.backend.generate(self._request(messages, **kwargs))
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result = self._run(messages, run_manager, **kwargs)
+        text, media = self._message_content(result, stop)
+        content: list[Any] = ([{"type": "text", "text": text}] if text else []) + media
+        message = AIMessage(content=content, response_metadata=self._metadata(result))
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _chunks(self, result: GenerateResult, stop: list[str] | None) -> Iterator[ChatGenerationChunk]:
+        """Text word by word, then one chunk with the media and the metadata."""
+        text, media = self._message_content(result, stop)
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            piece = word if i == len(words) - 1 else word + " "
+            if piece:
+                block = {"type": "text", "text": piece, "index": 0}
+                yield ChatGenerationChunk(message=AIMessageChunk(content=[block]), text=piece)
+        last: list[str | dict[Any, Any]] = [{**block, "index": i + 1} for i, block in enumerate(media)]
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=last, response_metadata=self._metadata(result), chunk_position="last"
+            )
+        )
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        result = self._run(messages, run_manager, **kwargs)
+        for chunk in self._chunks(result, stop):
+            if run_manager is not None and chunk.text:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        # The model is CPU-bound: run it in a worker thread so the event loop stays free.
+        sync_manager = run_manager.get_sync() if run_manager is not None else None
+        return await run_in_executor(None, self._generate, messages, stop, sync_manager, **kwargs)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        sync_manager = run_manager.get_sync() if run_manager is not None else None
+        result = await run_in_executor(None, self._run, messages, sync_manager, **kwargs)
+        for chunk in self._chunks(result, stop):
+            if run_manager is not None and chunk.text:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
