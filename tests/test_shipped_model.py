@@ -54,12 +54,21 @@ def test_demo_runs_end_to_end_and_writes_what_it_claims(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "codi2_agent.cli", "demo", "--out", str(out), "--steps", "4"],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert [t["name"] for t in summary] == [
-        "text_to_image", "edit_colour", "edit_scene", "analogy", "edit_audio", "compose", "what_changed"
+        "text_to_image",
+        "edit_colour",
+        "edit_scene",
+        "analogy",
+        "edit_audio",
+        "compose",
+        "what_changed",
     ]
     for turn in summary:
         for path in turn["files"] + turn["inputs"]:

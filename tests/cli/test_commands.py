@@ -1,0 +1,78 @@
+"""Every command through a real subprocess: --help, demo, train, eval, bench and info."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+COMMANDS = ["demo", "chat", "run", "train", "eval", "bench", "info"]
+
+STEPS = "2"  # diffusion steps: the decoders run, quickly
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_everywhere(cli: Any, command: str) -> None:
+    proc = cli(*([command] if command else []), "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: " in proc.stdout and "--help" in proc.stdout
+    if not command:
+        assert all(c in proc.stdout for c in COMMANDS)
+
+
+def test_demo_writes_and_prints_its_outputs(cli: Any, model_arg: str, tmp_path: Path) -> None:
+    proc = cli("demo", "--model", model_arg, "--steps", STEPS, "--out", "demo")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert len(summary) == 7
+    for turn in summary:
+        for path in turn["files"]:
+            assert path in proc.stdout and (tmp_path / path).is_file()
+
+
+def test_eval_writes_a_table(cli: Any, model_arg: str, tmp_path: Path) -> None:
+    proc = cli(
+        "eval", "--model", model_arg, "--per-task", "1", "--steps", STEPS, "--out", "res", "--name", "t"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "res" / "t.txt").is_file() and "written to" in proc.stdout
+
+
+def test_bench_quick_runs_a_benchmark_script(cli: Any, tmp_path: Path) -> None:
+    proc = cli("bench", "--quick", "--only", "memory", "--out", "bench")
+    assert proc.returncode == 0, proc.stderr
+    assert "== bench_memory.py" in proc.stdout and (tmp_path / "bench" / "memory.txt").is_file()
+
+
+def test_info_shows_model_and_session_parts(cli: Any, model_arg: str, model, tmp_path: Path) -> None:
+    from codi2_agent import Session
+
+    with Session(model, thread="t", root=tmp_path / "s", num_inference_steps=2, progress=False) as s:
+        s.say("draw a small red star in the snow")
+    proc = cli("info", "--model", model_arg, "--root", "s", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["model"]["found"] and info["model"]["bytes"] > 0
+    session = info["session"]
+    assert session["artifacts"]["files"] >= 1 and session["memory"]["tenants"] == {"default": 1}
+    assert session["checkpoints"]["threads"] == 1 and session["checkpoints"]["bytes"] > 0
+    text = cli("info", "--model", model_arg, "--root", "s")
+    assert text.returncode == 0 and "checkpoints" in text.stdout and "1 threads" in text.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["info", "--model", "no/such/model"], "no model at no/such/model"),
+        (["demo", "--model", "no/such/model"], "no/such/model"),
+        (["chat", "--model", "nonsense"], "neither a shipped model"),
+        (["train", "--out", "x", "--stages", "bogus"], "unknown stages"),
+        (["bench", "--only", "nope"], "unknown benchmark"),
+    ],
+)
+def test_bad_input_is_one_line_and_no_traceback(
+    cli: Any, user_error: Any, args: list[str], needle: str
+) -> None:
+    assert len(user_error(cli(*args), 1, needle)) == 1
