@@ -423,8 +423,13 @@ def eval_cmd(
     ),
     name: Annotated[str, typer.Option(help="File name stem for the results.")] = "eval_tiny",
     seed: Annotated[int, typer.Option(help="Seed of the held-out draw.")] = 1234,
+    split: Annotated[
+        str, typer.Option(help="'test' (held-out combinations) or 'train' (seen ones).")
+    ] = "test",
 ) -> None:
     """Score a model on the tiny world's held-out split (unseen seeds and attribute combinations)."""
+    if split not in ("test", "train"):
+        raise _fail(f"--split must be 'test' or 'train', not {split!r}")
     from codi2_agent.evaluation import evaluate, format_table, write_results
 
     loaded = _load(model)
@@ -435,9 +440,11 @@ def eval_cmd(
             _say(line)
             update()
 
-        rows = evaluate(loaded, per_task=per_task, seed=seed, num_inference_steps=steps, progress=log)
+        rows = evaluate(
+            loaded, per_task=per_task, seed=seed, num_inference_steps=steps, split=split, progress=log
+        )
     header = (
-        f"# codi2-agent eval: model={model}, held-out split, {per_task} samples/task, seed {seed}, "
+        f"# codi2-agent eval: model={model}, {split} split, {per_task} samples/task, seed {seed}, "
         f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} CPUs ({time.strftime('%Y-%m-%d')})"
     )
     txt, _ = write_results(rows, out, name, header)

@@ -69,10 +69,12 @@ def evaluate(
     num_inference_steps: int | None = None,
     rounds: int = 5,
     tasks: Sequence[str] | None = None,
+    split: str = "test",
     probes: Any = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[EvalRow]:
-    """Run every task of the test split `per_task` times; return one row per task plus diagnostics."""
+    """Run every task `per_task` times on `split` ("test": held-out combinations and unseen seeds;
+    "train": seen combinations) and return one row per task plus diagnostics."""
     from codi2_agent.data.probes import load_probes
     from codi2_agent.data.tasks import TASKS, sample_task
 
@@ -85,7 +87,7 @@ def evaluate(
         attr_hits: dict[str, int] = defaultdict(int)
         n_attr: dict[str, int] = defaultdict(int)
         for i in range(per_task):
-            sample = sample_task(name, rng, "test")
+            sample = sample_task(name, rng, split)  # type: ignore[arg-type]
             output: OutputKind = "text" if sample.target is None else sample.target.modality.value
             result = model.generate(
                 sample.messages, output=output, seed=seed + i, num_inference_steps=num_inference_steps
