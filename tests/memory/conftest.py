@@ -49,7 +49,9 @@ def _chroma_exe() -> str:
         return str(exe)
     found = shutil.which("chroma")
     if found is None:
-        pytest.skip("the `chroma` executable is not installed next to this Python")
+        pytest.fail(
+            "the `chroma` executable is not installed next to this Python (chromadb is a core dependency)"
+        )
     return found
 
 
