@@ -12,9 +12,28 @@ import numpy as np
 import pytest
 import torch
 
+from codi2_agent.model import CoDi2Config, CoDi2Model, load_model, shipped_model_path
+
 torch.set_num_threads(1)
 
 
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def model_arg(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``--model`` for commands and examples: "tiny" when its weights are shipped, else the folder of
+    a seeded random tiny model (same architecture and cost), so those tests pass either way."""
+    if (shipped_model_path("tiny") / "config.json").is_file():
+        return "tiny"
+    folder = tmp_path_factory.mktemp("tiny-random")
+    CoDi2Model.from_config(CoDi2Config.tiny(), seed=0).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def model(model_arg: str) -> CoDi2Model:
+    """The same model, loaded in this process."""
+    return load_model(model_arg)

@@ -18,24 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from codi2_agent.model import CoDi2Config, CoDi2Model, load_model, shipped_model_path
-
-
-@pytest.fixture(scope="session")
-def model_arg(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """``--model`` for the commands: "tiny" when shipped, else a saved random tiny model."""
-    if (shipped_model_path("tiny") / "config.json").is_file():
-        return "tiny"
-    folder = tmp_path_factory.mktemp("tiny-random")
-    CoDi2Model.from_config(CoDi2Config.tiny(), seed=0).save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="session")
-def model(model_arg: str) -> CoDi2Model:
-    """The same model, loaded in this process (for in-process checks of what a command wrote)."""
-    return load_model(model_arg)
-
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
