@@ -389,7 +389,7 @@ def train_cmd(
     workdir: Annotated[Path | None, typer.Option(help="Checkpoints and loss logs (resumable).")] = None,
     stages: Annotated[
         str, typer.Option(help="Comma-separated stages to run.")
-    ] = "encoders,image_decoder,audio_decoder,lm,lm_continue",  # training.STAGES (kept literal: fast --help)
+    ] = "encoders,image_decoder,audio_decoder,align,lm",  # training.STAGES (kept literal: fast --help)
     smoke: Annotated[bool, typer.Option(help="Minutes-scale settings (a check, not a model).")] = False,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
 ) -> None:
