@@ -39,6 +39,7 @@ from codi2_agent.data.world import (
 __all__ = [
     "PROMPTS",
     "REPLIES",
+    "analogy_reply",
     "change_sentence",
     "corpus",
     "edit_instruction",
@@ -242,6 +243,15 @@ def edit_instructions(attrs: Mapping[str, str], attribute: str, value: str) -> l
 def edit_instruction(attrs: Mapping[str, str], attribute: str, value: str, rng: np.random.Generator) -> str:
     """One phrasing of the edit instruction, e.g. "make it blue", "raise the pitch to 660 Hz"."""
     return pick(edit_instructions(attrs, attribute, value), rng)
+
+
+def analogy_reply(attribute: str, value: str) -> str:
+    """An analogy's answer text, naming the edit the example shows before the medium that applies it.
+
+    Stating the inferred edit first turns the analogy into two steps the model also learns on their
+    own ("what changed?" and instruction editing), the way CoDi-2 answers in interleaved text and media.
+    """
+    return f"the same edit: the {attribute} becomes {value}."
 
 
 def change_sentence(attribute: str, old: str, new: str) -> str:

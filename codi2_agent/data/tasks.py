@@ -30,7 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from codi2_agent.data.phrasing import PROMPTS, REPLIES, change_sentence, edit_instruction, pick
+from codi2_agent.data.phrasing import (
+    PROMPTS,
+    REPLIES,
+    analogy_reply,
+    change_sentence,
+    edit_instruction,
+    pick,
+)
 from codi2_agent.data.samples import Message, Sample
 from codi2_agent.data.world import (
     AMBIENCE_TO_SCENE,
@@ -324,7 +331,12 @@ def _analogy(
     if text_only:
         meta["exemplar_captions"] = [caption(a) for pair in pairs for a in pair]
     return Sample(
-        task, [Message("user", _merge(parts))], pick(REPLIES, rng), render(target, seeds[-1]), target, meta
+        task,
+        [Message("user", _merge(parts))],
+        analogy_reply(attribute, value),
+        render(target, seeds[-1]),
+        target,
+        meta,
     )
 
 

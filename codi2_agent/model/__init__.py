@@ -7,6 +7,7 @@ from pathlib import Path
 from codi2_agent.model.assemble import assemble_paper_model
 from codi2_agent.model.configuration_codi2 import CoDi2Config, DecoderConfig, EncoderConfig
 from codi2_agent.model.modeling_codi2 import (
+    MAX_REPLY_TOKENS,
     CoDi2Model,
     CoDi2Output,
     GenerationOutput,
@@ -17,6 +18,7 @@ from codi2_agent.model.processing_codi2 import IGNORE_INDEX, CoDi2Processor, Tur
 
 __all__ = [
     "IGNORE_INDEX",
+    "MAX_REPLY_TOKENS",
     "SHIPPED_MODELS",
     "CoDi2Config",
     "CoDi2Model",

@@ -38,6 +38,7 @@ from codi2_agent.model.processing_codi2 import (
 )
 
 __all__ = [
+    "MAX_REPLY_TOKENS",
     "CoDi2Model",
     "CoDi2Output",
     "GenerationOutput",
@@ -48,6 +49,9 @@ __all__ = [
 WEIGHTS_NAME = "codi2.safetensors"
 TOKENIZER_FOLDER = "tokenizer"
 MODALITIES = (Modality.IMAGE, Modality.AUDIO)
+# Text allowed before a forced medium's marker: replies in the tiny world are under 20 tokens, and an
+# untrained model that never writes the marker must not spend `max_new_tokens` LM steps first.
+MAX_REPLY_TOKENS = 32
 OutputKind = Literal["auto", "text", "image", "audio"]
 
 
@@ -318,8 +322,9 @@ class CoDi2Model(nn.Module):
 
         `output="auto"` follows the model: it writes text and, if it emits a generation marker
         (`<boi>` / `<boa>`), the medium that follows. `"text"` forbids markers; `"image"` /
-        `"audio"` start the answer with that marker. Decoding is greedy; `seed` fixes the
-        diffusion noise, so equal inputs and seed give equal outputs.
+        `"audio"` make the answer end in that medium: the model's reply text comes first (at most
+        `MAX_REPLY_TOKENS`), then the marker, forced if the model does not write it. Decoding is
+        greedy; `seed` fixes the diffusion noise, so equal inputs and seed give equal outputs.
 
         Example:
             >>> model = CoDi2Model.from_config(CoDi2Config.tiny(), seed=0)
@@ -335,29 +340,39 @@ class CoDi2Model(nn.Module):
         enc = self.processor.encode(self._turns(inputs))
         values = {m: self.processor.media_tensor(m, media).to(device) for m, media in enc.input_media.items()}
         ids = enc.input_ids[None].to(device)  # (1, T)
-        # 2. Read the prompt (and, for a forced modality, its marker)
+        # 2. Read the prompt
         target: Modality | None = None if kind in ("auto", "text") else Modality(kind)
-        if target is not None:
-            ids = torch.cat([ids, ids.new_tensor([[self._ids[MARKER[target]]]])], dim=1)
         out = self.lm(inputs_embeds=self.embed(ids, values), use_cache=True)
-        past = out.cache
-        # 3. Decode text greedily until </s> or a generation marker
-        text_ids: list[int] = []
+        past, logits = out.cache, out.logits[:, -1]
+        # 3. Decode text greedily until </s> or a generation marker. A forced modality keeps the answer's
+        #    text (a reply that may state what the medium will be, e.g. the edit an analogy implies) but
+        #    must end in its marker: </s> and the other markers are banned, and the marker is fed when
+        #    the reply budget runs out.
+        eos = self.tokenizer.eos_token_id
         if target is None:
-            banned = self._banned_ids(allow_markers=kind == "auto")
-            logits = out.logits[:, -1]
-            for _ in range(max_new_tokens):
-                logits[:, banned] = float("-inf")
-                nxt = int(logits.argmax(-1))
-                if nxt == self.tokenizer.eos_token_id:
-                    break
-                marker = next((m for m in MODALITIES if nxt == self._ids[MARKER[m]]), None)
-                step = self.lm(input_ids=ids.new_tensor([[nxt]]), cache=past, use_cache=True)
-                past, logits = step.cache, step.logits[:, -1]
-                if marker is not None:
-                    target = marker
-                    break
-                text_ids.append(nxt)
+            banned = self._banned_ids(MODALITIES if kind == "auto" else ())
+            budget = max_new_tokens
+        else:
+            banned = [*self._banned_ids((target,)), eos]
+            budget = min(max_new_tokens, MAX_REPLY_TOKENS)
+        text_ids: list[int] = []
+        marker: Modality | None = None
+        for _ in range(budget):
+            logits[:, banned] = float("-inf")
+            nxt = int(logits.argmax(-1))
+            if nxt == eos:
+                break
+            marker = next((m for m in MODALITIES if nxt == self._ids[MARKER[m]]), None)
+            step = self.lm(input_ids=ids.new_tensor([[nxt]]), cache=past, use_cache=True)
+            past, logits = step.cache, step.logits[:, -1]
+            if marker is not None:
+                target = marker
+                break
+            text_ids.append(nxt)
+        if target is not None and marker is None:  # a forced modality whose reply ran out of budget
+            past = self.lm(
+                input_ids=ids.new_tensor([[self._ids[MARKER[target]]]]), cache=past, use_cache=True
+            ).cache
         text = self.processor.decode(text_ids)
         if target is None:
             return GenerationOutput(text=text)
@@ -378,11 +393,10 @@ class CoDi2Model(nn.Module):
         )
         return GenerationOutput(text=text, media=media, features=c_mllm[0], modality=target)
 
-    def _banned_ids(self, allow_markers: bool) -> list[int]:
+    def _banned_ids(self, allowed_markers: Sequence[Modality]) -> list[int]:
         banned = [self._ids[t] for t in (*PLACEHOLDER.values(), *GEN.values())]
         banned += [self.tokenizer.pad_token_id, self.tokenizer.bos_token_id]
-        if not allow_markers:
-            banned += [self._ids[t] for t in MARKER.values()]
+        banned += [self._ids[MARKER[m]] for m in MODALITIES if m not in allowed_markers]
         return banned
 
     @torch.no_grad()

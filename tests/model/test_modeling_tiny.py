@@ -13,6 +13,7 @@ from samples import image, tone
 from codi2_agent.media import Media, Modality
 from codi2_agent.model import (
     IGNORE_INDEX,
+    MAX_REPLY_TOKENS,
     CoDi2Config,
     CoDi2Model,
     PlaceholderMismatchError,
@@ -137,20 +138,42 @@ def test_generate_is_deterministic_under_a_seed(tiny_model):
     assert a.image != c.image
 
 
+def teach_text(model: CoDi2Model, batch: dict, steps: int) -> None:
+    """Overfit the LM's text loss on one batch (enough to make it write a trained answer)."""
+    opt = torch.optim.AdamW(model.lm.parameters(), lr=1e-2)
+    for _ in range(steps):
+        out = model(**batch, compute_diffusion_loss=False)
+        opt.zero_grad()
+        out.loss_text.backward()
+        opt.step()
+
+
 def test_auto_follows_the_generation_marker(make_model):
     """Train the LM briefly to answer one prompt with <boa>: `auto` must then produce audio."""
     model = make_model(seed=4)
     prompt = [Turn("user", ["play a tone"])]
     batch = model.processor.collate([model.processor.encode(prompt, answer_media=tone(440.0))])
-    opt = torch.optim.AdamW(model.lm.parameters(), lr=1e-2)
-    for _ in range(25):
-        out = model(**batch, compute_diffusion_loss=False)
-        opt.zero_grad()
-        out.loss_text.backward()
-        opt.step()
+    teach_text(model, batch, steps=25)
     gen = model.generate(prompt, output="auto", seed=0, num_inference_steps=2)
     assert gen.modality is Modality.AUDIO and gen.audio is not None and gen.text == ""
     assert model.generate(prompt, output="text", max_new_tokens=3).media == []
+
+
+def test_forced_modality_keeps_the_reply_text_then_makes_the_medium(make_model):
+    """Train the LM to answer "ok then" before <boi>: output="image" must return both."""
+    model = make_model(seed=5)
+    prompt = [Turn("user", ["draw"])]
+    batch = model.processor.collate(
+        [model.processor.encode(prompt, answer_text="ok then", answer_media=image(3))]
+    )
+    teach_text(model, batch, steps=30)
+    gen = model.generate(prompt, output="image", seed=0, num_inference_steps=2)
+    assert gen.text == "ok then" and gen.modality is Modality.IMAGE and gen.image is not None
+    # Asked for audio, the same model may not write <boi>, and gets its audio after at most
+    # MAX_REPLY_TOKENS of text.
+    gen = model.generate(prompt, output="audio", seed=0, num_inference_steps=2)
+    assert gen.modality is Modality.AUDIO and gen.audio is not None
+    assert len(model.tokenizer(gen.text, add_special_tokens=False).input_ids) <= MAX_REPLY_TOKENS
 
 
 def test_generate_reports_progress(tiny_model):
