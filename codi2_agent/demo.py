@@ -68,6 +68,8 @@ def run_demo(
         turn.files = [save(m, f"{len(turns) + 1:02d}_{name}") for m in result.media]
         turns.append(turn)
         shown = ", ".join(turn.files) if turn.files else repr(result.text)
+        if turn.files and result.text:  # the reply that came with the medium, e.g. the analogy's edit
+            shown += f" {result.text!r}"
         log(f"[{len(turns)}] {name}: {prompt!r} -> {shown} ({seconds:.2f} s)")
         return result.media[0] if result.media else None
 
