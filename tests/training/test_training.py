@@ -84,3 +84,12 @@ def test_train_refuses_unknown_stages_and_presets(tmp_path):
         train(tmp_path / "m", stages=["warmup"], recipe=TinyRecipe.smoke())
     with pytest.raises(ValueError, match="paper"):
         train(tmp_path / "m", preset="paper")
+
+
+def test_lm_stage_refuses_to_start_before_align(tmp_path):
+    work = tmp_path / "work"
+    (work / "encoders").mkdir(parents=True)
+    (work / "encoders" / "done").touch()  # encoders "finished" (their weights stay at init)
+    with pytest.raises(RuntimeError, match="stage 'align' must finish before 'lm'"):
+        train(tmp_path / "m", workdir=work, stages=["lm"], recipe=TinyRecipe.smoke(), progress=False)
+    assert not (work / "lm").exists() and not (tmp_path / "m").exists()
