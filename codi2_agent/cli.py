@@ -43,6 +43,9 @@ _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 MODEL_HELP = "'tiny' (the shipped weights) or a model folder."
 STEPS_HELP = "Diffusion steps (default: the model's)."
+# Options several commands share, declared once.
+ModelOption = Annotated[str, typer.Option(help=MODEL_HELP)]
+StepsOption = Annotated[int | None, typer.Option(help=STEPS_HELP, min=1)]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -119,8 +122,8 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for every input and output of the session.")] = Path(
         "outputs/demo"
     ),
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "tiny",
-    steps: Annotated[int | None, typer.Option(help=STEPS_HELP, min=1)] = None,
+    model: ModelOption = "tiny",
+    steps: StepsOption = None,
     seed: Annotated[int, typer.Option(help="Seed for the diffusion noise.")] = 0,
 ) -> None:
     """Run the scripted multi-round session and write its outputs to OUT."""
@@ -154,7 +157,7 @@ Type a message and press Enter. Commands:
 
 @app.command()
 def chat(
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "tiny",
+    model: ModelOption = "tiny",
     root: Annotated[
         Path, typer.Option(help="Session folder: artifacts, memory and checkpoints (kept between chats).")
     ] = Path("codi2-session"),
@@ -164,7 +167,7 @@ def chat(
     out: Annotated[
         Path, typer.Option(help="Folder for the media of each turn (a subfolder per thread).")
     ] = Path("outputs/chat"),
-    steps: Annotated[int | None, typer.Option(help=STEPS_HELP, min=1)] = None,
+    steps: StepsOption = None,
     seed: Annotated[int | None, typer.Option(help="Seed for every turn (default: varies).")] = None,
 ) -> None:
     """Talk to CoDi-2 turn by turn in the terminal; attach media with /image and /audio.
@@ -415,9 +418,9 @@ def train_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "tiny",
+    model: ModelOption = "tiny",
     per_task: Annotated[int, typer.Option(help="Held-out samples per task.", min=1)] = 40,
-    steps: Annotated[int | None, typer.Option(help=STEPS_HELP, min=1)] = None,
+    steps: StepsOption = None,
     out: Annotated[Path, typer.Option(help="Folder for the table (.txt) and .json.")] = Path(
         "benchmarks/results"
     ),
@@ -479,7 +482,7 @@ def bench(
     quick: Annotated[
         bool, typer.Option(help="Smoke-sized runs (seconds to a minute each), not figures.")
     ] = False,
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "tiny",
+    model: ModelOption = "tiny",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -580,7 +583,7 @@ def _checkpoint_info(path: Path) -> dict[str, Any]:
 
 @app.command()
 def info(
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "tiny",
+    model: ModelOption = "tiny",
     root: Annotated[
         Path, typer.Option(help="Session folder to describe (chat's and Session's default).")
     ] = Path("codi2-session"),
