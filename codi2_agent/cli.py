@@ -152,7 +152,7 @@ Type a message and press Enter. Commands:
   /thread NAME   switch to thread NAME (a new one starts empty); /thread alone shows the current one
   /fork NAME     copy this thread into a new thread NAME and switch to it
   /help          this text
-  /quit          leave (so does Ctrl-D)"""
+  /quit          leave (so do Ctrl-D and Ctrl-C; an empty line does not)"""
 
 
 @app.command()
@@ -204,14 +204,11 @@ def _chat_loop(first: Session, out: Path) -> None:
     _say(f"codi2-agent chat: thread {session.thread!r} ({session.turn} turns) in {session.root}.")
     _say("Type a message, or /help for commands.")
     while True:
-        try:
-            line = _out.input("[bold]you>[/bold] ") if tty else sys.stdin.readline()
-        except EOFError:
-            line = ""
-        if not line:  # end of input
+        read = _read_line(tty)
+        if read is None:  # end of input (Ctrl-D, or the piped script ran out) or Ctrl-C
             break
-        line = line.strip()
-        if not line:
+        line = read.strip()
+        if not line:  # an empty line is not a way out: prompt again
             continue
         command, _, arg = line.partition(" ") if line.startswith("/") else ("", "", "")
         arg = arg.strip()
@@ -266,6 +263,21 @@ def _chat_loop(first: Session, out: Path) -> None:
         except (MediaError, ValueError, FileNotFoundError, OSError) as e:
             _say(f"error: {e}")
     _say("bye")
+
+
+def _read_line(tty: bool) -> str | None:
+    """The next chat line, or None when the user is done (end of input or Ctrl-C).
+
+    On a terminal the prompt returns "" for an empty line, so only EOFError marks the end; piped
+    stdin keeps its newline, so readline's "" is the end and "\n" an empty line.
+    """
+    try:
+        if tty:
+            return _out.input("[bold]you>[/bold] ")
+        line = sys.stdin.readline()
+        return line if line else None
+    except (EOFError, KeyboardInterrupt):
+        return None
 
 
 def _show_turn(result: TurnResult, folder: Path) -> None:
