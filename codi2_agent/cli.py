@@ -472,6 +472,23 @@ def eval_cmd(
 BENCHMARKS = ("model", "memory", "session")
 
 
+def _check_bench_model(model: str) -> None:
+    """Refuse (exit 2) a --model that names no shipped model and no model folder.
+
+    bench_model.py falls back to random weights when a model cannot be loaded; for an unknown name
+    that would publish figures of random weights under that name.
+    """
+    from codi2_agent.model import SHIPPED_MODELS
+
+    if model in SHIPPED_MODELS or (Path(model).expanduser() / "config.json").is_file():
+        return
+    raise _fail(
+        f"--model {model!r} is neither a shipped model ({', '.join(SHIPPED_MODELS)}) "
+        "nor a model folder (no config.json in it)",
+        2,
+    )
+
+
 def _bench_args(name: str, quick: bool, model: str, out: Path | None) -> list[str]:
     """Command-line arguments of benchmarks/bench_<name>.py (quick: a smoke-sized run)."""
     target = ["--out", str(out / f"{name}.txt")] if out is not None else []
@@ -509,6 +526,7 @@ def bench(
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown or not names:
         raise _fail(f"unknown benchmark(s) {unknown or only!r}; choose from {', '.join(BENCHMARKS)}")
+    _check_bench_model(model)
     folder = Path(__file__).resolve().parent.parent / "benchmarks"
     if not folder.is_dir():
         raise _fail(f"the benchmark scripts live in a source checkout (no {folder}); clone the repository")

@@ -76,3 +76,12 @@ def test_bad_input_is_one_line_and_no_traceback(
     cli: Any, user_error: Any, args: list[str], needle: str
 ) -> None:
     assert len(user_error(cli(*args), 1, needle)) == 1
+
+
+@pytest.mark.parametrize("model", ["bogus", "folder-without-config"])
+def test_bench_refuses_an_unknown_model(cli: Any, user_error: Any, tmp_path: Path, model: str) -> None:
+    # bench_model.py would otherwise time random weights and label the table with this name.
+    (tmp_path / "folder-without-config").mkdir()
+    proc = cli("bench", "--quick", "--only", "model,memory", "--model", model, "--out", "bench")
+    assert len(user_error(proc, 2, f"--model {model!r} is neither a shipped model")) == 1
+    assert "== bench_" not in proc.stdout and not (tmp_path / "bench").exists()
