@@ -433,8 +433,8 @@ def eval_cmd(
     model: ModelOption = "tiny",
     per_task: Annotated[int, typer.Option(help="Held-out samples per task.", min=1)] = 40,
     steps: StepsOption = None,
-    out: Annotated[Path, typer.Option(help="Folder for the table (.txt) and .json.")] = Path(
-        "benchmarks/results"
+    out: Annotated[Path, typer.Option(help="Folder for the table (.txt) and its .json.")] = Path(
+        "outputs/eval"
     ),
     name: Annotated[str, typer.Option(help="File name stem for the results.")] = "eval_tiny",
     seed: Annotated[int, typer.Option(help="Seed of the held-out draw.")] = 1234,
@@ -445,25 +445,25 @@ def eval_cmd(
     """Score a model on the tiny world's held-out split (unseen seeds and attribute combinations)."""
     if split not in ("test", "train"):
         raise _fail(f"--split must be 'test' or 'train', not {split!r}")
-    from codi2_agent.evaluation import evaluate, format_table, write_results
+    from codi2_agent.evaluation import evaluate, format_columns, write_results
 
     loaded = _load(model)
+    setting = f"# codi2-agent eval: model={model}, {split} split, {per_task} samples/task, seed {seed}"
+    _say(setting)
+    _say(format_columns())
     t0 = time.perf_counter()
     with _progress("evaluating") as update:
 
-        def log(line: str) -> None:
+        def show_row(line: str) -> None:  # each row once, as soon as its task is scored
             _say(line)
             update()
 
         rows = evaluate(
-            loaded, per_task=per_task, seed=seed, num_inference_steps=steps, split=split, progress=log
+            loaded, per_task=per_task, seed=seed, num_inference_steps=steps, split=split, progress=show_row
         )
-    header = (
-        f"# codi2-agent eval: model={model}, {split} split, {per_task} samples/task, seed {seed}, "
-        f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} CPUs ({time.strftime('%Y-%m-%d')})"
-    )
-    txt, _ = write_results(rows, out, name, header)
-    _say("\n" + format_table(rows, header) + f"\n\nwritten to {txt}")
+    took = f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} CPUs ({time.strftime('%Y-%m-%d')})"
+    txt, js = write_results(rows, out, name, f"{setting}, {took}")
+    _say(f"\n{len(rows)} rows in {took}; written to {txt} and {js}")
 
 
 # =================================================================================================

@@ -26,7 +26,7 @@ from codi2_agent.media import Media
 from codi2_agent.model import CoDi2Model, Turn
 from codi2_agent.model.modeling_codi2 import OutputKind
 
-__all__ = ["EvalRow", "evaluate", "format_table"]
+__all__ = ["EvalRow", "evaluate", "format_columns", "format_row", "format_table", "write_results"]
 
 TARGETS = {  # DESIGN §11: the held-out suite's targets per task family
     "edit": 0.9,
@@ -196,11 +196,14 @@ def format_row(row: EvalRow) -> str:
     return f"{head} {row.seconds_per_sample:>7.2f}  {attrs}"
 
 
+def format_columns() -> str:
+    """The column names line above `format_row` lines."""
+    return f"{'task':<24} {'n':>4} {'accuracy':>8} {'target':>7} {'met':>4} {'s/each':>7}  per attribute"
+
+
 def format_table(rows: Sequence[EvalRow], header: str = "") -> str:
     lines = [header] if header else []
-    lines.append(
-        f"{'task':<24} {'n':>4} {'accuracy':>8} {'target':>7} {'met':>4} {'s/each':>7}  per attribute"
-    )
+    lines.append(format_columns())
     lines += [format_row(r) for r in rows]
     return "\n".join(lines)
 

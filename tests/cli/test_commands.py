@@ -40,6 +40,20 @@ def test_eval_writes_a_table(cli: Any, model_arg: str, tmp_path: Path) -> None:
     assert (tmp_path / "res" / "t.txt").is_file() and "written to" in proc.stdout
 
 
+def test_eval_defaults_to_outputs_and_prints_each_row_once(cli: Any, model_arg: str, tmp_path: Path) -> None:
+    proc = cli("eval", "--model", model_arg, "--per-task", "1", "--steps", STEPS)
+    assert proc.returncode == 0, proc.stderr
+    # Never over the committed tables in benchmarks/results/ (relative to where it runs).
+    table = tmp_path / "outputs" / "eval" / "eval_tiny.txt"
+    assert table.is_file() and not (tmp_path / "benchmarks").exists()
+    rows = json.loads(table.with_suffix(".json").read_text())
+    printed = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+    assert len(rows) > 5 and all(printed.count(row["task"]) == 1 for row in rows), proc.stdout
+    assert proc.stdout.count("task ") == 1  # one column header
+    # The file holds the same rows the terminal showed.
+    assert [line.split()[0] for line in table.read_text().splitlines()[2:]] == [r["task"] for r in rows]
+
+
 def test_bench_quick_runs_a_benchmark_script(cli: Any, tmp_path: Path) -> None:
     proc = cli("bench", "--quick", "--only", "memory", "--out", "bench")
     assert proc.returncode == 0, proc.stderr
