@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "CorruptMediaError",
+    "EmptyMediaError",
     "Media",
     "MediaError",
     "MediaLimits",
@@ -68,6 +69,10 @@ class UnsupportedFormatError(MediaError):
 
 class CorruptMediaError(MediaError):
     """The bytes claim a supported format but cannot be decoded."""
+
+
+class EmptyMediaError(MediaError):
+    """A file (or bytes) with nothing in it: often a download or copy that did not finish."""
 
 
 class MediaTooLargeError(MediaError):
@@ -137,7 +142,7 @@ class Media:
     Build with `Media.from_text`, `Media.from_image`, `Media.from_audio` or `Media.open(path | bytes)`.
     """
 
-    __slots__ = ("_audio", "_image", "_text", "caption", "modality", "sample_rate")
+    __slots__ = ("_audio", "_image", "_text", "caption", "content_id", "modality", "sample_rate")
 
     def __init__(
         self,
@@ -153,6 +158,9 @@ class Media:
         self._text, self._image, self._audio = text, image, audio
         self.sample_rate = sample_rate
         self.caption = caption
+        # sha256 of the canonical bytes when a store has computed it (the artifact id): lets caches
+        # key on content without re-encoding the medium.
+        self.content_id: str | None = None
         if self.modality is Modality.TEXT and not isinstance(text, str):
             raise MediaError("text media needs a str")
         if self.modality is Modality.IMAGE and not isinstance(image, Image.Image):
@@ -232,6 +240,8 @@ class Media:
             where = "media bytes"
         else:
             raise TypeError(f"Media.open takes a path or bytes, not {type(source).__name__}")
+        if not data:  # said plainly: sniffing would call it an unsupported format
+            raise EmptyMediaError(f"{where} is empty (0 bytes): nothing to decode")
         if len(data) > limits.max_bytes:
             raise MediaTooLargeError(f"{where}: {len(data)} bytes; the limit is {limits.max_bytes}")
         kind = _sniff(data)
@@ -311,6 +321,8 @@ class Media:
         return self.text.encode("utf-8"), "text/plain"
 
     def sha256(self) -> str:
+        if self.content_id is not None:
+            return self.content_id
         return hashlib.sha256(self.to_bytes()[0]).hexdigest()
 
     def save(self, path: str | Path) -> Path:

@@ -13,6 +13,7 @@ from samples import image, tone
 
 from codi2_agent.media import (
     CorruptMediaError,
+    EmptyMediaError,
     Media,
     MediaError,
     MediaLimits,
@@ -105,6 +106,15 @@ def test_corrupt_image_bytes():
 def test_corrupt_audio_bytes():
     with pytest.raises(CorruptMediaError, match="corrupt or truncated audio"):
         Media.open(b"RIFF\x00\x00\x00\x00WAVEjunkjunk")
+
+
+def test_empty_files_and_bytes_are_called_empty(tmp_path):
+    (tmp_path / "blank.png").write_bytes(b"")
+    with pytest.raises(EmptyMediaError, match=r"blank\.png is empty \(0 bytes\)") as caught:
+        Media.open(tmp_path / "blank.png")
+    assert isinstance(caught.value, MediaError) and not isinstance(caught.value, UnsupportedFormatError)
+    with pytest.raises(EmptyMediaError, match="media bytes is empty"):
+        Media.open(b"")
 
 
 def test_unsupported_formats_are_named():
