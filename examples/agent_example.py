@@ -20,6 +20,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import tempfile
 from collections.abc import Sequence
@@ -95,12 +96,20 @@ def main(model: Any = None, root: str | Path | None = None, steps: int | None = 
 
     from codi2_agent.tools import CoDi2Toolkit
 
-    root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="codi2-agent-"))
-    toolkit = CoDi2Toolkit(model if model is not None else load_tiny(), root=root, num_inference_steps=steps)
-    agent = create_agent(model=ScriptedAgentModel(), tools=toolkit.get_tools(), checkpointer=InMemorySaver())
-    config = {"configurable": {"thread_id": "example"}}
     records = []
-    try:
+    temporary = root is None  # no --root: a temporary session folder, removed when the job ends
+    with contextlib.ExitStack() as cleanup:  # closes the toolkit, then removes a temporary root
+        if root is None:
+            root = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="codi2-agent-"))
+        root = Path(root)
+        toolkit = CoDi2Toolkit(
+            model if model is not None else load_tiny(), root=root, num_inference_steps=steps
+        )
+        cleanup.callback(toolkit.close)
+        agent = create_agent(
+            model=ScriptedAgentModel(), tools=toolkit.get_tools(), checkpointer=InMemorySaver()
+        )
+        config = {"configurable": {"thread_id": "example"}}
         for text in USER_TURNS:
             state = agent.invoke({"messages": [HumanMessage(text)]}, config)
             call = next(m for m in reversed(state["messages"]) if isinstance(m, AIMessage) and m.tool_calls)
@@ -121,9 +130,8 @@ def main(model: Any = None, root: str | Path | None = None, steps: int | None = 
         for turn in toolkit.session.history():
             turn.save(out)
         if verbose:
-            print(f"media saved under {out}")
-    finally:
-        toolkit.close()
+            note = " (a temporary folder, removed on exit: pass --root to keep them)" if temporary else ""
+            print(f"media saved under {out}{note}")
     return records
 
 

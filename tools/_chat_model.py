@@ -83,7 +83,9 @@ class ChatCoDi2(BaseChatModel):
         model: a shipped model name (``"tiny"``), a model folder, a `CoDi2Model` or a `Backend`.
             Names and folders load on first use. Default: ``$CODI2_AGENT_MODEL`` or ``"tiny"``.
         artifacts: the `ArtifactStore` (or its root) that ``file_id`` / ``artifact://`` inputs are read
-            from and, with ``media_format="artifact"``, outputs are written to. Default: a temporary store.
+            from and, with ``media_format="artifact"``, outputs are written to. Default: a temporary
+            store, removed by `close()` (or ``with ChatCoDi2() as llm:``), else when the chat model is
+            garbage-collected.
         output: ``"auto"`` (the model decides), ``"text"``, ``"image"`` or ``"audio"``; per call too.
         media_format: output media as ``"base64"`` blocks or as ``"artifact"`` url blocks.
         seed, num_inference_steps, guidance_scale: diffusion settings (per call too).
@@ -109,6 +111,9 @@ class ChatCoDi2(BaseChatModel):
 
     _backend: Backend | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    # The default store's folder. TemporaryDirectory removes it when collected (weakref.finalize),
+    # so a chat model that is dropped without close() does not leave it behind either.
+    _temporary: tempfile.TemporaryDirectory[str] | None = PrivateAttr(default=None)
 
     # --- LangChain plumbing -----------------------------------------------------------------------
     @property
@@ -170,7 +175,27 @@ class ChatCoDi2(BaseChatModel):
             return self.artifacts
         if self.artifacts is not None:
             return ArtifactStore(self.artifacts)
-        return ArtifactStore(tempfile.mkdtemp(prefix="codi2-chat-"))
+        self._temporary = tempfile.TemporaryDirectory(prefix="codi2-chat-")
+        return ArtifactStore(self._temporary.name)
+
+    def close(self) -> None:
+        """Remove the temporary artifact folder this chat model made, if any (idempotent).
+
+        Media urls it returned (``media_format="artifact"``) stop resolving; a later call starts a
+        new temporary store. A store passed as ``artifacts`` is left alone.
+        """
+        with self._lock:
+            if self._temporary is None:
+                return
+            self._temporary.cleanup()
+            self._temporary = None
+            self._backend = None
+
+    def __enter__(self) -> ChatCoDi2:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # --- messages <-> prompt ----------------------------------------------------------------------
     def _prompt(self, messages: Sequence[BaseMessage]) -> list[PromptTurn]:
