@@ -48,6 +48,30 @@ ModelOption = Annotated[str, typer.Option(help=MODEL_HELP)]
 StepsOption = Annotated[int | None, typer.Option(help=STEPS_HELP, min=1)]
 
 
+def _show_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version("codi2-agent")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from codi2_agent import __version__ as number
+    typer.echo(f"codi2-agent {number}")
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    # Options before the command; the app's help text comes from `app` above.
+    return None
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg="red")
     return typer.Exit(code)

@@ -13,6 +13,14 @@ COMMANDS = ["demo", "chat", "run", "train", "eval", "bench", "info"]
 STEPS = "2"  # diffusion steps: the decoders run, quickly
 
 
+def test_version_is_the_installed_package_version(cli: Any) -> None:
+    from importlib.metadata import version
+
+    proc = cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"codi2-agent {version('codi2-agent')}\n"
+
+
 @pytest.mark.parametrize("command", ["", *COMMANDS])
 def test_help_everywhere(cli: Any, command: str) -> None:
     proc = cli(*([command] if command else []), "--help")
