@@ -1,6 +1,6 @@
 """Benchmark of the exemplar memory: add throughput and query latency as a tenant's memory grows.
 
-One tenant's collection grows 0 → 1k → 10k → 100k items (DESIGN §11 target: query p50 ≤ 10 ms at
+One tenant's collection grows 0 → 1k → 10k → 100k items (docs/architecture.md §12: query p50 ≤ 10 ms at
 100k). At each size it times, through the public `ExemplarMemory` API:
 
 - ``add/s``      items per second written by `add_many` (precomputed vectors, batches of --batch);

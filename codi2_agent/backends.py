@@ -3,7 +3,7 @@
 The session graph, `ChatCoDi2` and the tools never call a model directly; they hand a `Backend` a
 `GenerateRequest` and get a `GenerateResult` back. Both are plain pydantic data holding text and
 `MediaRef`s, never tensors, PIL images or bytes: the media themselves travel through the shared
-`ArtifactStore`. That keeps the protocol remote-friendly — a Ray Serve deployment (DESIGN §9) can
+`ArtifactStore`. That keeps the protocol remote-friendly — a remote backend (docs/architecture.md §4) can
 implement it by reading and writing the same store — and keeps graph state small.
 
 `LocalBackend` runs a `CoDi2Model` in this process. `ModelEmbedder` turns the model's own encoders

@@ -28,7 +28,7 @@ from codi2_agent.model.modeling_codi2 import OutputKind
 
 __all__ = ["EvalRow", "evaluate", "format_columns", "format_row", "format_table", "write_results"]
 
-TARGETS = {  # DESIGN §11: the held-out suite's targets per task family
+TARGETS = {  # docs/architecture.md §12: the held-out suite's targets per task family
     "edit": 0.9,
     "analogy": 0.9,
     "compose": 0.9,

@@ -41,9 +41,9 @@ exemplar memory and checkpoints of the pipeline's threads, which is what resumin
 
 Example:
     >>> from codi2_agent.pipelines import load_pipeline, run_pipeline    # doctest: +SKIP
-    >>> pipeline = load_pipeline("examples/pipelines/edit_rounds.yaml")
-    >>> report = run_pipeline(pipeline, out="outputs/edit-rounds", model="tiny")
-    >>> report.status, len(report.turns)
+    >>> pipeline = load_pipeline("examples/pipelines/edit_rounds.yaml")  # doctest: +SKIP
+    >>> report = run_pipeline(pipeline, out="outputs/edit-rounds", model="tiny")  # doctest: +SKIP
+    >>> report.status, len(report.turns)  # doctest: +SKIP
     ('complete', 7)
 """
 

@@ -1,6 +1,6 @@
 """The LangGraph session graph: one CoDi-2 conversation turn as an explicit state machine.
 
-``ingest → resolve → retrieve → compose → generate → persist → respond`` (DESIGN §3), with an optional
+``ingest → resolve → retrieve → compose → generate → persist → respond`` (docs/architecture.md §6); optional
 ``interrupt()`` review after generate. State and checkpoints carry `MediaRef`s, never bytes; the
 media live in an `ArtifactStore` and their embeddings in an `ExemplarMemory`, which is what keeps
 long multi-round editing and analogy sessions consistent.

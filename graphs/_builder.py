@@ -1,4 +1,4 @@
-"""`build_session_graph`: the explicit `StateGraph` of one conversation turn (DESIGN §3)."""
+"""`build_session_graph`: the explicit `StateGraph` of one conversation turn (docs/architecture.md §5)."""
 
 from __future__ import annotations
 

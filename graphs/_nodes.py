@@ -1,4 +1,4 @@
-"""The session graph's nodes, one method per step of DESIGN §3, and the routers between them.
+"""The session graph's nodes, one method per step of docs/architecture.md §6, and the routers between them.
 
 Every node is a pure function of (state, config) plus the shared backend, memory and artifact store,
 and is safe to run twice: artifact ids are content hashes, memory ids hash (tenant, thread, turn,

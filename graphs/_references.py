@@ -1,14 +1,14 @@
 """Resolving what a request points at, from the thread's media log (and memory for explicit ids).
 
 Thread-local references ("it", "the last image", "the sound from turn 2", "the star", "the edit you
-made to the cat") are answered from graph state: it is exact and costs nothing (DESIGN §7). Explicit
+made to the cat") are answered from graph state: exact and free (docs/architecture.md §7). Explicit
 ids ("@m:ab12cd…", "artifact://…") that are not in this thread are looked up in the tenant's memory,
 so an agent can point at media from another thread. Whatever cannot be resolved becomes a
 `Clarification` — a question back — never a guess.
 
 Example:
-    >>> from codi2_agent.data.world import IMAGE_ATTRIBUTES
-from codi2_agent.media import MediaRef, Modality
+    >>> from codi2_agent.graphs import MediaRecord, resolve
+    >>> from codi2_agent.media import MediaRef, Modality
     >>> ref = MediaRef(id="a" * 64, uri="artifact://" + "a" * 64, modality=Modality.IMAGE,
     ...                mime="image/png", caption="a small red star in the snow", turn=1)
     >>> log = [MediaRecord(ref=ref, role="output", turn=1)]

@@ -1,6 +1,6 @@
 """`ExemplarMemory`: every turn's media embeddings in Chroma, retrievable as in-context exemplars.
 
-Layout in Chroma (DESIGN §7):
+Layout in Chroma (docs/architecture.md §7):
 - one collection per tenant, ``<namespace>-t-<slug>-<sha256(tenant)[:16]>``: tenants are isolated by
   construction — a query opens exactly one tenant's collection, so there is no filter to forget;
 - one optional shared exemplar bank, ``<namespace>-shared``, read only by threads that opted in;
@@ -612,7 +612,7 @@ class ExemplarMemory:
             return []
         include = ["metadatas", "distances"] + (["embeddings"] if embeddings else [])
         if where and not (where.keys() & _SELECTIVE):
-            # Filtered search in Chroma costs several times an unfiltered one (DESIGN §7). For broad
+            # A filtered Chroma query costs several unfiltered ones (docs/architecture.md §7). For broad
             # filters (edit / role / modality / task: a good share of all items) take the unfiltered
             # top-n and filter here: if k of them match, they are exactly the filtered top-k. Selective
             # filters (one thread or subject of many) would rarely fill k, so they go to `where` directly.

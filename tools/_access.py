@@ -1,7 +1,7 @@
 """What media an agent may make the tools read: files under configured roots, urls only if enabled.
 
 An LLM agent can be prompt-injected ("describe /etc/shadow", "fetch http://169.254.169.254/…"), so
-a tool argument naming a file or url is refused unless the operator allowed it (DESIGN §10):
+a tool argument naming a file or url is refused unless the operator allowed it (docs/architecture.md §11):
 
 - paths are resolved (symlinks and ``..`` included) and must lie under one of `roots`;
 - ``http(s)://`` urls are fetched only with ``allow_urls=True``, with a size cap and a timeout;

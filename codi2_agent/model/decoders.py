@@ -3,7 +3,7 @@
 `TinyDiffusionDecoder` is ours: a diffusers `UNet2DModel` in pixel space (images) or log-mel space
 (audio, inverted by Griffin-Lim), conditioned on the feature twice — through the time embedding
 (`class_embed_type="identity"`) and as extra constant input channels — which the prototype in
-DESIGN.md §5 found to matter. v-prediction, DDPM training, DDIM sampling, classifier-free
+docs/architecture.md §3 found to matter. v-prediction, DDPM training, DDIM sampling, classifier-free
 guidance from a learned null feature.
 
 Paper-scale decoders (`stable_unclip`, `audioldm2`) live in `paper_decoders.py`.
@@ -95,7 +95,7 @@ class TinyDiffusionDecoder(MediaDecoder):
             layers_per_block=cfg.layers_per_block,
             down_block_types=("DownBlock2D",) * n,
             up_block_types=("UpBlock2D",) * n,
-            add_attention=False,  # at these sizes attention costs CPU time and bought nothing (DESIGN §5)
+            add_attention=False,  # attention: CPU time for nothing at this size (docs/architecture.md §3)
             class_embed_type="identity",  # the conditioning vector is added to the time embedding
             norm_num_groups=8,
         )
