@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from codi2_agent.model.assemble import assemble_paper_model
 from codi2_agent.model.configuration_codi2 import CoDi2Config, DecoderConfig, EncoderConfig
@@ -14,9 +17,11 @@ from codi2_agent.model.modeling_codi2 import (
     PlaceholderMismatchError,
     WeightsNotFoundError,
 )
+from codi2_agent.model.placement import FLOAT32_BUFFERS, DeviceUnavailableError, Placement
 from codi2_agent.model.processing_codi2 import IGNORE_INDEX, CoDi2Processor, Turn, build_tokenizer
 
 __all__ = [
+    "FLOAT32_BUFFERS",
     "IGNORE_INDEX",
     "MAX_REPLY_TOKENS",
     "SHIPPED_MODELS",
@@ -25,9 +30,11 @@ __all__ = [
     "CoDi2Output",
     "CoDi2Processor",
     "DecoderConfig",
+    "DeviceUnavailableError",
     "EncoderConfig",
     "GenerationOutput",
     "PlaceholderMismatchError",
+    "Placement",
     "Turn",
     "WeightsNotFoundError",
     "assemble_paper_model",
@@ -45,12 +52,28 @@ def shipped_model_path(name: str) -> Path:
     return WEIGHTS_ROOT / name
 
 
-def load_model(name_or_path: str | Path = "tiny", *, device: str = "cpu") -> CoDi2Model:
+def load_model(
+    name_or_path: str | Path = "tiny",
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    offload: bool | None = None,
+) -> CoDi2Model:
     """Load a shipped model by name (`"tiny"`) or a model folder by path. Never touches the network.
 
+    Placement and precision apply to every component (LM, encoders, projectors, output heads,
+    decoders and, for the paper preset, the diffusers pipelines and CLIP/CLAP):
+    `device` ("cpu", "cuda", "cuda:N", "mps", "auto"), `dtype` ("float32", "bfloat16", "float16", a
+    torch.dtype, or "auto" = the LM checkpoint's dtype), `device_map` (the LM through accelerate:
+    "auto", "balanced", ... or a dict) and `offload` (diffusers' model CPU offload for the pipelines).
+    Unset ones come from `CODI2_DEVICE`, `CODI2_DTYPE`, `CODI2_DEVICE_MAP`, `CODI2_OFFLOAD`
+    (`codi2_agent.settings`), then cpu / float32 / none / off.
+
     Example:
-        >>> model = load_model("tiny")  # doctest: +SKIP
+        >>> model = load_model("tiny", dtype="bfloat16")  # doctest: +SKIP
     """
+    placement: dict[str, Any] = dict(device=device, dtype=dtype, device_map=device_map, offload=offload)
     if isinstance(name_or_path, str) and name_or_path in SHIPPED_MODELS:
         path = shipped_model_path(name_or_path)
         if not (path / "config.json").is_file():
@@ -58,11 +81,11 @@ def load_model(name_or_path: str | Path = "tiny", *, device: str = "cpu") -> CoD
                 f"the shipped {name_or_path!r} weights are not at {path}; reproduce them with "
                 f"`codi2-agent train --preset {name_or_path} --out {path}`"
             )
-        return CoDi2Model.from_pretrained(path, device=device)
+        return CoDi2Model.from_pretrained(path, **placement)
     path = Path(name_or_path).expanduser()
     if not path.exists() and "/" not in str(name_or_path) and not str(name_or_path).startswith("."):
         raise WeightsNotFoundError(
             f"{name_or_path!r} is neither a shipped model {list(SHIPPED_MODELS)} nor a local folder "
             "(models load from local paths only; nothing is downloaded)"
         )
-    return CoDi2Model.from_pretrained(path, device=device)
+    return CoDi2Model.from_pretrained(path, **placement)

@@ -46,7 +46,11 @@ def mel_filterbank(
 
 
 class MelSpectrogram(nn.Module):
-    """Waveform (B, N) -> normalised log-mel (B, 1, n_mels, num_frames) in roughly [-1, 1]."""
+    """Waveform (B, N) -> normalised log-mel (B, 1, n_mels, num_frames) in roughly [-1, 1].
+
+    Always computes in float32 and returns float32, whatever dtype the model around it runs in:
+    torch.stft/istft take no 16-bit input, and its buffers are in `placement.FLOAT32_BUFFERS`.
+    """
 
     filters: torch.Tensor
     window: torch.Tensor
@@ -89,11 +93,11 @@ class MelSpectrogram(nn.Module):
             waveform.float(),
             self.n_fft,
             self.hop_length,
-            window=self.window,
+            window=self.window.float(),
             center=True,
             return_complex=True,
         ).abs()  # (B, F, T)
-        mel = self.filters @ spec  # (B, M, T)
+        mel = self.filters.float() @ spec  # (B, M, T)
         log_mel = torch.log(mel.clamp(min=self.log_floor))
         frames = log_mel.shape[-1]
         if frames < self.num_frames:  # pad with silence
@@ -104,16 +108,22 @@ class MelSpectrogram(nn.Module):
 
     @torch.no_grad()
     def invert(self, mel_image: torch.Tensor, n_iter: int = 32) -> torch.Tensor:
-        """Normalised log-mel (B, 1, M, T) -> waveform (B, num_samples) by Griffin-Lim."""
+        """Normalised log-mel (B, 1, M, T) -> waveform (B, num_samples) by Griffin-Lim.
+
+        Runs in float32 on the device of the filterbank (a GPU model inverts on the GPU).
+        """
+        mel_image = mel_image.to(self.filters_pinv.device)
         mel = torch.exp(self._denormalise(mel_image.squeeze(1).float()))  # (B, M, T)
-        mag = (self.filters_pinv @ mel).clamp(min=0.0)  # (B, F, T)
+        mag = (self.filters_pinv.float() @ mel).clamp(min=0.0)  # (B, F, T)
+        window = self.window.float()
         gen = torch.Generator().manual_seed(0)  # fixed phase init: inversion is deterministic
-        angles = torch.exp(2j * math.pi * torch.rand(mag.shape, generator=gen)).to(torch.complex64)
+        phase = torch.rand(mag.shape, generator=gen).to(mag.device)
+        angles = torch.exp(2j * math.pi * phase).to(torch.complex64)
         length = self.num_samples
         for _ in range(n_iter):
-            wav = torch.istft(mag * angles, self.n_fft, self.hop_length, window=self.window, length=length)
-            rebuilt = torch.stft(wav, self.n_fft, self.hop_length, window=self.window, return_complex=True)
+            wav = torch.istft(mag * angles, self.n_fft, self.hop_length, window=window, length=length)
+            rebuilt = torch.stft(wav, self.n_fft, self.hop_length, window=window, return_complex=True)
             angles = torch.exp(1j * torch.angle(rebuilt[..., : mag.shape[-1]]))
-        wav = torch.istft(mag * angles, self.n_fft, self.hop_length, window=self.window, length=length)
+        wav = torch.istft(mag * angles, self.n_fft, self.hop_length, window=window, length=length)
         peak = wav.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
         return torch.where(peak > 0.99, wav / peak * 0.99, wav)

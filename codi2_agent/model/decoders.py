@@ -20,6 +20,7 @@ from torch import nn
 from codi2_agent.media import Media, Modality
 from codi2_agent.model.audio import MelSpectrogram
 from codi2_agent.model.configuration_codi2 import CoDi2Config, DecoderConfig
+from codi2_agent.model.placement import cast_floating
 
 __all__ = ["MediaDecoder", "ProgressCallback", "TinyDiffusionDecoder"]
 
@@ -52,6 +53,11 @@ class MediaDecoder(nn.Module):
         prompt: str | None = None,
     ) -> list[Media]:
         raise NotImplementedError
+
+    def place(self, device: torch.device, dtype: torch.dtype, offload: bool = False) -> None:
+        """Move to `device` and cast to `dtype`. `offload` matters only for pipeline decoders, which
+        override this; a tiny decoder is a few MB and stays on `device`."""
+        cast_floating(self.to(device), dtype)
 
 
 class TinyDiffusionDecoder(MediaDecoder):
@@ -123,9 +129,14 @@ class TinyDiffusionDecoder(MediaDecoder):
         return nn.functional.pixel_shuffle(x, self.cfg.fold) if self.cfg.fold > 1 else x
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction in float32. The UNet runs in the weights' dtype (bf16 too); the
+        diffusion arithmetic around it (noising, scheduler steps, guidance, loss) stays float32."""
         b, _, h, w = x.shape
+        dtype = self.null_cond.dtype
+        cond = cond.to(dtype)
         extra = self.cond_to_channels(cond)[:, :, None, None].expand(b, -1, h, w)  # (B, Cc, H, W)
-        return self.unet(torch.cat([x, extra], dim=1), t, class_labels=self.cond_to_time(cond)).sample
+        x_in = torch.cat([x.to(dtype), extra], dim=1)
+        return self.unet(x_in, t, class_labels=self.cond_to_time(cond)).sample.float()
 
     # --- training ---------------------------------------------------------------------------------
     def loss(
@@ -164,6 +175,7 @@ class TinyDiffusionDecoder(MediaDecoder):
         b = cond.shape[0]
         scheduler = self.sample_scheduler
         scheduler.set_timesteps(steps)
+        # float32 state: bf16's 8-bit mantissa would compound over the DDIM steps
         x = torch.randn((b, self.channels, *self.sample_size), generator=generator).to(cond.device)
         for i, t in enumerate(scheduler.timesteps):
             tt = t.expand(b).to(cond.device)
@@ -200,5 +212,5 @@ class TinyDiffusionDecoder(MediaDecoder):
         if self.mel is None:
             pixels = ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
             return [Media.from_image(p.cpu().numpy()) for p in pixels]
-        wav = self.mel.invert(x.cpu())
+        wav = self.mel.invert(x).cpu()
         return [Media.from_audio(w.numpy(), self.mel.sample_rate) for w in wav]

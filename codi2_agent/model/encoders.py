@@ -25,6 +25,7 @@ from torch import nn
 from codi2_agent.media import Modality
 from codi2_agent.model.audio import MelSpectrogram
 from codi2_agent.model.configuration_codi2 import CoDi2Config, EncoderConfig
+from codi2_agent.model.placement import cast_floating
 
 __all__ = [
     "ClapAudioEncoder",
@@ -48,6 +49,15 @@ class MediaEncoder(nn.Module):
         self.cfg = cfg
         self.feature_dim = cfg.feature_dim
         self.num_feature_tokens = cfg.num_feature_tokens
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights: inputs are cast to it (processor tensors come as float32)."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+    def place(self, device: torch.device, dtype: torch.dtype, offload: bool = False) -> None:
+        """Move to `device`, cast to `dtype` (encoders are small next to the decoders: never offloaded)."""
+        cast_floating(self.to(device), dtype)
 
 
 def _conv_stack(in_channels: int, channels: tuple[int, ...]) -> nn.Sequential:
@@ -120,7 +130,7 @@ class TinyImageEncoder(MediaEncoder):
         self.norm = nn.LayerNorm(cfg.feature_dim, elementwise_affine=False)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
-        h = self.body(values)  # (B, C, S/8, S/8)
+        h = self.body(values.to(self.dtype))  # (B, C, S/8, S/8)
         pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 2C)
         return self.norm(self.out(pooled)).unsqueeze(1)  # (B, 1, D)
 
@@ -138,7 +148,7 @@ class TinyAudioEncoder(MediaEncoder):
         self.norm = nn.LayerNorm(cfg.feature_dim, elementwise_affine=False)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
-        h = self.body(self.mel(values))  # (B, C, M/8, T/8)
+        h = self.body(self.mel(values).to(self.dtype))  # mel in fp32, the CNN in the model's dtype
         pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 2C)
         return self.norm(self.out(pooled)).unsqueeze(1)  # (B, 1, D)
 
@@ -155,11 +165,14 @@ class ClipImageEncoder(MediaEncoder):
         self.size = model.config.image_size
 
     @classmethod
-    def load(cls, cfg: EncoderConfig, config: CoDi2Config, path: Path) -> ClipImageEncoder:
+    def load(
+        cls, cfg: EncoderConfig, config: CoDi2Config, path: Path, dtype: torch.dtype | None = None
+    ) -> ClipImageEncoder:
         from transformers import CLIPVisionModelWithProjection
 
         _require_transformers_files(path, "CLIP image encoder")
-        return cls(cfg, config, CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True))
+        model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True, dtype=dtype)
+        return cls(cfg, config, model)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         x = clip_pixels(values, self.size)
@@ -189,7 +202,9 @@ class ClapAudioEncoder(MediaEncoder):
         self.expand = nn.Linear(width, cfg.num_feature_tokens * cfg.feature_dim)
 
     @classmethod
-    def load(cls, cfg: EncoderConfig, config: CoDi2Config, path: Path) -> ClapAudioEncoder:
+    def load(
+        cls, cfg: EncoderConfig, config: CoDi2Config, path: Path, dtype: torch.dtype | None = None
+    ) -> ClapAudioEncoder:
         from safetensors.torch import load_file
         from transformers import ClapFeatureExtractor, ClapModel
 
@@ -200,10 +215,12 @@ class ClapAudioEncoder(MediaEncoder):
         enc = cls(
             cfg,
             config,
-            ClapModel.from_pretrained(path, local_files_only=True),
+            ClapModel.from_pretrained(path, local_files_only=True, dtype=dtype),
             ClapFeatureExtractor.from_pretrained(path, local_files_only=True),
         )
         enc.expand.load_state_dict(load_file(path / cls.EXPAND))
+        if dtype is not None:
+            enc.expand.to(dtype)
         return enc
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
@@ -293,7 +310,7 @@ class ImageBindEncoder(MediaEncoder):
             x = clip_pixels(values, self.IMAGE_SIZE)
         else:
             x = self._audio_inputs(values)
-        return self.model({self.key: x})[self.key].unsqueeze(1)  # (B, 1, 1024)
+        return self.model({self.key: x.to(self.dtype)})[self.key].unsqueeze(1)  # (B, 1, 1024)
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -305,9 +322,17 @@ _PRETRAINED: dict[str, Any] = {"clip_vision": ClipImageEncoder, "clap_audio": Cl
 
 
 def build_encoder(
-    cfg: EncoderConfig, config: CoDi2Config, modality: Modality, folder: Path | None
+    cfg: EncoderConfig,
+    config: CoDi2Config,
+    modality: Modality,
+    folder: Path | None,
+    dtype: torch.dtype | None = None,
 ) -> MediaEncoder:
-    """Build the encoder `cfg.kind` names; pretrained kinds load from `folder / cfg.subfolder`."""
+    """Build the encoder `cfg.kind` names; pretrained kinds load from `folder / cfg.subfolder`.
+
+    Pretrained weights load in `dtype` (None: as saved); tiny ones are built in float32 and cast by
+    `CoDi2Model.place`.
+    """
     if cfg.kind in _TINY:
         enc: MediaEncoder = _TINY[cfg.kind](cfg, config)
     elif cfg.kind in _PRETRAINED or cfg.kind == "imagebind":
@@ -317,7 +342,7 @@ def build_encoder(
         if cfg.kind == "imagebind":
             enc = ImageBindEncoder(cfg, config, modality, path)
         else:
-            enc = _PRETRAINED[cfg.kind].load(cfg, config, path)
+            enc = _PRETRAINED[cfg.kind].load(cfg, config, path, dtype)
     else:
         raise ValueError(
             f"unknown encoder kind {cfg.kind!r}; expected one of "

@@ -27,6 +27,7 @@ from codi2_agent.media import Media, MediaError, Modality
 from codi2_agent.model.configuration_codi2 import CONFIG_NAME, CoDi2Config
 from codi2_agent.model.decoders import MediaDecoder, ProgressCallback, TinyDiffusionDecoder
 from codi2_agent.model.encoders import MediaEncoder, build_encoder
+from codi2_agent.model.placement import Placement, cast_floating
 from codi2_agent.model.processing_codi2 import (
     GEN,
     MARKER,
@@ -343,7 +344,7 @@ class CoDi2Model(nn.Module):
         # 2. Read the prompt
         target: Modality | None = None if kind in ("auto", "text") else Modality(kind)
         out = self.lm(inputs_embeds=self.embed(ids, values), use_cache=True)
-        past, logits = out.cache, out.logits[:, -1]
+        past, logits = out.cache, out.logits[:, -1].float()  # greedy choice in fp32: no bf16 ties
         # 3. Decode text greedily until </s> or a generation marker. A forced modality keeps the answer's
         #    text (a reply that may state what the medium will be, e.g. the edit an analogy implies) but
         #    must end in its marker: </s> and the other markers are banned, and the marker is fed when
@@ -364,7 +365,7 @@ class CoDi2Model(nn.Module):
                 break
             marker = next((m for m in MODALITIES if nxt == self._ids[MARKER[m]]), None)
             step = self.lm(input_ids=ids.new_tensor([[nxt]]), cache=past, use_cache=True)
-            past, logits = step.cache, step.logits[:, -1]
+            past, logits = step.cache, step.logits[:, -1].float()
             if marker is not None:
                 target = marker
                 break
@@ -380,7 +381,9 @@ class CoDi2Model(nn.Module):
         k = self.encoder(target).num_feature_tokens
         gen_ids = ids.new_full((1, k), self._ids[GEN[target]])
         step = self.lm(input_ids=gen_ids, cache=past, use_cache=True, output_hidden_states=True)
-        c_mllm = self.output_heads[target.value](step.hidden_states[-1])  # (1, K, D)
+        head = self.output_heads[target.value]
+        # with a device map the LM's last layer may sit on another device than the head
+        c_mllm = head(step.hidden_states[-1].to(next(head.parameters()).device))  # (1, K, D)
         # 5. Decode the medium
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         media = self.decoder(target).decode(
@@ -468,13 +471,28 @@ class CoDi2Model(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, *, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None
+        cls,
+        folder: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        offload: bool | None = None,
     ) -> CoDi2Model:
-        """Load a model folder written by `save_pretrained` (local files only; never a hub call)."""
+        """Load a model folder written by `save_pretrained` (local files only; never a hub call).
+
+        Placement applies to every component (see `codi2_agent.model.placement`): `dtype` ("float32",
+        "bfloat16", "float16", a torch.dtype, or "auto" = the LM checkpoint's dtype) is what each
+        pretrained part is loaded in and what our own modules are cast to; `device_map` dispatches
+        the LM through accelerate, everything else goes to `device` (default: the LM's first device);
+        `offload` lets each diffusers pipeline move its models to the GPU only while they run.
+        Unset arguments come from the `CODI2_*` environment variables, then cpu / float32.
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         from transformers import AutoTokenizer, LlamaForCausalLM
 
+        placement = Placement.resolve(device, dtype, device_map, offload)  # bad requests fail first
         folder = Path(folder).expanduser()
         # 1. Check the folder before loading anything
         if not folder.is_dir():
@@ -494,17 +512,18 @@ class CoDi2Model(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_FOLDER, local_files_only=True)
         try:
             lm = LlamaForCausalLM.from_pretrained(
-                folder / config.lm_subfolder, local_files_only=True, dtype=torch_dtype or torch.float32
+                folder / config.lm_subfolder, local_files_only=True, **placement.lm_kwargs()
             )
         except OSError as e:
             raise WeightsNotFoundError(
                 f"cannot load the language model from {folder / config.lm_subfolder}: {e}"
             ) from None
+        dtype = placement.dtype or lm.dtype  # "auto": the LM checkpoint's dtype, for every part
         encoders = {
-            Modality.IMAGE: build_encoder(config.image_encoder, config, Modality.IMAGE, folder),
-            Modality.AUDIO: build_encoder(config.audio_encoder, config, Modality.AUDIO, folder),
+            Modality.IMAGE: build_encoder(config.image_encoder, config, Modality.IMAGE, folder, dtype),
+            Modality.AUDIO: build_encoder(config.audio_encoder, config, Modality.AUDIO, folder, dtype),
         }
-        decoders = {m: _build_decoder(config, m, encoders[m], folder) for m in MODALITIES}
+        decoders = {m: _build_decoder(config, m, encoders[m], folder, dtype) for m in MODALITIES}
         model = cls(config, tokenizer, lm, encoders, decoders)
         # 3. Load our own weights strictly: a missing tensor is an incomplete checkpoint, not a silent init
         try:
@@ -524,7 +543,32 @@ class CoDi2Model(nn.Module):
                 f"{folder / WEIGHTS_NAME} has tensors this config does not use: {unexpected[:5]}"
             )
         model.load_state_dict(state, strict=False)
-        return model.to(device).eval()
+        return model.place(placement).eval()
+
+    def place(self, placement: Placement) -> CoDi2Model:
+        """Move and cast every component as `placement` says; returns self.
+
+        With a device map the LM stays where loading put it (maps apply at load time); everything
+        else goes to `placement.device`, by default the LM's input-embedding device. Floating tensors
+        become `placement.dtype` (None: the LM's), except `FLOAT32_BUFFERS`. Offload hands each
+        pipeline decoder to diffusers' model CPU offload.
+
+        Example:
+            >>> model = CoDi2Model.from_config(CoDi2Config.tiny(), seed=0)
+            >>> model = model.place(Placement.resolve(device="cpu", dtype="bfloat16"))
+            >>> model.projectors["image"][0].weight.dtype
+            torch.bfloat16
+        """
+        device = placement.device or self.lm.get_input_embeddings().weight.device
+        dtype = placement.dtype or self.lm.dtype
+        if placement.device_map is None:
+            self.lm.to(device)
+        cast_floating(self.lm, dtype)
+        for part in (*self.encoders.values(), *self.decoders.values()):
+            cast(MediaEncoder | MediaDecoder, part).place(device, dtype, offload=placement.offload)
+        for heads in (self.projectors, self.output_heads):
+            cast_floating(heads.to(device), dtype)
+        return self
 
     def identity(self) -> str:
         """A short name for this model's feature space (recorded by the memory)."""
@@ -544,7 +588,7 @@ def _tiny_decoder(config: CoDi2Config, modality: Modality, encoder: MediaEncoder
 
 
 def _build_decoder(
-    config: CoDi2Config, modality: Modality, encoder: MediaEncoder, folder: Path
+    config: CoDi2Config, modality: Modality, encoder: MediaEncoder, folder: Path, dtype: torch.dtype
 ) -> MediaDecoder:
     cfg = config.image_decoder if modality is Modality.IMAGE else config.audio_decoder
     if cfg.kind == "tiny_diffusion":
@@ -555,4 +599,4 @@ def _build_decoder(
         )
     from codi2_agent.model.paper_decoders import build_paper_decoder
 
-    return build_paper_decoder(cfg, config, modality, folder)
+    return build_paper_decoder(cfg, config, modality, folder, dtype)

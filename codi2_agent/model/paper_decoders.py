@@ -34,14 +34,16 @@ from codi2_agent.media import Media, Modality
 from codi2_agent.model.configuration_codi2 import CoDi2Config, DecoderConfig
 from codi2_agent.model.decoders import MediaDecoder, ProgressCallback
 from codi2_agent.model.encoders import resample_audio
+from codi2_agent.model.placement import cast_floating
 
 __all__ = ["AudioLDM2Decoder", "UnCLIPImageDecoder", "build_paper_decoder", "load_pipeline"]
 
 PIPELINE_INDEX = "model_index.json"
 
 
-def load_pipeline(pipeline_class: Any, path: Path) -> Any:
-    """`pipeline_class.from_pretrained(path)` from local files only; a missing part names the path."""
+def load_pipeline(pipeline_class: Any, path: Path, dtype: torch.dtype | None = None) -> Any:
+    """`pipeline_class.from_pretrained(path, dtype=dtype)` from local files only; a missing part names
+    the path. `dtype` None loads as saved."""
     from codi2_agent.model.modeling_codi2 import WeightsNotFoundError
 
     name = pipeline_class.__name__
@@ -55,7 +57,7 @@ def load_pipeline(pipeline_class: Any, path: Path) -> Any:
     if missing:
         raise WeightsNotFoundError(f"{name} folder {path} is incomplete: missing {', '.join(missing)}")
     try:
-        pipe = pipeline_class.from_pretrained(path, local_files_only=True)
+        pipe = pipeline_class.from_pretrained(path, local_files_only=True, dtype=dtype)
     except (OSError, ValueError) as e:  # diffusers raises these for absent or unreadable component files
         raise WeightsNotFoundError(f"cannot load {name} from {path}: {e}") from None
     pipe.set_progress_bar_config(disable=True)
@@ -81,9 +83,22 @@ class _PipelineDecoder(MediaDecoder):
     def save(self, path: Path) -> None:
         self.pipe.save_pretrained(path, safe_serialization=True)
 
+    def place(self, device: torch.device, dtype: torch.dtype, offload: bool = False) -> None:
+        """`.to(device)` and cast; with `offload`, diffusers' model CPU offload instead: the pipeline's
+        models wait in CPU memory and each moves to `device` only while it runs."""
+        if not offload:
+            cast_floating(self.to(device), dtype)
+            return
+        cast_floating(self.to("cpu"), dtype)
+        for name, buffer in self._buffers.items():  # our own (mel) buffers run beside the pipeline
+            if buffer is not None:
+                self._buffers[name] = buffer.to(device)
+        self.pipe.enable_model_cpu_offload(device=device)
+
     @property
     def device(self) -> torch.device:
-        return self.pipe.unet.device
+        """Where the pipeline computes: the accelerator under CPU offload, else where its UNet is."""
+        return torch.device(self.pipe._execution_device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -142,10 +157,12 @@ class UnCLIPImageDecoder(_PipelineDecoder):
         self.embedding_dim = pipe.image_normalizer.mean.shape[-1]
 
     @classmethod
-    def load(cls, cfg: DecoderConfig, config: CoDi2Config, path: Path) -> UnCLIPImageDecoder:
+    def load(
+        cls, cfg: DecoderConfig, config: CoDi2Config, path: Path, dtype: torch.dtype | None = None
+    ) -> UnCLIPImageDecoder:
         from diffusers import StableUnCLIPImg2ImgPipeline
 
-        return cls(cfg, config, load_pipeline(StableUnCLIPImg2ImgPipeline, path))
+        return cls(cfg, config, load_pipeline(StableUnCLIPImg2ImgPipeline, path, dtype))
 
     def _embeds(self, features: torch.Tensor) -> torch.Tensor:
         if features.ndim != 3 or features.shape[1] != 1 or features.shape[2] != self.embedding_dim:
@@ -266,10 +283,12 @@ class AudioLDM2Decoder(_PipelineDecoder):
         self.audio_length_s = config.audio_num_samples / config.sample_rate
 
     @classmethod
-    def load(cls, cfg: DecoderConfig, config: CoDi2Config, path: Path) -> AudioLDM2Decoder:
+    def load(
+        cls, cfg: DecoderConfig, config: CoDi2Config, path: Path, dtype: torch.dtype | None = None
+    ) -> AudioLDM2Decoder:
         from diffusers import AudioLDM2Pipeline
 
-        return cls(cfg, config, load_pipeline(AudioLDM2Pipeline, path))
+        return cls(cfg, config, load_pipeline(AudioLDM2Pipeline, path, dtype))
 
     # --- conditioning ---------------------------------------------------------------------------------
     def _generated(self, features: torch.Tensor) -> torch.Tensor:
@@ -313,9 +332,9 @@ class AudioLDM2Decoder(_PipelineDecoder):
         pad = (self.N_FFT - self.hop_length) // 2  # AudioLDM pads so that frames = samples / hop
         wav = nn.functional.pad(wav[:, None], (pad, pad), mode="reflect")[:, 0]
         spec = torch.stft(
-            wav, self.N_FFT, self.hop_length, window=self.window, center=False, return_complex=True
-        )  # (B, F, T)
-        mel = self.mel_filters @ spec.abs()  # (B, M, T)
+            wav, self.N_FFT, self.hop_length, window=self.window.float(), center=False, return_complex=True
+        )  # (B, F, T): float32 whatever the pipeline's dtype (FLOAT32_BUFFERS)
+        mel = self.mel_filters.float() @ spec.abs()  # (B, M, T)
         log_mel = torch.log(mel.clamp(min=1e-5)).transpose(1, 2)  # (B, T, M)
         frames = self._num_frames()
         if log_mel.shape[1] < frames:
@@ -375,9 +394,14 @@ _DECODERS: dict[str, Any] = {"stable_unclip": UnCLIPImageDecoder, "audioldm2": A
 
 
 def build_paper_decoder(
-    cfg: DecoderConfig, config: CoDi2Config, modality: Modality, folder: Path
+    cfg: DecoderConfig,
+    config: CoDi2Config,
+    modality: Modality,
+    folder: Path,
+    dtype: torch.dtype | None = None,
 ) -> MediaDecoder:
-    """Load the pipeline decoder `cfg.kind` names from `folder / cfg.subfolder` (or an absolute subfolder)."""
+    """Load the pipeline decoder `cfg.kind` names from `folder / cfg.subfolder` (or an absolute
+    subfolder), its models in `dtype` (None: as saved)."""
     from codi2_agent.model.modeling_codi2 import WeightsNotFoundError
 
     if cfg.kind not in _DECODERS:
@@ -394,5 +418,5 @@ def build_paper_decoder(
     path = Path(folder) / cfg.subfolder
     if not path.is_dir():
         raise WeightsNotFoundError(f"{cfg.kind} decoder folder {path} does not exist")
-    decoder: MediaDecoder = decoder_class.load(cfg, config, path)
+    decoder: MediaDecoder = decoder_class.load(cfg, config, path, dtype)
     return decoder
