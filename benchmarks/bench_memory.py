@@ -8,7 +8,7 @@ One tenant's collection grows 0 → 1k → 10k → 100k items (docs/architecture
 - ``text``       `search` by free text (our registered Chroma embedding function + the query);
 - ``thread``     `search` limited to one thread (over-fetch, then Chroma's `where` only if sparse);
 - ``edits``      `analogous_edits`, k=2 (edit filter + lookup of each pair's source);
-- ``latest``     `latest` item of one thread (a metadata `get`, no vectors);
+- ``ref``        `reference` by a 12-digit ``@m:`` prefix, any thread (an indexed metadata `get`);
 - ``where``      for comparison: a raw Chroma query with a `where` thread filter, no over-fetch.
 
 Vectors are clustered (200 centres + noise) rather than uniform, like encoder features. Every other
@@ -23,6 +23,7 @@ usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import shutil
@@ -66,18 +67,24 @@ def _vectors(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndarra
     return (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
 
 
+def _aid(i: int) -> str:
+    """A fake, well-formed artifact id for item i (this measures the memory, not the store); hashed so
+    that 12-digit prefixes are unique, as real content ids are."""
+    return hashlib.sha256(str(i).encode()).hexdigest()
+
+
 def _entries(start: int, stop: int) -> list[NewItem]:
     out = []
     for i in range(start, stop):
         thread, turn = f"thread-{i % N_THREADS}", i // N_THREADS
-        aid = f"{i:064x}"  # fake, well-formed artifact ids: this measures the memory, not the store
+        aid = _aid(i)
         ref = MediaRef(id=aid, uri="artifact://" + aid, modality=Modality.IMAGE, mime="image/png", turn=turn)
         caption = " ".join(WORDS[(i * k) % len(WORDS)] for k in (1, 3, 7))
         is_edit = turn > 0 and i % 2 == 1
         # The parent is the thread's previous item, named by its MediaRef (with its turn), as the graph does.
         parent = None
         if is_edit:
-            pid = f"{i - N_THREADS:064x}"
+            pid = _aid(i - N_THREADS)
             parent = MediaRef(
                 id=pid, uri="artifact://" + pid, modality=Modality.IMAGE, mime="image/png", turn=turn - 1
             )
@@ -108,18 +115,22 @@ def _time(fn: Callable[[int], object], n: int, warmup: int = 5) -> tuple[float, 
 
 
 def _measure(memory: ExemplarMemory, probes: np.ndarray, texts: list[str], queries: int) -> dict:
-    col = memory._collection(TENANT, create=False)  # raw Chroma, for the `where` comparison
+    col = memory._collections.open(TENANT)  # raw Chroma, for the `where` comparison
     assert col is not None
+    size = memory.count(TENANT)
 
     def thread(i: int) -> str:
         return f"thread-{i % N_THREADS}"
+
+    def mention(i: int) -> str:  # an "@m:" reference to an item spread over the whole tenant
+        return "@m:" + _aid((i * 7919) % size)[:12]
 
     return {
         "vector": _time(lambda i: memory.search(TENANT, probes[i], k=4), queries),
         "text": _time(lambda i: memory.search(TENANT, texts[i], k=4), queries),
         "thread": _time(lambda i: memory.search(TENANT, probes[i], k=4, thread=thread(i)), queries),
         "edits": _time(lambda i: memory.analogous_edits(TENANT, probes[i], k=2), queries),
-        "latest": _time(lambda i: memory.latest(TENANT, thread=thread(i)), max(queries // 4, 10)),
+        "ref": _time(lambda i: memory.reference(TENANT, mention(i)), max(queries // 4, 10)),
         "where": _time(
             lambda i: col.query(query_embeddings=[probes[i]], n_results=4, where={"thread": thread(i)}),
             queries,
@@ -168,7 +179,7 @@ def run_dim(dim: int, sizes: list[int], queries: int, batch: int, mode: str, roo
                 stop = min(size, start + batch)
                 entries, vecs = _entries(start, stop), _vectors(rng, centres, stop - start)
                 t0 = time.perf_counter()
-                memory.add_many(TENANT, entries, embeddings=vecs)
+                memory.add_many(TENANT, entries, vectors=vecs)
                 add_s += time.perf_counter() - t0
             added, have = size - have, size
             assert memory.count(TENANT) == size
@@ -192,7 +203,7 @@ def run_dim(dim: int, sizes: list[int], queries: int, batch: int, mode: str, roo
     return rows
 
 
-COLUMNS = ["vector", "text", "thread", "edits", "latest", "where"]
+COLUMNS = ["vector", "text", "thread", "edits", "ref", "where"]
 
 
 def _header() -> str:
@@ -225,10 +236,10 @@ def main() -> None:
         f"({platform.machine()}), "
         f"{time.strftime('%Y-%m-%d')}",
         f"# one tenant, {N_THREADS} threads, half the items are edit outputs; add batches of {args.batch}; "
-        f"{args.queries} queries per cell (latest: {max(args.queries // 4, 10)}) after 5 warm-up queries",
+        f"{args.queries} queries per cell (ref: {max(args.queries // 4, 10)}) after 5 warm-up queries",
         "# latencies in ms (p50/p95); add/s = items per second written while growing to `items`",
         "# vector: search by vector, k=4 | text: search by free text | thread: search within one thread |",
-        "# edits: analogous_edits k=2 | latest: latest item of a thread |",
+        "# edits: analogous_edits k=2 | ref: reference by an @m: prefix (12 digits) |",
         "# where: raw chroma query with where=thread (no over-fetch), for comparison",
         _header(),
     ]

@@ -2,7 +2,10 @@
 
 What keeps multi-round editing and analogy consistent beyond the model's context window: each medium
 that enters or leaves a session is embedded in the model's own encoder space and stored with its
-lineage (tenant, thread, turn, role, parents), and the right earlier items come back as exemplars.
+place and lineage (tenant, thread, turn, role, parents). The memory answers what needs vectors or
+crosses threads — similarity search, analogous edits, explicit references — while thread-local
+lookups ("the last image", "turn 3", an edit chain) are resolved by the session graph from its own
+media log. `Memory` is the protocol the graph relies on; `ExemplarMemory` implements it over Chroma.
 
 Setup:
     Part of codi2-agent (``chromadb`` is a core dependency). Chroma's default ONNX embedding model is
@@ -20,10 +23,10 @@ Use:
     .. code-block:: python
 
         memory.add("alice", "t1", ref, role="output", parents=[src_ref], instruction="make it blue")
-        memory.latest("alice", thread="t1")                       # multi-round consistency
+        memory.add_many("alice", entries, vectors=vecs)            # already embedded: no encoder call
         memory.analogous_edits("alice", "make the circle blue")   # A -> A' exemplars
         memory.search("alice", "the picture with the blue star")  # free text
-        memory.select_exemplars("alice", "blue star", k=4, max_tokens=200)
+        memory.reference("alice", "@m:ab12cd34")                  # explicit reference, any thread
 
 `ExemplarMemory` (and the Chroma embedding function) import chromadb on first use, so importing this
 package stays cheap.
@@ -45,14 +48,14 @@ from ._errors import (
     UnknownReferenceError,
 )
 from ._item import SHARED_TENANT, EditPair, MemoryItem, NewItem, Role, item_id
-from ._policies import DEFAULT_MEDIA_TOKENS, default_token_cost, select_budgeted
+from ._protocol import Memory, QueryLike
 
 if TYPE_CHECKING:
     from ._chroma_ef import CoDi2EmbeddingFunction
-    from ._store import CompactReport, ExemplarMemory
+    from ._lifecycle import CompactReport
+    from ._store import ExemplarMemory
 
 __all__ = [
-    "DEFAULT_MEDIA_TOKENS",
     "SHARED_TENANT",
     "AmbiguousReferenceError",
     "CoDi2EmbeddingFunction",
@@ -66,19 +69,23 @@ __all__ = [
     "ExemplarMemory",
     "ExemplarMemoryError",
     "HashingEmbedder",
+    "Memory",
     "MemoryItem",
     "NewItem",
+    "QueryLike",
     "Role",
     "UnknownReferenceError",
-    "default_token_cost",
     "get_embedder",
     "item_id",
     "register_embedder",
-    "select_budgeted",
 ]
 
 # chromadb takes ~0.7 s to import; only the parts that talk to Chroma need it.
-_LAZY = {"ExemplarMemory": "._store", "CompactReport": "._store", "CoDi2EmbeddingFunction": "._chroma_ef"}
+_LAZY = {
+    "ExemplarMemory": "._store",
+    "CompactReport": "._lifecycle",
+    "CoDi2EmbeddingFunction": "._chroma_ef",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,16 @@ from codi2_agent.media import MediaRef, Modality
 
 from ._errors import CorruptMetadataError
 
-__all__ = ["SCHEMA_VERSION", "SHARED_TENANT", "EditPair", "MemoryItem", "NewItem", "Role", "item_id"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SHARED_TENANT",
+    "EditPair",
+    "MemoryItem",
+    "NewItem",
+    "Role",
+    "item_id",
+    "recency_key",
+]
 
 SCHEMA_VERSION = 1
 SHARED_TENANT = "__shared__"  # the opt-in exemplar bank; user tenants may not start with "__"
@@ -180,6 +189,11 @@ class MemoryItem(BaseModel):
                 f"{expected!r}; the record was altered or written by other code"
             )
         return item
+
+
+def recency_key(item: MemoryItem) -> tuple[int, bool, float, str]:
+    """Sort key for "latest": turn, then outputs after inputs of the same turn, then write time."""
+    return (item.turn, item.role == "output", item.created_at, item.id)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@
 further line is ``{"item": {...}, "embedding": [...]}``. Vectors travel with the items, so an import
 needs no model — but it must be the same encoder (name and dimension), which the header records.
 ``artifacts/`` uses the `ArtifactStore` layout (``<id[:2]>/<id><ext>``), so it is itself a store.
+
+Everything here goes through `ExemplarMemory`'s public methods (`records`, `write_records`,
+`collection_name`, `embedder`, `artifacts`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def export_tenant(memory: ExemplarMemory, tenant: str, dest: Path) -> Path:
     # Build beside the destination and rename at the end: a failed export leaves no partial folder.
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
     try:
-        records = list(memory._all_records(tenant))  # raises CorruptMetadataError on a damaged item
+        records = list(memory.records(tenant))  # raises CorruptMetadataError on a damaged item
         artifact_ids = sorted({a for item, _ in records for a in (item.artifact_id, *item.parent_ids)})
         copied, missing = 0, 0
         if memory.artifacts is not None:
@@ -156,7 +159,7 @@ def import_tenant(memory: ExemplarMemory, src: Path, *, tenant: str | None = Non
 
     # 4. Items, in Chroma-sized atomic chunks (a retry after a failure is idempotent: same ids).
     if items:
-        memory._write_items(target, items, vectors)
+        memory.write_records(target, items, vectors)
     return len(items)
 
 

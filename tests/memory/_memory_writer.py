@@ -44,7 +44,7 @@ def main() -> None:
             ref = MediaRef(id=aid, uri="artifact://" + aid, modality=Modality.IMAGE, mime="image/png", turn=i)
             entries.append(NewItem(thread, ref, caption=f"{thread} picture number {i}"))
             texts.append(f"{thread} picture number {i}")
-        items = memory.add_many(tenant, entries, embeddings=embedder.embed_text(texts))
+        items = memory.add_many(tenant, entries, vectors=embedder.embed_text(texts))
         ids.extend(it.id for it in items)
     if args.get("crash"):
         print(json.dumps({"ids": ids}), flush=True)

@@ -19,7 +19,7 @@ from codi2_agent.memory import (
 
 def _reopen(memory: ExemplarMemory, embedder) -> ExemplarMemory:
     """Another ExemplarMemory on the same Chroma and namespace, with a different encoder."""
-    return ExemplarMemory(client=memory._client, embedder=embedder, namespace=memory.namespace)
+    return ExemplarMemory(client=memory._collections.client, embedder=embedder, namespace=memory.namespace)
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def stored(memory, store):
 
 
 def test_collection_records_its_encoder(memory, stored):
-    col = memory._collection("alice", create=False)
+    col = memory._collections.open("alice")
     assert col.metadata["encoder"] == memory.embedder.name and col.metadata["dim"] == memory.embedder.dim
     assert col.configuration_json["embedding_function"] == {
         "type": "known",
@@ -42,7 +42,8 @@ def test_dimension_mismatch_is_a_clear_error(memory, stored):
     other = _reopen(memory, HashingEmbedder(dim=48))
     for call in (
         lambda: other.search("alice", "blue star"),
-        lambda: other.latest("alice"),
+        lambda: other.items("alice"),
+        lambda: other.reference("alice", stored.ref),
         lambda: other.add("alice", "t1", stored.ref, embedding=np.ones(48)),
     ):
         with pytest.raises(EmbeddingDimensionError, match=r"\(32-d vectors\).*\(48-d\)"):
@@ -50,7 +51,7 @@ def test_dimension_mismatch_is_a_clear_error(memory, stored):
     # A query vector of the wrong length, on the right memory.
     with pytest.raises(EmbeddingDimensionError, match="the query vector have 7 dimensions"):
         memory.search("alice", np.ones(7))
-    with pytest.raises(EmbeddingDimensionError, match="embeddings have 7 dimensions"):
+    with pytest.raises(EmbeddingDimensionError, match="vectors have 7 dimensions"):
         memory.add("alice", "t1", stored.ref, turn=2, embedding=np.ones(7))
     assert memory.count("alice") == 1
     # A fresh tenant is fine for the other encoder: collections are per tenant.
@@ -64,7 +65,7 @@ def test_same_dimension_other_encoder_is_refused(memory, stored):
 
 
 def _raw_upsert(memory, tenant, rid, meta, dim):
-    col = memory._collection(tenant, create=True)
+    col = memory._collections.create(tenant)
     col.upsert(ids=[rid], embeddings=[np.ones(dim, np.float32)], metadatas=[meta])
 
 
@@ -73,7 +74,9 @@ def test_corrupted_item_metadata_is_reported_not_returned(memory, stored):
     bad_turn = {**good, "turn": "3"}
     _raw_upsert(memory, "alice", stored.id, bad_turn, memory.embedder.dim)
     with pytest.raises(CorruptMetadataError, match=f"memory item '{stored.id}'.*turn"):
-        memory.latest("alice")
+        memory.items("alice")
+    with pytest.raises(CorruptMetadataError, match=f"memory item '{stored.id}'.*turn"):
+        memory.reference("alice", "@m:" + stored.artifact_id[:8])
     missing = {**good, "role": None}  # Chroma merges metadata on upsert; None deletes a key
     _raw_upsert(memory, "alice", stored.id, missing, memory.embedder.dim)
     with pytest.raises(CorruptMetadataError, match=r"lacks metadata field\(s\) \['role'\]"):
@@ -98,14 +101,14 @@ def test_corrupted_item_metadata_is_reported_not_returned(memory, stored):
 
 
 def test_corrupted_collection_metadata(memory, stored):
-    col = memory._collection("alice", create=False)
+    col = memory._collections.open("alice")
     col.modify(metadata={"tenant": "alice"})  # replaces everything: encoder and dim are gone
     fresh = _reopen(memory, memory.embedder)
     with pytest.raises(CorruptMetadataError, match=r"lacks metadata \['codi2_memory', 'encoder', 'dim'\]"):
         fresh.search("alice", "x")
     col.modify(metadata={"codi2_memory": 1, "tenant": "alice", "encoder": "e", "dim": "32"})
     with pytest.raises(CorruptMetadataError, match="invalid dim"):
-        _reopen(memory, memory.embedder).latest("alice")
+        _reopen(memory, memory.embedder).items("alice")
     col.modify(
         metadata={
             "codi2_memory": 1,
@@ -139,7 +142,7 @@ def test_contradictory_or_missing_arguments(tmp_path, memory, store, stored):
     with pytest.raises(ValueError, match="all zeros"):
         memory.add("alice", "t", stored.ref, embedding=np.zeros(32))
     memory.artifacts = None
-    with pytest.raises(ValueError, match="pass embeddings= or media="):
+    with pytest.raises(ValueError, match="pass vectors= or media="):
         memory.add("alice", "t", stored.ref, turn=4)
     with pytest.raises(ValueError, match="query text is empty"):
         memory.search("alice", "  ")

@@ -1,4 +1,5 @@
-"""Property: no query ever returns another tenant's items (random tenants, threads, items, queries)."""
+"""Property: no query or lookup ever returns another tenant's items (random tenants, threads, items,
+queries), and every explicit reference to another tenant's media resolves to nothing."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def test_queries_never_cross_tenants(client, items, queries, bank):
     emb = HashingEmbedder(dim=16)
     memory = ExemplarMemory(client=client, embedder=emb, namespace=f"p{next(_counter)}")
     owned: dict[str, set[str]] = {}
+    threads_of: dict[str, set[str]] = {}
     last_ref: dict[tuple[str, str], MediaRef] = {}
     for n, (tenant, thread, caption, is_edit) in enumerate(items):
         ref = _ref(f"{tenant}|{n}", n)
@@ -65,9 +67,10 @@ def test_queries_never_cross_tenants(client, items, queries, bank):
                     instruction=caption,
                 )
             ],
-            embeddings=emb.embed_text([caption]),
+            vectors=emb.embed_text([caption]),
         )[0]
         owned.setdefault(tenant, set()).add(it.id)
+        threads_of.setdefault(tenant, set()).add(thread)
         last_ref[(tenant, thread)] = ref
     bank_ids = set()
     if bank:  # a shared bank exists, and one thread of every tenant opts in
@@ -85,24 +88,36 @@ def test_queries_never_cross_tenants(client, items, queries, bank):
             assert f.id in allowed, f"query for {tenant!r} returned {f.tenant!r}'s item {f.id}"
             assert f.tenant in (tenant, SHARED_TENANT)
 
+    assert memory.tenants() == sorted(owned)
     for tenant, text, thread in queries + [(t, "red star", None) for t in owned]:
+        mine = owned.get(tenant, set())
         check(tenant, memory.search(tenant, text, k=50, thread=thread), thread)
         check(tenant, memory.items(tenant, thread=thread), None)
+        check(tenant, [item for item, _ in memory.records(tenant)], None)
         pairs = memory.analogous_edits(tenant, text, k=10, thread=thread)
         check(tenant, [x for p in pairs for x in p.items], thread)
-        check(tenant, memory.select_exemplars(tenant, text, k=5, thread=thread), thread)
-        try:
-            check(tenant, [memory.latest(tenant, thread=thread)], None)
-        except UnknownReferenceError:
-            assert not any(memory.items(tenant, thread=thread))
-        # Explicit references to another tenant's media resolve to nothing.
+        for iid in sorted(mine)[:2]:  # "more like this" and "edits like this one", from own items
+            own = memory.get(tenant, iid)
+            check(tenant, memory.search(tenant, own, k=50, thread=thread), thread)
+            pairs = memory.analogous_edits(tenant, text, source=own.ref, k=10, thread=thread)
+            check(tenant, [x for p in pairs for x in p.items], thread)
+            check(tenant, [memory.reference(tenant, "@m:" + own.artifact_id[:12])], None)
+        assert set(memory.threads(tenant)) == threads_of.get(tenant, set())
+        assert memory.count(tenant) == len(mine)
+
+    # Explicit references to another tenant's media resolve to nothing, whatever their form.
+    for tenant in sorted({q[0] for q in queries} | set(owned)):
         for other, ids in owned.items():
             if other == tenant:
                 continue
-            for iid in ids:
+            theirs = [memory.get(other, iid) for iid in sorted(ids)]
+            for it in theirs:
+                for form in (it.id, it.artifact_id, it.ref, it.ref.uri, "@m:" + it.artifact_id[:12]):
+                    with pytest.raises(UnknownReferenceError):
+                        memory.reference(tenant, form)
                 with pytest.raises(UnknownReferenceError):
-                    memory.get(tenant, iid)
-            for aid in {memory.get(other, iid).artifact_id for iid in ids}:
-                with pytest.raises(UnknownReferenceError):
-                    memory.reference(tenant, aid)
-        assert memory.count(tenant) == len(owned.get(tenant, ()))
+                    memory.get(tenant, it.id)
+            with pytest.raises(UnknownReferenceError):
+                memory.analogous_edits(tenant, "red star", source=theirs[0].ref)
+            with pytest.raises(ValueError, match="belongs to tenant"):
+                memory.search(tenant, theirs[0])

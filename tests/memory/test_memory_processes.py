@@ -49,7 +49,7 @@ def test_embedded_memory_survives_a_crashed_writer(tmp_path):
         assert {i.id for i in memory.items("alice")} == set(written)
         hit = memory.search("alice", "t1 picture number 7", k=1)[0]
         assert hit.caption == "t1 picture number 7"
-        assert memory.latest("alice", thread="t1").turn == 119
+        assert memory.items("alice", thread="t1")[-1].turn == 119  # oldest first
     finally:
         memory.close()
 
