@@ -17,6 +17,7 @@ from codi2_agent.data import world
 from codi2_agent.pipelines import (
     PipelineBusyError,
     PipelineError,
+    PipelineRunError,
     load_pipeline,
     parse_pipeline,
     run_pipeline,
@@ -72,18 +73,10 @@ def write(folder: Path, text: str = PIPELINE, name: str = "job.yaml", inputs: in
 
 def thread_turns(model: Any, root: Path) -> dict[str, list[str]]:
     """Every thread of a finished run's session, with its requests (to count what ran)."""
-    import sqlite3
-
     from codi2_agent import Session
 
-    conn = sqlite3.connect(root / "checkpoints.sqlite")
-    threads = [t for (t,) in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")]
-    conn.close()
     with Session(model, thread="job", root=root, progress=False) as main:
-        return {
-            t: [r.request for r in Session(thread=t, progress=False, _parts=main._parts).history()]
-            for t in threads
-        }
+        return {t: [r.request for r in main.open_thread(t).history()] for t in main.threads()}
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -142,6 +135,10 @@ BAD = [
      "turns[0].turns[0].save_as", "would both write same"),
     ("name: x\nturns:\n  - say: hi\n    example: {after: pair/after.png}\n", 4, "turns[0].example",
      "needs its `before`"),
+    ("name: x\nturns:\n  - task: recall\n    image: in/square.png\n", 3, "turns[0]",
+     "a recall turn needs `say`"),
+    ("name: x\nturns:\n  - say: the red star\n    task: recall\n    output: image\n", 3, "turns[0]",
+     "`output` does not apply"),
 ]  # fmt: skip
 
 
@@ -297,9 +294,58 @@ def test_a_changed_turn_is_redone_with_what_follows_it(model: Any, tmp_path: Pat
 
 
 def test_one_run_at_a_time_per_output_folder(model: Any, tmp_path: Path) -> None:
-    from codi2_agent.pipelines import _locked
+    from codi2_agent.pipelines.run import _locked
 
     path = write(tmp_path)
     (tmp_path / "out").mkdir()
     with _locked(tmp_path / "out"), pytest.raises(PipelineBusyError, match="another run is writing"):
         run_pipeline(load_pipeline(path), tmp_path / "out", model=model)
+
+
+def test_a_recall_turn_finds_earlier_media_for_later_turns(model: Any, tmp_path: Path) -> None:
+    text = (
+        "name: job\nturns:\n  - name: star\n    say: draw a small red star in the snow\n"
+        "  - name: found\n    say: red star\n    task: recall\n"
+        "  - say: make it blue\n    image: '@found'\n"
+    )
+    pipeline = parse_pipeline(text, base_dir=tmp_path)
+    report = run_pipeline(pipeline, tmp_path / "out", model=model, diffusion_steps=2)
+    assert report.status == "complete", report.to_markdown()
+    star, found, blue = report.turns
+    assert found.task == "recall" and found.text.startswith("Found: ")
+    # The search finds the star the first turn made: its file is written again under the recall's name.
+    assert star.outputs[0].id in [o.id for o in found.outputs]
+    assert found.outputs[0].path == "02-found.png" and (tmp_path / "out" / "02-found.png").is_file()
+    assert blue.inputs[0].id == found.outputs[0].id and blue.task == "edit"
+
+
+README_LIKE = """\
+name: job
+turns:
+  - name: star
+    say: draw a small red star in the snow
+  - name: purple
+    say: make it purple
+  - say: what is in this picture?
+    image: "@purple"
+  - for_each: in
+    turns:
+      - say: do the same edit to this one
+        image: "{file}"
+        example: {after: "@purple"}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=PipelineRunError,
+    reason="graphs/_references.py: `_Resolver.explicit` returns the newest record of an id, here the "
+    "turn-3 input that showed @purple again (no parents), so `resolve` finds no edit behind "
+    "example=(after,)",
+)
+def test_an_example_edit_shown_again_still_finds_its_source(model: Any, tmp_path: Path) -> None:
+    path = write(tmp_path, README_LIKE, inputs=1)
+    report = run_pipeline(load_pipeline(path), tmp_path / "out", model=model, diffusion_steps=2)
+    assert report.status == "complete"
+    purple = report.turns[1].outputs[0].id
+    assert [m.id for m in report.turns[-1].example] == [purple]
