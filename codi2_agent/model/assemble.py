@@ -41,6 +41,7 @@ from codi2_agent.model.encoders import (
     MediaEncoder,
     _require_transformers_files,
 )
+from codi2_agent.model.loading_bars import loading_bars_on_terminal_only
 from codi2_agent.model.modeling_codi2 import CoDi2Model, WeightsNotFoundError
 from codi2_agent.model.paper_decoders import AudioLDM2Decoder, UnCLIPImageDecoder, load_pipeline
 from codi2_agent.model.processing_codi2 import SPECIAL_TOKENS
@@ -70,6 +71,7 @@ _KINDS = {
 }
 
 
+@loading_bars_on_terminal_only()
 def assemble_paper_model(
     out: Path,
     *,

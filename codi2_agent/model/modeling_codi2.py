@@ -27,6 +27,7 @@ from codi2_agent.media import Media, MediaError, Modality
 from codi2_agent.model.configuration_codi2 import CONFIG_NAME, CoDi2Config
 from codi2_agent.model.decoders import MediaDecoder, ProgressCallback, TinyDiffusionDecoder
 from codi2_agent.model.encoders import MediaEncoder, build_encoder
+from codi2_agent.model.loading_bars import loading_bars_on_terminal_only
 from codi2_agent.model.placement import Placement, cast_floating
 from codi2_agent.model.processing_codi2 import (
     GEN,
@@ -470,6 +471,7 @@ class CoDi2Model(nn.Module):
         return folder
 
     @classmethod
+    @loading_bars_on_terminal_only()
     def from_pretrained(
         cls,
         folder: str | Path,

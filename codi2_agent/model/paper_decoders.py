@@ -34,6 +34,7 @@ from codi2_agent.media import Media, Modality
 from codi2_agent.model.configuration_codi2 import CoDi2Config, DecoderConfig
 from codi2_agent.model.decoders import MediaDecoder, ProgressCallback
 from codi2_agent.model.encoders import resample_audio
+from codi2_agent.model.loading_bars import loading_bars_on_terminal_only
 from codi2_agent.model.placement import cast_floating
 
 __all__ = ["AudioLDM2Decoder", "UnCLIPImageDecoder", "build_paper_decoder", "load_pipeline"]
@@ -41,6 +42,7 @@ __all__ = ["AudioLDM2Decoder", "UnCLIPImageDecoder", "build_paper_decoder", "loa
 PIPELINE_INDEX = "model_index.json"
 
 
+@loading_bars_on_terminal_only()  # diffusers' own bars: imported by now
 def load_pipeline(pipeline_class: Any, path: Path, dtype: torch.dtype | None = None) -> Any:
     """`pipeline_class.from_pretrained(path, dtype=dtype)` from local files only; a missing part names
     the path. `dtype` None loads as saved."""

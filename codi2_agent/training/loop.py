@@ -1,9 +1,9 @@
 """A small, resumable training loop on `accelerate`: one call per training stage.
 
 The loop owns what every stage needs and nothing else: gradient accumulation, clipping, a cosine
-schedule with warm-up, EMA of the trained weights (optional), a JSONL loss log, a tqdm bar, and a
-checkpoint (weights + optimiser + scheduler + step + RNG state) every `save_every` steps, so a killed
-run resumes where it stopped. The stage supplies `batch_fn(step) -> batch` and
+schedule with warm-up, EMA of the trained weights (optional), a JSONL loss log, a tqdm bar (on a
+terminal), and a checkpoint (weights + optimiser + scheduler + step + RNG state) every `save_every`
+steps, so a killed run resumes where it stopped. The stage supplies `batch_fn(step) -> batch` and
 `loss_fn(batch) -> (loss, logs)`.
 """
 
@@ -57,11 +57,12 @@ def run_stage(
     workdir: Path,
     *,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> nn.Module:
     """Train `params` (inside `module`) for `cfg.steps`; resume from `workdir/<name>/state.pt` if present.
 
-    Returns the module holding the final weights (the EMA copy when `cfg.ema` is set).
+    Returns the module holding the final weights (the EMA copy when `cfg.ema` is set). `progress`:
+    True/False shows/hides the tqdm bar; None (default) shows it only when stderr is a terminal.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -108,7 +109,8 @@ def run_stage(
         tmp.replace(state_path)  # atomic: a kill mid-save keeps the previous checkpoint
 
     module.train()
-    bar = tqdm(range(start, cfg.steps), desc=cfg.name, disable=not progress, initial=start, total=cfg.steps)
+    hide = None if progress is None else not progress  # tqdm's None: hidden unless stderr is a TTY
+    bar = tqdm(range(start, cfg.steps), desc=cfg.name, disable=hide, initial=start, total=cfg.steps)
     t0, window = time.time(), []
     with log_path.open("a") as log:
         for step in bar:

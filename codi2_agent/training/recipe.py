@@ -130,7 +130,11 @@ class _Pool:
 
 
 def _train_encoders(
-    model: CoDi2Model, pools: dict[Modality, _Pool], recipe: TinyRecipe, workdir: Path, progress: bool
+    model: CoDi2Model,
+    pools: dict[Modality, _Pool],
+    recipe: TinyRecipe,
+    workdir: Path,
+    progress: bool | None,
 ) -> None:
     probes = nn.ModuleDict(
         {
@@ -169,7 +173,7 @@ def _train_decoder(
     steps: int,
     recipe: TinyRecipe,
     workdir: Path,
-    progress: bool,
+    progress: bool | None,
 ) -> None:
     decoder, encoder = model.decoder(modality), model.encoder(modality).eval()
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -192,7 +196,9 @@ def _train_decoder(
 
 
 # --- stages 4-5: projector + LM + output heads, on paired data, then on every task -----------------
-def _train_lm(model: CoDi2Model, recipe: TinyRecipe, workdir: Path, progress: bool, stage: str) -> None:
+def _train_lm(
+    model: CoDi2Model, recipe: TinyRecipe, workdir: Path, progress: bool | None, stage: str
+) -> None:
     from codi2_agent.data.tasks import TASKS, sample_task
 
     model.encoders.requires_grad_(False).eval()
@@ -274,11 +280,12 @@ def train(
     workdir: str | Path | None = None,
     recipe: TinyRecipe | None = None,
     stages: Sequence[str] = STAGES,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Path | None:
     """Run (or resume) the recipe's `stages`; when every stage is done, save the model to `out`.
 
     Returns `out` when the model was written, None when stages remain (run them, then call again).
+    `progress`: tqdm bars per stage; None (default) draws them only when stderr is a terminal.
     """
     if preset != "tiny":
         raise ValueError(
