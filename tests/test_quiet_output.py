@@ -50,30 +50,11 @@ def test_loading_and_a_short_eval_off_a_terminal_draw_no_bar_and_print_nothing(m
 
 
 def test_loading_on_a_terminal_still_shows_the_bar(model_arg: str) -> None:
-    import fcntl
-    import pty
-    import struct
-    import termios
+    from terminal import run_on_a_terminal
 
-    leader, follower = pty.openpty()
-    # A size, as a real terminal has: tqdm sizes its bar to the width, and a 0-column one draws nothing.
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LOAD, model_arg], stdout=subprocess.DEVNULL, stderr=follower, env=_env()
-    )
-    os.close(follower)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        screen += chunk
-    os.close(leader)
-    assert proc.wait(timeout=300) == 0, screen[-2000:]
-    assert b"Loading weights" in screen
+    code, screen = run_on_a_terminal([sys.executable, "-c", LOAD, model_arg], env=_env(), streams=["stderr"])
+    assert code == 0, screen[-2000:]
+    assert "Loading weights" in screen
 
 
 def test_the_loading_guard_restores_the_libraries_settings() -> None:

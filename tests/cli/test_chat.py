@@ -70,49 +70,27 @@ def test_chat_without_a_model_is_a_one_line_error(cli: Any, user_error: Any) -> 
     user_error(cli("chat", "--model", "missing/model/folder", input="hi\n"), 1, "missing/model/folder")
 
 
-def _chat_on_a_terminal(model_arg: str, cwd: Path, keys: list[bytes], timeout: float = 300) -> str:
+def _chat_on_a_terminal(model_arg: str, cwd: Path, keys: list[bytes]) -> str:
     """Run `codi2-agent chat` on a pseudo-terminal, type `keys` one prompt at a time; return the screen."""
     import os
-    import pty
-    import select
-    import subprocess
     import sys
-    import time
 
-    leader, follower = pty.openpty()
+    from terminal import run_on_a_terminal
+
+    pending = list(keys)
+
+    def type_at_each_prompt(screen: bytes) -> bytes | None:
+        fresh_prompt = pending and screen.count(b"you>") > len(keys) - len(pending)
+        return pending.pop(0) if fresh_prompt else None
+
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"}
-    proc = subprocess.Popen(
+    _, screen = run_on_a_terminal(
         [sys.executable, "-m", "codi2_agent.cli", "chat", "--model", model_arg, "--root", "s"],
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-        cwd=cwd,
         env=env,
-        close_fds=True,
+        cwd=cwd,
+        respond=type_at_each_prompt,
     )
-    os.close(follower)
-    screen, pending, deadline = b"", list(keys), time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([leader], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(leader, 4096)
-                except OSError:  # the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                screen += chunk
-            if pending and screen.count(b"you>") > len(keys) - len(pending):  # a fresh prompt: type
-                os.write(leader, pending.pop(0))
-            if proc.poll() is not None and not ready:
-                break
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        os.close(leader)
-    return screen.decode(errors="replace")
+    return screen
 
 
 def test_empty_line_on_a_terminal_prompts_again(model_arg: str, tmp_path: Path) -> None:
