@@ -36,20 +36,22 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from codi2_agent.artifacts import ArtifactStore
-from codi2_agent.media import Media, MediaRef, Modality
+from codi2_agent.media import Media, MediaRef, Modality, OutputKind
 
 if TYPE_CHECKING:
-    from codi2_agent.model import CoDi2Model
+    from codi2_agent.model import CoDi2Model, Vocabulary
 
 __all__ = [
     "Backend",
@@ -61,9 +63,9 @@ __all__ = [
     "ProgressFn",
     "PromptTurn",
     "TransientBackendError",
+    "as_backend",
 ]
 
-OutputKind = Literal["auto", "text", "image", "audio"]
 ProgressFn = Callable[[int, int], None]  # (step, total) of the diffusion decoder
 
 
@@ -97,7 +99,8 @@ class GenerateRequest(BaseModel):
     guidance_scale: float | None = None
     max_new_tokens: int = Field(default=64, ge=1)
     turn: int | None = None  # stamped on the output refs
-    captions: tuple[str | None, ...] = ()  # captions for the output media, in order
+    captions: tuple[str | None, ...] = ()  # captions for the output media, in order (given by the caller)
+    caption_outputs: bool = False  # caption uncaptioned outputs by reading them back with the model
 
 
 class GenerateResult(BaseModel):
@@ -120,6 +123,7 @@ class Backend(Protocol):
         name: identity of the model behind it (recorded with results).
         artifacts: the store requests read media from and results write media to.
         context_limit: the most prompt tokens the model reads.
+        vocabulary: the words and prompt shapes the model knows (`codi2_agent.model.Vocabulary`).
     """
 
     name: str
@@ -127,6 +131,9 @@ class Backend(Protocol):
 
     @property
     def context_limit(self) -> int: ...
+
+    @property
+    def vocabulary(self) -> Vocabulary: ...
 
     def count_tokens(self, prompt: Sequence[PromptTurn]) -> int:
         """Tokens the prompt takes, with the generation prefix (no answer)."""
@@ -144,6 +151,17 @@ class Backend(Protocol):
     def embedder(self) -> Any:
         """The `codi2_agent.memory.Embedder` of this model's feature space."""
         ...
+
+
+def as_backend(model: str | Path | CoDi2Model | Backend, artifacts: ArtifactStore) -> Backend:
+    """A `Backend` for a shipped model name (``"tiny"``), a model folder, a `CoDi2Model` or a backend."""
+    if isinstance(model, Backend):
+        return model
+    if isinstance(model, (str, Path)):
+        from codi2_agent.model import load_model
+
+        model = load_model(model)
+    return LocalBackend(model, artifacts)
 
 
 # --- in process ----------------------------------------------------------------------------------
@@ -170,6 +188,10 @@ class LocalBackend:
     @property
     def context_limit(self) -> int:
         return int(self.model.processor.max_length)
+
+    @cached_property
+    def vocabulary(self) -> Vocabulary:
+        return self.model.vocabulary
 
     @cached_property
     def embedder(self) -> ModelEmbedder:
@@ -199,11 +221,11 @@ class LocalBackend:
 
     # --- generation -----------------------------------------------------------------------------
     def generate(self, request: GenerateRequest, *, progress: ProgressFn | None = None) -> GenerateResult:
-        # 1. Load the prompt's media from the store (validated there)
+        # 1. Load the prompt's media from the store (validated there; decoded once, then cached)
         turns = self._turns(request.prompt)
-        # 2. Run the model
         with self._lock:
             t0 = time.perf_counter()
+            # 2. Run the model; each produced medium is encoded once (C_x), right here
             out = self.model.generate(
                 turns,
                 output=request.output,
@@ -212,20 +234,32 @@ class LocalBackend:
                 guidance_scale=request.guidance_scale,
                 max_new_tokens=request.max_new_tokens,
                 callback=progress,
+                return_media_features=True,
             )
+            # 3. Store the media (content addressing: a retried request writes nothing new) and keep
+            #    their features, which the caption below and the memory's embedding then reuse
+            refs, created = [], []
+            for i, (media, features) in enumerate(zip(out.media, out.media_features, strict=True)):
+                artifact_id = media.sha256()
+                new = artifact_id not in self.artifacts
+                ref = self.artifacts.put(media, turn=request.turn)
+                self.model.cache_features(media.modality, media, features)
+                caption = request.captions[i] if i < len(request.captions) else None
+                if caption is None and request.caption_outputs:
+                    caption = self._caption(media)
+                refs.append(ref.model_copy(update={"caption": caption}))
+                if new:
+                    created.append(ref.id)
             seconds = time.perf_counter() - t0
-        # 3. Store the media. Content addressing makes a retried request write nothing new.
-        refs, created = [], []
-        for i, media in enumerate(out.media):
-            caption = request.captions[i] if i < len(request.captions) else None
-            new = media.sha256() not in self.artifacts
-            ref = self.artifacts.put(media, caption=caption, turn=request.turn)
-            refs.append(ref)
-            if new:
-                created.append(ref.id)
         return GenerateResult(
             text=out.text, media=tuple(refs), modality=out.modality, created=tuple(created), seconds=seconds
         )
+
+    def _caption(self, media: Media) -> str | None:
+        """What the model reads back from a medium it made (None unless it reads like words)."""
+        question = self.vocabulary.prompt(f"caption_{media.modality.value}")
+        text = self.model.generate([media, question], output="text", max_new_tokens=24).text.strip()
+        return text if len(_WORD_RE.findall(text)) >= 2 else None
 
     async def agenerate(
         self, request: GenerateRequest, *, progress: ProgressFn | None = None
@@ -233,6 +267,7 @@ class LocalBackend:
         return await asyncio.to_thread(self.generate, request, progress=progress)
 
 
+_WORD_RE = re.compile(r"[a-zA-Z]{2,}")
 _STAND_INS: dict[Modality, Media] = {}
 
 

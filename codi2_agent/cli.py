@@ -274,7 +274,7 @@ def _chat_loop(first: Session, out: Path) -> None:
                 if command == "/fork":
                     session = session.fork(arg)
                 else:
-                    session = Session(thread=arg, progress=False, _parts=first._parts)
+                    session = first.open_thread(arg)
                 pending.clear()
                 _say(f"thread {session.thread!r} ({session.turn} turns)")
             elif command:
@@ -622,15 +622,10 @@ def _memory_info(path: Path) -> dict[str, Any]:
 def _checkpoint_info(path: Path) -> dict[str, Any]:
     import sqlite3
 
+    from codi2_agent.graphs import checkpoint_summary
+
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            threads, checkpoints = conn.execute(
-                "SELECT COUNT(DISTINCT thread_id), COUNT(*) FROM checkpoints"
-            ).fetchone()
-        finally:
-            conn.close()
-        return {"threads": threads, "checkpoints": checkpoints}
+        return dict(checkpoint_summary(path))
     except sqlite3.Error as e:
         return {"error": f"unreadable ({e})"}
 

@@ -38,9 +38,17 @@ __all__ = [
     "MediaRef",
     "MediaTooLargeError",
     "Modality",
+    "OutputKind",
     "SampleRateError",
+    "Task",
     "UnsupportedFormatError",
 ]
+
+
+# What a generation call may be asked to produce: "auto" lets the model choose.
+OutputKind = Literal["auto", "text", "image", "audio"]
+# What a conversation turn asks for (the session graph's tasks; pipelines and tools name them too).
+Task = Literal["generate", "edit", "analogy", "compose", "describe", "recall"]
 
 
 class Modality(StrEnum):

@@ -1,4 +1,8 @@
-"""LangChain v1 content blocks <-> `MediaRef`s.
+"""Messages: LangChain v1 content blocks <-> `MediaRef`s, user messages, and prompt turns.
+
+Every surface (the session graph, `Session`, the tools, `ChatCoDi2`, pipelines) builds and reads
+messages through this module, so a medium is turned into a block, and a message into prompt turns,
+in exactly one way.
 
 Inbound, a media block may carry its bytes (``base64`` or a ``data:`` url), or point at a stored
 artifact (an ``artifact://<sha256>`` url, or ``file_id`` = the sha256). Bytes go into the
@@ -12,12 +16,13 @@ cannot read the store.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from codi2_agent.artifacts import URI_SCHEME, ArtifactStore
+from codi2_agent.backends import PromptTurn
 from codi2_agent.media import Media, MediaError, MediaRef, Modality
 
 __all__ = [
@@ -29,8 +34,10 @@ __all__ = [
     "is_inline",
     "message_parts",
     "message_text",
+    "prompt_turns",
     "ref_block",
     "refs_of",
+    "user_message",
 ]
 
 MEDIA_BLOCK_TYPES = frozenset({"image", "audio"})
@@ -159,3 +166,62 @@ def message_text(message: BaseMessage) -> str:
 def refs_of(messages: Iterable[BaseMessage]) -> list[MediaRef]:
     """Every artifact reference in `messages`, in order."""
     return [p for m in messages for p in message_parts(m) if isinstance(p, MediaRef)]
+
+
+def user_message(text: str = "", refs: Sequence[MediaRef] = (), *, id: str | None = None) -> HumanMessage:
+    """A user message: its words, then its media as artifact references.
+
+    Raises:
+        ValueError: neither text nor media.
+    """
+    content: list[Any] = [{"type": "text", "text": text}] if text else []
+    content += [ref_block(r) for r in refs]
+    if not content:
+        raise ValueError("a message needs text or media")
+    return HumanMessage(content=content, id=id)
+
+
+_SKIPPED_BLOCKS = frozenset({"reasoning", "tool_call", "tool_call_chunk", "invalid_tool_call"})
+
+
+def prompt_turns(messages: Iterable[BaseMessage], artifacts: ArtifactStore | None = None) -> list[PromptTurn]:
+    """A conversation as the model's prompt turns: user/assistant, text and media in order.
+
+    With `artifacts`, media blocks are read strictly: inline bytes are stored, artifact references
+    checked, other sources refused (`MediaError`) and unknown block types refused (`ValueError`).
+    Without, only the artifact references a message holds are kept (the graph's own messages).
+    A system message has no role of its own in CoDi-2: it prefixes the next user turn. Consecutive
+    messages of one speaker are merged into one turn.
+    """
+    turns: list[PromptTurn] = []
+    system: list[str | MediaRef] = []
+    for message in messages:
+        parts = _strict_parts(message, artifacts) if artifacts is not None else message_parts(message)
+        if isinstance(message, SystemMessage):
+            system += parts
+            continue
+        if not parts:
+            continue
+        role: Literal["user", "assistant"] = "assistant" if isinstance(message, AIMessage) else "user"
+        if role == "user" and system:
+            parts, system = [*system, *parts], []
+        if turns and turns[-1].role == role:
+            turns[-1] = PromptTurn(role=role, parts=(*turns[-1].parts, *parts))
+        else:
+            turns.append(PromptTurn(role=role, parts=tuple(parts)))
+    return turns
+
+
+def _strict_parts(message: BaseMessage, artifacts: ArtifactStore) -> list[str | MediaRef]:
+    parts: list[str | MediaRef] = []
+    for block in message.content_blocks:
+        kind = block.get("type")
+        if kind == "text":
+            text = str(block.get("text", "")).strip()
+            if text:
+                parts.append(text)
+        elif kind in MEDIA_BLOCK_TYPES:
+            parts.append(block_ref(block, artifacts))  # refuses remote urls; stores inline bytes
+        elif kind not in _SKIPPED_BLOCKS:
+            raise ValueError(f"CoDi-2 reads text, image and audio blocks, not {kind!r}")
+    return parts

@@ -23,7 +23,10 @@ Invoke:
         s.say("what is in this image?", Media.open("photo.png"))
         s.history()                                        # every turn, as TurnResults
         s.undo()                                           # forget the last turn
+        s.rewind(1)                                        # back to how it was after turn 1
         t = s.fork("what-if")                              # a new thread from here
+        other = s.open_thread("second")                    # another thread, same model/memory/store
+        s.threads(), s.where()                             # what this folder holds, and where
         s.say("play a high sine tone with wind").save("out/")
 """
 
@@ -31,12 +34,16 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
+import sys
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from codi2_agent.artifacts import ArtifactStore
+from codi2_agent.locking import ThreadBusyError, thread_lock
 from codi2_agent.media import Media, MediaRef, Modality
 
 if TYPE_CHECKING:
@@ -46,10 +53,13 @@ if TYPE_CHECKING:
     from codi2_agent.graphs import SessionParts, TurnOptions
     from codi2_agent.model import CoDi2Model
 
-__all__ = ["ReviewPendingError", "Session", "TurnResult"]
+__all__ = ["ReviewPendingError", "Session", "ThreadBusyError", "TurnResult"]
+
+logger = logging.getLogger(__name__)
 
 Durability = Literal["sync", "async", "exit"]
 DEFAULT_ROOT = "codi2-session"
+LOCKS_FOLDER = "locks"
 
 
 class ReviewPendingError(RuntimeError):
@@ -157,11 +167,24 @@ class Session:
         review: pause after each generated medium until `accept()` or `reject()`.
         durability: when checkpoints are written — ``"exit"`` (default: once per turn, a few KB) or
             ``"async"`` / ``"sync"`` (after every step; a crashed turn resumes mid-way).
-        progress: show a tqdm bar while media are generated.
+        progress: show a tqdm bar while media are generated; None (default) shows one only when
+            stderr is a terminal (or in a notebook).
+        lock_timeout: seconds a turn waits for another writer of the same thread before
+            `ThreadBusyError`.
         graph_options: passed to `build_session_graph` (``context=``, ``num_inference_steps=``, …).
 
-    Several `Session`s of one `root` may run in one process (`fork` shares everything); a second
-    process needs a Chroma server for the memory (embedded Chroma is single-process).
+    Tenancy: a thread belongs to its tenant (its checkpoint key includes the tenant), and the tenant
+    sees only media its own threads stored or were given (`artifacts` is the tenant's view of the
+    store). Another tenant's thread of the same name is a different thread.
+
+    One writer per thread: a turn (and `rewind` / `copy`) holds the thread's lock, across processes,
+    so two writers never interleave — the second waits up to `lock_timeout`, then gets
+    `ThreadBusyError`. Readers see whole turns. A turn cut short by a crash is dropped when the
+    thread is next written, so a thread is always made of complete turns.
+
+    Threads of one `root` share the model, store, memory and checkpoints: `open_thread`, `fork` and
+    `copy` return such sessions. A second *process* on the same root needs a Chroma server for the
+    memory (embedded Chroma is single-process).
     """
 
     def __init__(
@@ -173,23 +196,53 @@ class Session:
         tenant: str = "default",
         review: bool = False,
         durability: Durability = "exit",
-        progress: bool = True,
-        _parts: SessionParts | None = None,
+        progress: bool | None = None,
+        lock_timeout: float = 30.0,
         **graph_options: Any,
     ) -> None:
-        from codi2_agent.graphs import open_session_graph
+        from codi2_agent.graphs import open_session_graph, thread_key
+
+        thread_key(tenant, thread)  # refuse a bad name before opening anything
+        folder = Path(root) if root is not None else Path.cwd() / DEFAULT_ROOT
+        parts = open_session_graph(model, folder, tenant=tenant, review=review, **graph_options)
+        self.lock_timeout = lock_timeout
+        self._bind(parts, thread=thread, tenant=tenant, durability=durability, progress=progress, owner=True)
+
+    def _bind(
+        self,
+        parts: SessionParts,
+        *,
+        thread: str,
+        tenant: str,
+        durability: Durability,
+        progress: bool | None,
+        owner: bool,
+    ) -> None:
+        from codi2_agent.graphs import thread_key
 
         if durability not in ("sync", "async", "exit"):
             raise ValueError(f"durability must be 'sync', 'async' or 'exit', got {durability!r}")
         self.thread = thread
         self.tenant = tenant
+        self.key = thread_key(tenant, thread)  # the checkpoint key: tenant and thread
         self.durability: Durability = durability
-        self.progress = progress
-        folder = Path(root) if root is not None else Path.cwd() / DEFAULT_ROOT
-        self._parts = _parts or open_session_graph(
-            model, folder, tenant=tenant, review=review, **graph_options
-        )
-        self._owns_parts = _parts is None
+        self.progress = _interactive() if progress is None else progress
+        self._parts = parts
+        self._artifacts = parts.artifacts.for_tenant(tenant)
+        self._owns_parts = owner
+
+    def open_thread(self, thread: str, *, tenant: str | None = None) -> Session:
+        """Another thread of this session's folder, sharing its model, store, memory and checkpoints
+        (of this session's tenant, or of `tenant`: a server hosts many tenants on one set of parts).
+
+        Closing the returned session leaves the shared parts open (this session owns them)."""
+        other = object.__new__(Session)
+        other.lock_timeout = self.lock_timeout
+        other._bind(self._parts, thread=thread, tenant=tenant or self.tenant, durability=self.durability,
+                    progress=self.progress, owner=False)  # fmt: skip
+        if other.tenant == self.tenant:
+            other._artifacts = self._artifacts  # one tenant, one view (and one decoded-media cache)
+        return other
 
     def __repr__(self) -> str:
         return f"Session(thread={self.thread!r}, root={str(self.root)!r}, turns={self.turn})"
@@ -202,7 +255,8 @@ class Session:
 
     @property
     def artifacts(self) -> ArtifactStore:
-        return self._parts.artifacts
+        """The tenant's view of the artifact store."""
+        return self._artifacts
 
     @property
     def memory(self) -> Any:
@@ -218,7 +272,7 @@ class Session:
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"configurable": {"thread_id": self.thread, "tenant": self.tenant}}
+        return {"configurable": {"thread_id": self.key, "tenant": self.tenant}}
 
     def state(self) -> dict[str, Any]:
         """The thread's current graph state (values)."""
@@ -231,32 +285,69 @@ class Session:
 
     @property
     def pending(self) -> bool:
-        """True while an output waits for `accept()` / `reject()`."""
-        return bool(self.graph.get_state(self.config).next)
+        """True while an output waits for `accept()` / `reject()` (not for a turn cut short by a
+        crash: that one is dropped when the thread is next written)."""
+        snapshot = self.graph.get_state(self.config)
+        return any(task.interrupts for task in snapshot.tasks)
+
+    def threads(self) -> list[str]:
+        """This tenant's threads in this session's checkpoints."""
+        from codi2_agent.graphs import thread_ids
+
+        return thread_ids(self.graph.checkpointer, self.tenant)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the thread's one-writer lock; first drop a turn an earlier crash cut short."""
+        from codi2_agent.graphs import recover_thread
+
+        with thread_lock(self.root / LOCKS_FOLDER, self.key, timeout=self.lock_timeout, name=self.thread):
+            if recover_thread(self.graph, self.config):
+                logger.warning("thread %r: dropped a turn that a crash cut short", self.thread)
+            yield
+
+    def where(self) -> dict[str, str]:
+        """Where this session's parts live: folder, artifacts, memory, checkpoints, model."""
+        checkpointer = self.graph.checkpointer
+        conn = getattr(checkpointer, "conn", None)
+        database = _sqlite_path(conn) if conn is not None else None
+        memory = self.memory
+        return {
+            "root": str(self.root),
+            "artifacts": str(self.artifacts.root),
+            "memory": "off" if memory is None else repr(memory),
+            "checkpoints": database or type(checkpointer).__name__,
+            "model": self.backend.name,
+            "thread": self.thread,
+            "tenant": self.tenant,
+        }
 
     # --- turns ----------------------------------------------------------------------------------
     def say(self, text: str = "", *media: Media | MediaRef | str | Path, options: TurnOptions | None = None,
             **generation: Any) -> TurnResult:  # fmt: skip
-        """Send one message — text and any media (Media, a file path, or a stored MediaRef).
+        """Send one message — text and any media (Media, a file path, a stored MediaRef, or a
+        reference such as ``"@m:4a8d5d3261e8"`` that the graph resolves like the same words in `text`).
 
         `generation` keywords (``output=``, ``seed=``, ``num_inference_steps=``, ``guidance_scale=``,
         ``max_new_tokens=``) apply to this turn only.
         """
-        from langchain_core.messages import HumanMessage
-
-        from codi2_agent.graphs import TurnOptions, ref_block
+        from codi2_agent.graphs import TurnOptions
+        from codi2_agent.messages import user_message
 
         if self.pending:
             raise ReviewPendingError("the last output waits for review: call accept() or reject() first")
-        content: list[Any] = [{"type": "text", "text": text}] if text else []
-        for item in media:
-            content.append(ref_block(self._store(item)))
-        if not content:
+        # "@m:…" names a medium of the conversation or memory: the graph resolves it (or asks back).
+        mentions = [m.strip() for m in media if isinstance(m, str) and m.strip().startswith("@m:")]
+        refs = [
+            self._store(item) for item in media if not (isinstance(item, str) and item.strip() in mentions)
+        ]
+        text = " ".join([text, *mentions]).strip()
+        if not text and not refs:
             raise ValueError("say() needs text or media")
         if generation:
             options = (options or TurnOptions()).model_copy(update=generation)
             TurnOptions.model_validate(options.model_dump())  # report a bad keyword by name
-        return self.run(HumanMessage(content=content), options)
+        return self.run(user_message(text, refs), options)
 
     def _store(self, item: Media | MediaRef | str | Path) -> MediaRef:
         if isinstance(item, MediaRef):
@@ -269,7 +360,9 @@ class Session:
 
     def run(self, message: HumanMessage, options: TurnOptions | None = None) -> TurnResult:
         """Run one turn from a ready message (its media as artifact refs or inline data)."""
-        return self._drive({"messages": [message], "options": options})
+        from codi2_agent.messages import message_text
+
+        return self._drive({"messages": [message], "options": options}, request=message_text(message))
 
     def accept(self) -> TurnResult:
         """Keep the output awaiting review (it becomes usable as an exemplar)."""
@@ -284,19 +377,35 @@ class Session:
 
         if not self.pending:
             raise ValueError("no output is waiting for review")
-        return self._drive(Command(resume=answer))
+        return self._drive(Command(resume=answer), request=None)
 
-    def _drive(self, graph_input: Any) -> TurnResult:
+    def _drive(self, graph_input: Any, *, request: str | None) -> TurnResult:
+        """Run the graph and read the turn's answer from the stream itself (no history rebuild)."""
         bar = None
+        answer: AIMessage | None = None
+        interrupted = False
         try:
-            for event in self.graph.stream(
-                graph_input, self.config, stream_mode="custom", durability=self.durability
-            ):
-                bar = self._progress(bar, event)
+            with self._writing():
+                for mode, chunk in self.graph.stream(
+                    graph_input, self.config, stream_mode=["custom", "updates"], durability=self.durability
+                ):
+                    if mode == "custom":
+                        bar = self._progress(bar, chunk)
+                    elif "__interrupt__" in chunk:
+                        interrupted = True
+                    elif "respond" in chunk:
+                        answer = chunk["respond"]["messages"][-1]
         finally:
             if bar is not None:
                 bar.close()
-        return self._latest()
+        if interrupted:
+            return self._awaiting_review()
+        if answer is None:
+            raise RuntimeError("the turn produced no answer")
+        if request is None:  # resumed after a review: the request is the thread's last human message
+            human = _last_of(self.state().get("messages", []), "human")
+            request = _text(human) if human is not None else ""
+        return self._result(answer, request)
 
     def _progress(self, bar: Any, event: Any) -> Any:
         if not self.progress or not isinstance(event, dict) or event.get("event") != "progress":
@@ -308,25 +417,30 @@ class Session:
         bar.update(event["step"] - bar.n)
         return bar
 
-    def _latest(self) -> TurnResult:
-        snapshot = self.graph.get_state(self.config)
-        values = snapshot.values
-        if snapshot.next:  # waiting for review: show what was made
-            result = values.get("result")
-            human = _last_of(values.get("messages", []), "human")
-            return TurnResult(
-                turn=int(values.get("turn") or 0),
-                text=(result.text if result is not None else "") or "Keep this output?",
-                refs=list(result.media) if result is not None else [],
-                request=_text(human) if human is not None else "",
-                task=values["request"].task if values.get("request") else None,
-                pending_review=True,
-                artifacts=self.artifacts,
-            )
-        turns = self._results(values.get("messages", []))
-        if not turns:
-            raise RuntimeError("the turn produced no answer")
-        return turns[-1]
+    def _awaiting_review(self) -> TurnResult:
+        values = self.state()
+        result = values.get("result")
+        human = _last_of(values.get("messages", []), "human")
+        return TurnResult(
+            turn=int(values.get("turn") or 0),
+            text=(result.text if result is not None else "") or "Keep this output?",
+            refs=list(result.media) if result is not None else [],
+            request=_text(human) if human is not None else "",
+            task=values["request"].task if values.get("request") else None,
+            pending_review=True,
+            artifacts=self.artifacts,
+        )
+
+    def _latest(self) -> TurnResult | None:
+        """The thread's last answered turn (None for an empty thread)."""
+        if self.pending:
+            return self._awaiting_review()
+        messages = self.state().get("messages", [])
+        answer = _last_of(messages, "ai")
+        if answer is None:
+            return None
+        human = _last_of(messages[: messages.index(answer)], "human")
+        return self._result(answer, _text(human) if human is not None else "")  # type: ignore[arg-type]
 
     def _results(self, messages: Sequence[BaseMessage]) -> list[TurnResult]:
         from langchain_core.messages import AIMessage, HumanMessage
@@ -341,7 +455,7 @@ class Session:
         return out
 
     def _result(self, message: AIMessage, request: str) -> TurnResult:
-        from codi2_agent.graphs import message_parts
+        from codi2_agent.messages import message_parts
 
         parts = message_parts(message)
         meta = message.response_metadata or {}
@@ -355,7 +469,7 @@ class Session:
             artifacts=self.artifacts,
         )
 
-    # --- history, undo, fork --------------------------------------------------------------------
+    # --- history and thread operations ----------------------------------------------------------
     def history(self) -> list[TurnResult]:
         """Every answered turn of the thread, oldest first."""
         return self._results(self.state().get("messages", []))
@@ -363,51 +477,48 @@ class Session:
     def __iter__(self) -> Iterator[TurnResult]:
         return iter(self.history())
 
-    def undo(self) -> TurnResult | None:
-        """Forget the last turn (its media stop being references or exemplars); returns the new last
-        turn, or None when the thread is empty again. The old branch stays in the checkpoint history."""
-        from langgraph.types import Overwrite
+    def rewind(self, turn: int) -> TurnResult | None:
+        """Make the thread end after `turn` turns (0: empty); later turns stop counting — their media
+        are no longer references or exemplars — but stay in the checkpoint history. Returns the new
+        last turn, or None when the thread is empty."""
+        from codi2_agent.graphs import rewind_thread
 
-        snapshot = self.graph.get_state(self.config)
-        turn = int(snapshot.values.get("turn") or 0)
+        if self.pending:
+            raise ReviewPendingError("the last output waits for review: call accept() or reject() first")
+        with self._writing():
+            rewind_thread(self.graph, self.config, turn)
+        return self._latest()
+
+    def undo(self) -> TurnResult | None:
+        """Forget the last turn; returns the new last turn, or None when the thread is empty again."""
+        turn = self.turn
         if turn == 0:
             raise ValueError("nothing to undo: the thread has no turns")
-        if turn == 1:
-            self.graph.update_state(
-                self.config,
-                {
-                    "messages": Overwrite([]),
-                    "media": Overwrite([]),
-                    "turn": 0,
-                    "request": None,
-                    "result": None,
-                },
-                as_node="respond",
-            )
-            return None
-        # The last checkpoint at rest after turn - 1; branching from it drops the turn.
-        for past in self.graph.get_state_history(self.config):
-            if not past.next and int(past.values.get("turn") or 0) == turn - 1:
-                self.graph.update_state(past.config, None, as_node="respond")
-                return self._latest()
-        raise RuntimeError(f"no checkpoint of turn {turn - 1} to go back to")
+        return self.rewind(turn - 1)
+
+    def copy(self, thread: str, *, at_turn: int | None = None) -> Session:
+        """Make `thread` a copy of this thread (as it was after `at_turn` turns; default now), sharing
+        this session's parts. Any turns `thread` had stop counting; use `fork` to refuse that."""
+        from codi2_agent.graphs import copy_thread
+
+        if thread == self.thread:
+            raise ValueError("a copy needs another thread id")
+        other = self.open_thread(thread)
+        with other._writing():
+            copy_thread(self.graph, self.config, other.config, at_turn=at_turn)
+        return other
 
     def fork(self, thread: str) -> Session:
         """A new thread that starts as a copy of this one (same model, memory and store)."""
         if thread == self.thread:
             raise ValueError("a fork needs a new thread id")
-        child = Session(thread=thread, tenant=self.tenant, durability=self.durability, progress=self.progress,
-                        _parts=self._parts)  # fmt: skip
-        if child.turn:
+        if self.open_thread(thread).turn:
             raise ValueError(f"thread {thread!r} already has turns")
-        values = self.state()
-        values["ancestors"] = [*values.get("ancestors", []), self.thread]
-        self.graph.update_state(child.config, values, as_node="respond")
-        return child
+        return self.copy(thread)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
-        """Release the memory and checkpoint database (sessions sharing them via `fork` too)."""
+        """Release the memory and checkpoint database (threads opened from this session too)."""
         if self._owns_parts:
             self._parts.close()
 
@@ -418,8 +529,24 @@ class Session:
         self.close()
 
 
+def _interactive() -> bool:
+    """A terminal or a notebook: where a progress bar is wanted."""
+    if "ipykernel" in sys.modules:
+        return True
+    stream = sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def _sqlite_path(conn: Any) -> str | None:
+    try:
+        row = conn.execute("PRAGMA database_list").fetchone()
+    except Exception:  # not a sqlite3 connection
+        return None
+    return str(row[2]) if row and row[2] else None
+
+
 def _text(message: BaseMessage) -> str:
-    from codi2_agent.graphs import message_text
+    from codi2_agent.messages import message_text
 
     return message_text(message)
 

@@ -1,6 +1,6 @@
 """The LangGraph session graph: one CoDi-2 conversation turn as an explicit state machine.
 
-``ingest → resolve → retrieve → compose → generate → persist → respond`` (docs/architecture.md §6); optional
+``ingest → resolve → retrieve → compose → generate → persist → respond``, with an optional
 ``interrupt()`` review after generate. State and checkpoints carry `MediaRef`s, never bytes; the
 media live in an `ArtifactStore` and their embeddings in an `ExemplarMemory`, which is what keeps
 long multi-round editing and analogy sessions consistent.
@@ -24,15 +24,6 @@ Invoke:
 
 from __future__ import annotations
 
-from ._blocks import (
-    UnsupportedSourceError,
-    block_ref,
-    ingest_message,
-    inline_block,
-    message_parts,
-    message_text,
-    ref_block,
-)
 from ._builder import CHECKPOINT_FILE, DEFAULT_RETRY, build_session_graph, is_transient
 from ._checkpoint import allowlist, register_types, session_serializer, sqlite_checkpointer
 from ._open import SessionParts, as_backend, open_session_graph
@@ -48,6 +39,18 @@ from ._state import (
     SessionState,
     Task,
     TurnOptions,
+)
+from ._threads import (
+    ThreadBusyError,
+    checkpoint_summary,
+    copy_thread,
+    recover_thread,
+    rewind_thread,
+    split_thread_key,
+    state_after,
+    thread_ids,
+    thread_key,
+    thread_lock,
 )
 
 __all__ = [
@@ -65,21 +68,24 @@ __all__ = [
     "SessionParts",
     "SessionState",
     "Task",
+    "ThreadBusyError",
     "TurnOptions",
-    "UnsupportedSourceError",
     "allowlist",
     "as_backend",
-    "block_ref",
     "build_session_graph",
-    "ingest_message",
-    "inline_block",
+    "checkpoint_summary",
+    "copy_thread",
     "is_transient",
-    "message_parts",
-    "message_text",
     "open_session_graph",
-    "ref_block",
+    "recover_thread",
     "register_types",
     "resolve",
+    "rewind_thread",
     "session_serializer",
+    "split_thread_key",
     "sqlite_checkpointer",
+    "state_after",
+    "thread_ids",
+    "thread_key",
+    "thread_lock",
 ]

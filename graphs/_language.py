@@ -9,8 +9,6 @@ Example:
     ['turn', 'pronoun']
     >>> infer_task("draw a small red star in the snow", has_source=False)
     ('generate', 'image')
-    >>> generation_caption("draw a small red star in the snow")
-    'a small red star in the snow'
 """
 
 from __future__ import annotations
@@ -26,8 +24,8 @@ __all__ = [
     "Mention",
     "clean_instruction",
     "find_mentions",
-    "generation_caption",
     "infer_task",
+    "looks_like_generation",
     "mentioned_modality",
     "words",
 ]
@@ -251,6 +249,11 @@ def infer_task(
     return "generate", "audio" if audio else "image"
 
 
+def looks_like_generation(text: str) -> bool:
+    """True when `text` already asks to make something ("draw …", "play …", "show me …")."""
+    return bool(_GENERATE.search(text))
+
+
 def needs_source(task: str) -> bool:
     return task in _NEEDS_SOURCE
 
@@ -287,21 +290,3 @@ def clean_instruction(text: str, mentions: list[Mention]) -> str:
         if cleaned == before:
             break
     return cleaned.rstrip(" .!") or text.strip()
-
-
-_CAPTION_LEAD = re.compile(
-    r"^\s*(?:please\s+|now\s+)?(?:can you\s+|could you\s+)?"
-    r"(?:draw|paint|sketch|render|generate|create|compose|synthesi[sz]e|play|show me|make(?: me)?"
-    r"|i want to (?:see|hear)|let me (?:see|hear))\s+"
-    r"(?:(?:an?|some)\s+(?:image|picture|photo|sound|clip|audio)\s+of\s+|(?:an?\s+)?(?:image|picture|photo|sound"
-    r"|clip|audio)\s*(?:of|:)\s*|audio of\s+)?",
-    re.IGNORECASE,
-)
-
-
-def generation_caption(text: str) -> str | None:
-    """What a "draw …" / "play …" request describes: the caption its result should carry."""
-    if not _CAPTION_LEAD.match(text):
-        return None
-    rest = _CAPTION_LEAD.sub("", text, count=1).strip().rstrip("?.! ")
-    return rest or None

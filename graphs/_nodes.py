@@ -1,4 +1,4 @@
-"""The session graph's nodes, one method per step of docs/architecture.md §6, and the routers between them.
+"""The session graph's nodes, one method per step of a turn, and the routers between them.
 
 Every node is a pure function of (state, config) plus the shared backend, memory and artifact store,
 and is safe to run twice: artifact ids are content hashes, memory ids hash (tenant, thread, turn,
@@ -9,10 +9,9 @@ exactly what the first attempt would have — no duplicates, no orphans.
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
@@ -20,18 +19,19 @@ from langgraph.config import get_stream_writer
 from langgraph.types import interrupt
 
 from codi2_agent.artifacts import ArtifactStore
-from codi2_agent.backends import Backend, GenerateRequest, PromptTurn
+from codi2_agent.backends import Backend, GenerateRequest
 from codi2_agent.media import MediaError, MediaRef
+from codi2_agent.messages import MEDIA_BLOCK_TYPES, block_ref, message_text, ref_block
 
-from ._blocks import MEDIA_BLOCK_TYPES, block_ref, message_text, ref_block
-from ._language import clean_instruction, generation_caption
-from ._prompt import ContextPolicy, PromptTooLongError, _describe_question, compose_memory, compose_window
+from ._language import clean_instruction
+from ._prompt import ContextPolicy, PromptTooLongError, compose_memory, compose_window
 from ._references import resolve
 from ._state import Clarification, Exemplar, MediaRecord, Request, SessionState, TurnOptions
 
-__all__ = ["NodeSettings", "SessionNodes"]
+if TYPE_CHECKING:
+    from codi2_agent.memory import Memory
 
-_CAPTION_RE = re.compile(r"[a-zA-Z]{2,}")
+__all__ = ["NodeSettings", "SessionNodes"]
 
 
 @dataclass(frozen=True)
@@ -68,15 +68,22 @@ def _last_human(messages: Sequence[BaseMessage]) -> HumanMessage | None:
 class SessionNodes:
     """The nodes of one session graph, bound to its backend, memory and store."""
 
-    def __init__(self, backend: Backend, memory: Any, artifacts: ArtifactStore, settings: NodeSettings):
+    def __init__(
+        self, backend: Backend, memory: Memory | None, artifacts: ArtifactStore, settings: NodeSettings
+    ):
         self.backend = backend
         self.memory = memory
         self.artifacts = artifacts
         self.settings = settings
+        self.vocabulary = backend.vocabulary
 
     # --- helpers --------------------------------------------------------------------------------
     def tenant(self, config: RunnableConfig | None) -> str:
         return str(_config_value(config, "tenant", self.settings.tenant))
+
+    def store(self, config: RunnableConfig | None) -> ArtifactStore:
+        """The tenant's view of the artifact store: only media this tenant stored or was given."""
+        return self.artifacts.for_tenant(self.tenant(config))
 
     @staticmethod
     def thread(config: RunnableConfig | None) -> str:
@@ -116,7 +123,8 @@ class SessionNodes:
             )
             for r in records
         ]
-        media = [self.artifacts.get(r.ref) for r in records]
+        store = self.store(config)
+        media = [store.get(r.ref) for r in records]
         self.memory.add_many(self.tenant(config), entries, media=media)
 
     def _record(self, item: Any) -> MediaRecord:
@@ -131,12 +139,13 @@ class SessionNodes:
             subject=item.subject,
         )
 
-    def _live(self, state: SessionState, config: RunnableConfig, item: Any) -> bool:
-        """Memory items of this thread (or of the threads it was forked from) count only while their
-        turn is in the thread's media log (not undone, not after the fork); other threads' always do."""
-        if item.thread != self.thread(config) and item.thread not in state.get("ancestors", []):
-            return True
-        return any(r.id == item.artifact_id and r.turn == item.turn for r in state.get("media", []))
+    def _live(self, state: SessionState, config: RunnableConfig) -> Callable[[Any], bool]:
+        """A test for memory items: those of this thread (or of the threads it was forked from) count
+        only while their turn is in the thread's media log (not undone, not after the fork); other
+        threads' always do. The log is indexed once per call, not scanned once per item."""
+        own = {self.thread(config), *state.get("ancestors", [])}
+        logged = {(r.id, r.turn) for r in state.get("media", [])}
+        return lambda item: item.thread not in own or (item.artifact_id, item.turn) in logged
 
     # =============================================================================================
     # 1. ingest: the message's media -> ArtifactStore -> MediaRefs; inputs -> memory
@@ -163,6 +172,7 @@ class SessionNodes:
             update["messages"] = [human]
         # Media blocks carrying bytes are stored and replaced by references; the message keeps its
         # id, so the reducer swaps it in place and no later checkpoint holds the bytes.
+        store = self.store(config)  # an artifact:// another tenant stored is unknown here
         content: list[Any] = []
         refs: list[MediaRef] = []
         problems: list[str] = []
@@ -170,7 +180,7 @@ class SessionNodes:
         for block in human.content_blocks:
             if block.get("type") in MEDIA_BLOCK_TYPES:
                 try:
-                    ref = block_ref(block, self.artifacts, turn=turn)
+                    ref = block_ref(block, store, turn=turn)
                 except MediaError as e:
                     problems.append(str(e))
                     changed = True
@@ -248,9 +258,9 @@ class SessionNodes:
         if res.clarification is not None:
             return {"clarification": res.clarification}
         instruction = options.instruction or clean_instruction(text, res.mentions) or text
+        # A medium's caption is what the model reads back from it (persist), never the request's
+        # words, unless the caller names one explicitly.
         caption = options.caption
-        if caption is None and res.task == "generate":
-            caption = generation_caption(text or instruction)
         output = res.output
         if res.task == "generate" and output == "auto":
             output = "image"
@@ -277,6 +287,7 @@ class SessionNodes:
             return {"found": self._recall(state, config, req, options)}
         if self.memory is None or self.settings.context == "window":
             return {"exemplars": []}
+        live = self._live(state, config)
         exemplars: list[Exemplar] = []
         update: dict[str, Any] = {}
         if req.task == "analogy":
@@ -316,7 +327,7 @@ class SessionNodes:
                 tenant, req.instruction, k=4 * self.settings.shots, role="output", modality=modality
             )
             for item in hits:
-                if item.task == "generate" and item.instruction and self._live(state, config, item):
+                if item.task == "generate" and item.instruction and live(item):
                     score = None if item.distance is None else 1.0 - item.distance
                     exemplars.append(
                         Exemplar(kind="shot", refs=(item.ref,), instruction=item.instruction, score=score)
@@ -336,9 +347,10 @@ class SessionNodes:
             found = self.memory.analogous_edits(self.tenant(config), request, source=source, k=k)
         except UnknownReferenceError:  # the source is not remembered: search by the words alone
             found = self.memory.analogous_edits(self.tenant(config), request, k=k)
+        live = self._live(state, config)
         out = []
         for pair in found:
-            if self._live(state, config, pair.source) and self._live(state, config, pair.target):
+            if live(pair.source) and live(pair.target):
                 score = None if pair.distance is None else 1.0 - pair.distance
                 out.append((pair.source, pair.target, score))
         return out
@@ -351,9 +363,10 @@ class SessionNodes:
         hits = self.memory.search(
             self.tenant(config), req.instruction, k=4 * options.k, modality=options.modality
         )
+        live = self._live(state, config)
         out: list[MediaRef] = []
         for item in hits:
-            if self._live(state, config, item) and item.artifact_id not in {r.id for r in out}:
+            if live(item) and item.artifact_id not in {r.id for r in out}:
                 out.append(item.ref)
             if len(out) >= options.k:
                 break
@@ -375,10 +388,15 @@ class SessionNodes:
                     k=self.settings.window_k,
                     budget=budget,
                     count=self.backend.count_tokens,
+                    vocab=self.vocabulary,
                 )
             else:
                 prompt = compose_memory(
-                    req, state.get("exemplars", []), budget=budget, count=self.backend.count_tokens
+                    req,
+                    state.get("exemplars", []),
+                    budget=budget,
+                    count=self.backend.count_tokens,
+                    vocab=self.vocabulary,
                 )
         except PromptTooLongError as e:
             return {"clarification": Clarification(question=f"That request is too long for the model: {e}.")}
@@ -407,6 +425,7 @@ class SessionNodes:
             max_new_tokens=options.max_new_tokens or self.settings.max_new_tokens,
             turn=turn,
             captions=(req.caption,) if req.caption else (),
+            caption_outputs=self.settings.caption_outputs,  # read back in the same call: no second decode
         )
         result = self.backend.generate(request, progress=progress)
         writer({"event": "end", "node": "generate", "turn": turn, "seconds": result.seconds,
@@ -463,13 +482,14 @@ class SessionNodes:
         assert req is not None and result is not None
         if not result.media:
             return {}
+        store = self.store(config)
+        for ref in result.media:  # the backend wrote them; from now on they are this tenant's
+            store.grant(ref)
         sources = list(req.sources)
         parents = tuple(s.id for s in (sources[-1:] if req.task == "analogy" else sources))
         subject = sources[-1 if req.task == "analogy" else 0].subject if sources else None
         records = []
         for ref in result.media:
-            if ref.caption is None and self.settings.caption_outputs:
-                ref = ref.model_copy(update={"caption": self._caption(ref)})
             records.append(
                 MediaRecord(
                     ref=ref,
@@ -486,18 +506,6 @@ class SessionNodes:
             "media": records,
             "result": result.model_copy(update={"media": tuple(r.ref for r in records)}),
         }
-
-    def _caption(self, ref: MediaRef) -> str | None:
-        """The model's own caption of a medium (None unless it reads like words)."""
-        out = self.backend.generate(
-            GenerateRequest(
-                prompt=(PromptTurn(role="user", parts=(ref, _describe_question(ref.modality))),),
-                output="text",
-                max_new_tokens=24,
-            )
-        )
-        text = out.text.strip()
-        return text if len(_CAPTION_RE.findall(text)) >= 2 else None
 
     # =============================================================================================
     # 7. respond: an AIMessage whose media are artifact references
@@ -524,7 +532,7 @@ class SessionNodes:
             meta["rejected"] = True
         else:
             assert req is not None and result is not None
-            text = result.text or (_DONE if result.media else "")
+            text = result.text or (self.vocabulary.reply if result.media else "")
             content = [{"type": "text", "text": text}] if text else []
             content += [ref_block(r) for r in result.media]
             meta.update(task=req.task, artifacts=[r.id for r in result.media])
@@ -561,9 +569,6 @@ class SessionNodes:
     @staticmethod
     def route_after_review(state: SessionState) -> Literal["persist", "discard"]:
         return "persist" if state.get("verdict") == "accepted" else "discard"
-
-
-_DONE = "Here it is."
 
 
 def _accepted(answer: Any) -> bool:

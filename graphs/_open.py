@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from codi2_agent.artifacts import ArtifactStore
-from codi2_agent.backends import Backend, LocalBackend
+from codi2_agent.backends import Backend, as_backend
 
 from ._builder import CHECKPOINT_FILE, build_session_graph
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from codi2_agent.model import CoDi2Model
 
-__all__ = ["SessionParts", "as_backend", "open_session_graph"]
+__all__ = ["SessionParts", "as_backend", "open_session_graph"]  # as_backend: kept importable here
 
 
 @dataclass
@@ -41,17 +41,6 @@ class SessionParts:
         conn = getattr(self.graph.checkpointer, "conn", None)
         if conn is not None:
             conn.close()
-
-
-def as_backend(model: str | Path | CoDi2Model | Backend, artifacts: ArtifactStore) -> Backend:
-    """A `Backend` for a shipped model name, a model folder, a `CoDi2Model` or a backend."""
-    if isinstance(model, Backend):
-        return model
-    if isinstance(model, (str, Path)):
-        from codi2_agent.model import load_model
-
-        model = load_model(model)
-    return LocalBackend(model, artifacts)
 
 
 def open_session_graph(

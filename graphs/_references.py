@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from codi2_agent.data.world import IMAGE_ATTRIBUTES
 from codi2_agent.media import MediaRef, Modality
 
 from ._language import Mention, find_mentions, infer_task, mentioned_modality, needs_source, words
@@ -80,8 +79,12 @@ def _describe(records: Sequence[MediaRecord], limit: int = 4) -> str:
     return "; ".join(shown) if shown else "none yet"
 
 
+# Common English adjectives of colour and size: "the red dog" names a dog, not a red.
 _ADJECTIVES = frozenset(
-    [*IMAGE_ATTRIBUTES["colour"], *IMAGE_ATTRIBUTES["size"], "big", "little", "tiny", "huge", "violet"]
+    (
+        *("red", "green", "blue", "yellow", "purple", "violet", "orange", "pink", "brown", "black"),
+        *("white", "grey", "gray", "small", "large", "big", "little", "tiny", "huge"),
+    )
 )
 
 
@@ -258,10 +261,14 @@ def resolve(
                 return fail(named)
             pair += named[:1]
         if len(pair) == 1:  # only the edited result: its recorded source is the "before"
-            parent = r.by_id.get(pair[0].parents[0]) if pair[0].parents else None
+            # The medium may also have been shown again as an input later (no parents there): the
+            # record of it as an edit's output is the one that knows its source.
+            shown = _recent([x for x in r.everything if x.id == pair[0].id])
+            made = next((x for x in shown if x.parents), pair[0])
+            parent = r.by_id.get(made.parents[0]) if made.parents else None
             if parent is None:
-                return fail(r.question(f"@m:{pair[0].ref.short_id} is not the result of an edit I know of."))
-            pair = [parent, pair[0]]
+                return fail(r.question(f"@m:{made.ref.short_id} is not the result of an edit I know of."))
+            pair = [parent, made]
         res.example = tuple(pair[:2])
 
     # 2. References in the words, in order.

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict
 
 from codi2_agent.backends import GenerateResult, OutputKind, PromptTurn
-from codi2_agent.media import MediaRef, Modality
+from codi2_agent.media import MediaRef, Modality, Task
 
 __all__ = [
     "SERDE_ALLOWLIST",
@@ -30,7 +30,6 @@ __all__ = [
     "TurnOptions",
 ]
 
-Task = Literal["generate", "edit", "analogy", "compose", "describe", "recall"]
 Role = Literal["input", "output"]
 
 

@@ -7,7 +7,12 @@ import os
 import pytest
 from samples import image, tone
 
-from codi2_agent.artifacts import ArtifactNotFoundError, ArtifactStore, InvalidArtifactIdError
+from codi2_agent.artifacts import (
+    ArtifactNotFoundError,
+    ArtifactStore,
+    CorruptArtifactError,
+    InvalidArtifactIdError,
+)
 from codi2_agent.media import CorruptMediaError, Media, Modality
 
 
@@ -78,3 +83,36 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert list(store.ids()) == [kept.id]
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
     assert store.get(kept) == image(6)
+
+
+def test_get_checks_the_file_against_its_id(tmp_path):
+    store = ArtifactStore(tmp_path, cache_size=0)
+    ref = store.put(image(1))
+    other = store.put(image(2))
+    # Swap the bytes of one artifact for another's: same format, valid PNG, wrong content.
+    store.path(ref).write_bytes(store.path(other).read_bytes())
+    with pytest.raises(CorruptArtifactError, match=ref.id[:12]):
+        store.get(ref)
+    assert store.get(other) == image(2)  # the intact artifact still reads
+
+
+def test_decoded_media_are_cached_and_bounded(tmp_path):
+    store = ArtifactStore(tmp_path, cache_size=2)
+    refs = [store.put(image(i)) for i in range(3)]
+    store._cache.clear()
+    assert store.get(refs[0]) == image(0) and store.reads == 1
+    first = store.get(
+        refs[0],
+    )
+    assert store.reads == 1 and first.content_id == refs[0].id  # served from the cache
+    store.get(refs[1])
+    store.get(refs[2])  # evicts refs[0], the least recently used
+    store.get(refs[0])
+    assert store.reads == 4
+    # Captions are per reference, never written into the shared cached medium.
+    assert store.get(refs[0].model_copy(update={"caption": "a"})).caption == "a"
+    assert store.get(refs[0]).caption is None
+    # A deleted artifact is gone even while it is cached.
+    store.delete(refs[0])
+    with pytest.raises(ArtifactNotFoundError):
+        store.get(refs[0])

@@ -36,13 +36,7 @@ COMMAND_TIMEOUT_S = 600
 
 # Failures that come from a known library bug, not from the README: the README shows what a user
 # would write, and the block is expected to pass once the library is fixed (then this entry goes).
-KNOWN_LIBRARY_BUGS = {
-    "is not the result of an edit I know of": (
-        "library bug in codi2_agent.graphs (_references.resolve): `example: {after: '@purple'}` "
-        "resolves @purple to its newest record, the later turn that showed it again as an input "
-        "(no parents), instead of the output the edit made"
-    ),
-}
+KNOWN_LIBRARY_BUGS: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,15 @@ from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, SystemMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables.config import run_in_executor
 from pydantic import Field, PrivateAttr
 
 from codi2_agent.artifacts import ArtifactStore
 from codi2_agent.backends import Backend, GenerateRequest, GenerateResult, PromptTurn
-from codi2_agent.graphs import block_ref, inline_block, ref_block
-from codi2_agent.graphs._blocks import MEDIA_BLOCK_TYPES
-from codi2_agent.media import MediaRef
+from codi2_agent.media import OutputKind
+from codi2_agent.messages import inline_block, prompt_turns, ref_block
 
 __all__ = ["ChatCoDi2"]
 
@@ -97,7 +96,7 @@ class ChatCoDi2(BaseChatModel):
 
     model: Any = Field(default_factory=_default_model)
     artifacts: Any = None
-    output: Literal["auto", "text", "image", "audio"] = "auto"
+    output: OutputKind = "auto"
     media_format: Literal["base64", "artifact"] = "base64"
     seed: int | None = 0
     num_inference_steps: int | None = None
@@ -163,7 +162,7 @@ class ChatCoDi2(BaseChatModel):
         """The backend behind this chat model (loading the model on first use)."""
         with self._lock:
             if self._backend is None:
-                from codi2_agent.graphs import as_backend
+                from codi2_agent.backends import as_backend
 
                 self._backend = as_backend(self.model, self._store())
             return self._backend
@@ -199,31 +198,8 @@ class ChatCoDi2(BaseChatModel):
 
     # --- messages <-> prompt ----------------------------------------------------------------------
     def _prompt(self, messages: Sequence[BaseMessage]) -> list[PromptTurn]:
-        store = self.backend.artifacts
-        turns: list[PromptTurn] = []
-        system: list[str | MediaRef] = []
-        for message in messages:
-            parts: list[str | MediaRef] = []
-            for block in map(dict, message.content_blocks):
-                kind = block.get("type")
-                if kind == "text" and str(block.get("text", "")).strip():
-                    parts.append(str(block["text"]).strip())
-                elif kind in MEDIA_BLOCK_TYPES:
-                    parts.append(block_ref(block, store))  # refuses remote urls; stores inline bytes
-                elif kind not in ("text", "reasoning", "tool_call", "tool_call_chunk"):
-                    raise ValueError(f"ChatCoDi2 reads text, image and audio blocks, not {kind!r}")
-            if isinstance(message, SystemMessage):
-                system += parts  # the model has no system role: it prefixes the first user turn
-                continue
-            if not parts:
-                continue
-            role: Literal["user", "assistant"] = "assistant" if isinstance(message, AIMessage) else "user"
-            if role == "user" and system:
-                parts, system = [*system, *parts], []
-            if turns and turns[-1].role == role:  # merge consecutive messages of one speaker
-                turns[-1] = PromptTurn(role=role, parts=(*turns[-1].parts, *parts))
-            else:
-                turns.append(PromptTurn(role=role, parts=tuple(parts)))
+        # Strict reading: inline bytes are stored, remote urls and unknown block types refused.
+        turns = prompt_turns(messages, self.backend.artifacts)
         if not turns or turns[-1].role != "user":
             raise ValueError("ChatCoDi2 needs the conversation to end with a user message")
         return turns

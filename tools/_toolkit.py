@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.callbacks import CallbackManagerForToolRun
-from langchain_core.messages import HumanMessage
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool, BaseToolkit, ToolException
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from codi2_agent.graphs import TurnOptions, ref_block
-from codi2_agent.graphs._language import _GENERATE
+from codi2_agent.graphs import TurnOptions
 from codi2_agent.media import MediaRef, Modality
+from codi2_agent.messages import ref_block, user_message
 
 from ._access import MediaAccess
 
@@ -111,10 +110,9 @@ class _Runner:
         return ref.uri
 
     def turn(self, text: str, options: TurnOptions, attachments: list[MediaRef]) -> TurnResult:
-        content: list[Any] = [{"type": "text", "text": text}, *(ref_block(r) for r in attachments)]
         with self.lock:
             try:
-                result = self.session.run(HumanMessage(content=content), options)
+                result = self.session.run(user_message(text, attachments), options)
             except ValueError as e:  # bad media or arguments: the agent can fix its call
                 raise ToolException(str(e)) from e
         if result.clarification:
@@ -122,14 +120,14 @@ class _Runner:
         return result
 
 
-def _summary(result: TurnResult, verb: str) -> str:
+def _summary(result: TurnResult, verb: str, reply: str) -> str:
     lines = []
     for ref in result.refs:
         caption = f" showing {ref.caption!r}" if ref.caption else ""
         lines.append(f"{verb} {ref.modality.value} @m:{ref.short_id}{caption} (turn {result.turn}).")
     if result.refs:
         lines.append("Refer to it later by its @m: id.")
-    if result.text and result.text != "Here it is.":
+    if result.text and result.text != reply:  # the model's plain "Here it is." says nothing new
         lines.insert(0, f"CoDi-2 says: {result.text}")
     return " ".join(lines) or "CoDi-2 returned nothing."
 
@@ -146,7 +144,8 @@ class _CoDi2Tool(BaseTool):
 
     def _answer(self, result: TurnResult, verb: str) -> tuple[str, list[dict[str, Any]]]:
         # The artifact carries references, not bytes: agents checkpoint their messages too.
-        return _summary(result, verb), [ref_block(r) for r in result.refs]
+        reply = self.runner.session.backend.vocabulary.reply
+        return _summary(result, verb, reply), [ref_block(r) for r in result.refs]
 
     async def _arun(self, *args: Any, run_manager: Any = None, **kwargs: Any) -> Any:
         # The model is CPU-bound and the checkpointer may be sync-only (SQLite): run in a worker thread.
@@ -171,12 +170,9 @@ class CoDi2GenerateTool(_CoDi2Tool):
         seed: int | None = None,
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str, list[dict[str, Any]]]:
-        # The model learned requests such as "draw …" / "play …"; add the verb when it is missing.
-        text = prompt.strip()
-        if not _GENERATE.search(text):
-            text = f"{'draw' if modality == 'image' else 'play'} {text}"
-        options = TurnOptions(task="generate", output=modality, seed=seed, caption=prompt.strip())
-        return self._answer(self.runner.turn(text, options, []), "Made")
+        # The graph phrases the request as the model learned it ("draw …" / "play …").
+        options = TurnOptions(task="generate", output=modality, seed=seed)
+        return self._answer(self.runner.turn(prompt.strip(), options, []), "Made")
 
 
 class CoDi2EditTool(_CoDi2Tool):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,7 @@ __all__ = [
     "edit_instructions",
     "parse_change",
     "pick",
+    "tiny_vocabulary",
 ]
 
 # Short assistant answers that accompany produced media: the media is the answer.
@@ -305,3 +307,12 @@ def _corpus_lines() -> Iterator[str]:
     yield from REPLIES
     yield from (p for ps in AMBIENCE_PHRASES.values() for p in ps)
     yield from (ambience_phrase(a) for a in AMBIENCE_PHRASES)
+
+
+def tiny_vocabulary() -> dict[str, Any]:
+    """The tiny world's vocabulary as saved in a model's config: its attribute words, the first
+    phrasing of each prompt the session graph composes, and the reply that accompanies media."""
+    from codi2_agent.model.vocabulary import PROMPT_NAMES, Vocabulary
+
+    prompts = {name: PROMPTS[name][0] for name in PROMPT_NAMES}
+    return Vocabulary(attributes=ATTRIBUTES, prompts=prompts, reply=REPLIES[0]).to_dict()

@@ -19,6 +19,7 @@ from codi2_agent.model.modeling_codi2 import (
 )
 from codi2_agent.model.placement import FLOAT32_BUFFERS, DeviceUnavailableError, Placement
 from codi2_agent.model.processing_codi2 import IGNORE_INDEX, CoDi2Processor, Turn, build_tokenizer
+from codi2_agent.model.vocabulary import Vocabulary
 
 __all__ = [
     "FLOAT32_BUFFERS",
@@ -36,6 +37,7 @@ __all__ = [
     "PlaceholderMismatchError",
     "Placement",
     "Turn",
+    "Vocabulary",
     "WeightsNotFoundError",
     "assemble_paper_model",
     "build_tokenizer",

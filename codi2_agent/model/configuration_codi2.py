@@ -72,6 +72,8 @@ class CoDi2Config:
     diffusion_loss_weight: float = 1.0
     diffusion_loss_into_lm: bool = False  # condition L_DM on c_MLLM (paper) instead of C_x(target)
     max_length: int = 1024
+    # What the model can talk about (see `codi2_agent.model.vocabulary`); {} = open vocabulary.
+    vocabulary: dict[str, Any] = field(default_factory=dict)
 
     # --- presets ----------------------------------------------------------------------------------
     @classmethod

@@ -15,15 +15,16 @@ On-disk layout (both presets; the same loading code):
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from codi2_agent.media import Media, MediaError, Modality
+from codi2_agent.media import Media, MediaError, Modality, OutputKind
 from codi2_agent.model.configuration_codi2 import CONFIG_NAME, CoDi2Config
 from codi2_agent.model.decoders import MediaDecoder, ProgressCallback, TinyDiffusionDecoder
 from codi2_agent.model.encoders import MediaEncoder, build_encoder
@@ -38,6 +39,7 @@ from codi2_agent.model.processing_codi2 import (
     Turn,
     build_tokenizer,
 )
+from codi2_agent.model.vocabulary import Vocabulary
 
 __all__ = [
     "MAX_REPLY_TOKENS",
@@ -54,7 +56,9 @@ MODALITIES = (Modality.IMAGE, Modality.AUDIO)
 # Text allowed before a forced medium's marker: replies in the tiny world are under 20 tokens, and an
 # untrained model that never writes the marker must not spend `max_new_tokens` LM steps first.
 MAX_REPLY_TOKENS = 32
-OutputKind = Literal["auto", "text", "image", "audio"]
+# Encoder features (C_x) kept per stored medium: a turn reads each medium several times (memory,
+# prompt, caption), and at paper scale one C_x is a CLIP/CLAP forward pass.
+FEATURE_CACHE_SIZE = 64
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -108,6 +112,7 @@ class GenerationOutput:
     media: list[Media] = field(default_factory=list)
     features: torch.Tensor | None = None  # (K, D) c_MLLM of the generated medium
     modality: Modality = Modality.TEXT
+    media_features: list[torch.Tensor] = field(default_factory=list)  # (K, D) C_x of each medium, if asked
 
     @property
     def image(self) -> Media | None:
@@ -160,6 +165,18 @@ class CoDi2Model(nn.Module):
             max_length=config.max_length,
         )
         self._ids = {t: self.processor.token_id(t) for t in SPECIAL_TOKENS}
+        self._feature_cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self.encoder_calls = 0  # media run through an encoder at inference (tests and benchmarks count it)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The words and prompt shapes this model was trained on (from its config)."""
+        return Vocabulary.from_dict(self.config.vocabulary)
+
+    def train(self, mode: bool = True) -> CoDi2Model:
+        if mode:  # features cached at inference go stale as soon as weights move
+            self._feature_cache.clear()
+        return super().train(mode)
 
     # --- construction -----------------------------------------------------------------------------
     @classmethod
@@ -210,12 +227,58 @@ class CoDi2Model(nn.Module):
         """C_x: processor tensors -> (B, K, D) features."""
         return self.encoder(modality)(values)
 
-    def embed(self, input_ids: torch.Tensor, media_values: dict[Modality, torch.Tensor]) -> torch.Tensor:
-        """Token embeddings with projected media features written into their placeholders."""
+    @torch.no_grad()
+    def media_features(self, modality: Modality | str, media: Sequence[Media]) -> torch.Tensor:
+        """C_x of decoded media at inference: (N, K, D), each medium encoded at most once.
+
+        Media that came from an `ArtifactStore` carry their `content_id`; their features are kept in
+        a small LRU, so the memory's embedding, the prompt and a caption share one encoder pass.
+        """
+        modality = Modality.parse(modality)
+        device = self.lm.get_input_embeddings().weight.device
+        out: list[torch.Tensor | None] = []
+        for m in media:
+            key = (modality.value, m.content_id) if m.content_id else None
+            cached = self._feature_cache.get(key) if key is not None and not self.training else None
+            if cached is not None:
+                self._feature_cache.move_to_end(key)  # type: ignore[arg-type]
+            out.append(cached)
+        missing = [i for i, f in enumerate(out) if f is None]
+        if missing:
+            values = self.processor.media_tensor(modality, [media[i] for i in missing]).to(device)
+            feats = self.encode_media(modality, values)  # (M, K, D)
+            self.encoder_calls += len(missing)
+            for i, feat in zip(missing, feats, strict=True):
+                out[i] = feat
+                self.cache_features(modality, media[i], feat)
+        return torch.stack(cast(list[torch.Tensor], out))
+
+    def cache_features(self, modality: Modality | str, media: Media, features: torch.Tensor) -> None:
+        """Remember C_x (K, D) of a stored medium (one with a `content_id`) for later reads."""
+        if media.content_id is None or self.training:
+            return
+        self._feature_cache[(Modality.parse(modality).value, media.content_id)] = features.detach()
+        while len(self._feature_cache) > FEATURE_CACHE_SIZE:
+            self._feature_cache.popitem(last=False)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        media_values: dict[Modality, torch.Tensor] | None = None,
+        *,
+        media_features: dict[Modality, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with projected media features written into their placeholders.
+
+        Media come as processor tensors (`media_values`, encoded here) or as ready C_x features
+        (`media_features`, (N, K, D) per modality, e.g. from `media_features`).
+        """
+        media_values = media_values or {}
+        media_features = media_features or {}
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
         for modality in MODALITIES:
             mask = input_ids == self._ids[PLACEHOLDER[modality]]  # (B, T)
-            values = media_values.get(modality)
+            values = media_features.get(modality, media_values.get(modality))
             n_media = 0 if values is None else values.shape[0]
             expected = n_media * self.config.num_media_tokens
             if int(mask.sum()) != expected:
@@ -226,7 +289,7 @@ class CoDi2Model(nn.Module):
                 )
             if values is None or n_media == 0:
                 continue
-            feats = self.encode_media(modality, values)  # (N, K, D)
+            feats = values if modality in media_features else self.encode_media(modality, values)  # (N, K, D)
             proj = self.projectors[modality.value](feats.flatten(1))  # (N, T_m * H)
             proj = proj.reshape(-1, embeds.shape[-1]).to(embeds.dtype)  # (N * T_m, H)
             embeds = embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), proj)
@@ -319,6 +382,7 @@ class CoDi2Model(nn.Module):
         guidance_scale: float | None = None,
         max_new_tokens: int = 64,
         callback: ProgressCallback | None = None,
+        return_media_features: bool = False,
     ) -> GenerationOutput:
         """Answer an interleaved prompt (or a conversation of turns) with text and/or media.
 
@@ -327,6 +391,7 @@ class CoDi2Model(nn.Module):
         `"audio"` make the answer end in that medium: the model's reply text comes first (at most
         `MAX_REPLY_TOKENS`), then the marker, forced if the model does not write it. Decoding is
         greedy; `seed` fixes the diffusion noise, so equal inputs and seed give equal outputs.
+        `return_media_features` also encodes each produced medium once (C_x, for memory and captions).
 
         Example:
             >>> model = CoDi2Model.from_config(CoDi2Config.tiny(), seed=0)
@@ -340,11 +405,11 @@ class CoDi2Model(nn.Module):
         self.eval()
         device = self.lm.get_input_embeddings().weight.device
         enc = self.processor.encode(self._turns(inputs))
-        values = {m: self.processor.media_tensor(m, media).to(device) for m, media in enc.input_media.items()}
+        feats = {m: self.media_features(m, media) for m, media in enc.input_media.items()}
         ids = enc.input_ids[None].to(device)  # (1, T)
         # 2. Read the prompt
         target: Modality | None = None if kind in ("auto", "text") else Modality(kind)
-        out = self.lm(inputs_embeds=self.embed(ids, values), use_cache=True)
+        out = self.lm(inputs_embeds=self.embed(ids, media_features=feats), use_cache=True)
         past, logits = out.cache, out.logits[:, -1].float()  # greedy choice in fp32: no bf16 ties
         # 3. Decode text greedily until </s> or a generation marker. A forced modality keeps the answer's
         #    text (a reply that may state what the medium will be, e.g. the edit an analogy implies) but
@@ -395,7 +460,15 @@ class CoDi2Model(nn.Module):
             callback=callback,
             prompt=text or None,
         )
-        return GenerationOutput(text=text, media=media, features=c_mllm[0], modality=target)
+        # 6. C_x of the result, once: what the memory stores and a caption reads
+        media_features: list[torch.Tensor] = []
+        if return_media_features:
+            values = self.processor.media_tensor(target, media).to(device)
+            media_features = list(self.encode_media(target, values))  # N x (K, D)
+            self.encoder_calls += len(media)
+        return GenerationOutput(
+            text=text, media=media, features=c_mllm[0], modality=target, media_features=media_features
+        )
 
     def _banned_ids(self, allowed_markers: Sequence[Modality]) -> list[int]:
         banned = [self._ids[t] for t in (*PLACEHOLDER.values(), *GEN.values())]
@@ -410,8 +483,7 @@ class CoDi2Model(nn.Module):
         for m in media:
             if m.modality is Modality.TEXT:
                 raise MediaError("embed_media takes images and audio; use embed_text for text")
-            values = self.processor.media_tensor(m.modality, [m])
-            out.append(self.encode_media(m.modality, values).mean(dim=1)[0])
+            out.append(self.media_features(m.modality, [m]).mean(dim=1)[0])
         return torch.stack(out)
 
     @torch.no_grad()

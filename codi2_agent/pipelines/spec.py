@@ -23,8 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from codi2_agent.graphs import Task
-from codi2_agent.media import OutputKind
+from codi2_agent.media import OutputKind, Task
 
 __all__ = [
     "SESSION_DIR",

@@ -234,7 +234,7 @@ def _train_lm(
 def _build_model(recipe: TinyRecipe, workdir: Path) -> CoDi2Model:
     from transformers import AutoTokenizer
 
-    from codi2_agent.data.phrasing import corpus
+    from codi2_agent.data.phrasing import corpus, tiny_vocabulary
 
     tok_dir = workdir / "tokenizer"
     if tok_dir.is_dir():
@@ -242,7 +242,8 @@ def _build_model(recipe: TinyRecipe, workdir: Path) -> CoDi2Model:
     else:
         tokenizer = build_tokenizer(corpus(), vocab_size=recipe.vocab_size)
         tokenizer.save_pretrained(tok_dir)
-    return CoDi2Model.from_config(CoDi2Config.tiny(), tokenizer, seed=recipe.seed)
+    config = CoDi2Config.tiny(vocabulary=tiny_vocabulary())
+    return CoDi2Model.from_config(config, tokenizer, seed=recipe.seed)
 
 
 def _restore_done(model: CoDi2Model, workdir: Path) -> None:

@@ -17,7 +17,6 @@ from codi2_agent.data import world
 from codi2_agent.pipelines import (
     PipelineBusyError,
     PipelineError,
-    PipelineRunError,
     load_pipeline,
     parse_pipeline,
     run_pipeline,
@@ -336,13 +335,6 @@ turns:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=PipelineRunError,
-    reason="graphs/_references.py: `_Resolver.explicit` returns the newest record of an id, here the "
-    "turn-3 input that showed @purple again (no parents), so `resolve` finds no edit behind "
-    "example=(after,)",
-)
 def test_an_example_edit_shown_again_still_finds_its_source(model: Any, tmp_path: Path) -> None:
     path = write(tmp_path, README_LIKE, inputs=1)
     report = run_pipeline(load_pipeline(path), tmp_path / "out", model=model, diffusion_steps=2)

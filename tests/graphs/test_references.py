@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from codi2_agent.graphs import MediaRecord, resolve
-from codi2_agent.graphs._language import clean_instruction, find_mentions, generation_caption, infer_task
+from codi2_agent.graphs._language import clean_instruction, find_mentions, infer_task
 from codi2_agent.media import MediaRef, Modality
 
 
@@ -148,13 +148,8 @@ def test_infer_task(text: str, task: str, output: str) -> None:
     assert infer_task(text, has_source=False) == (task, output)
 
 
-def test_instruction_and_caption_cleanup() -> None:
+def test_instruction_cleanup() -> None:
     text = "go back to the star from turn 3 and make it green"
     assert clean_instruction(text, find_mentions(text)) == "make it green"
     text = "make @m:ab12cd34 bigger"
     assert clean_instruction(text, find_mentions(text)) == "make it bigger"
-    assert generation_caption("draw a small red star in the snow") == "a small red star in the snow"
-    assert generation_caption("generate an image of a big blue cross") == "a big blue cross"
-    assert (
-        generation_caption("make it blue") is None or generation_caption("make it blue") != "a big blue cross"
-    )
