@@ -25,7 +25,13 @@ Invoke:
 from __future__ import annotations
 
 from ._builder import CHECKPOINT_FILE, DEFAULT_RETRY, build_session_graph, is_transient
-from ._checkpoint import allowlist, register_types, session_serializer, sqlite_checkpointer
+from ._checkpoint import (
+    CorruptCheckpointError,
+    allowlist,
+    register_types,
+    session_serializer,
+    sqlite_checkpointer,
+)
 from ._open import SessionParts, as_backend, open_session_graph
 from ._prompt import ContextPolicy, PromptTooLongError
 from ._references import Resolution, resolve
@@ -59,6 +65,7 @@ __all__ = [
     "SERDE_ALLOWLIST",
     "Clarification",
     "ContextPolicy",
+    "CorruptCheckpointError",
     "Exemplar",
     "MediaRecord",
     "PromptTooLongError",
