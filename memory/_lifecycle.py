@@ -7,7 +7,9 @@ methods only; `records` here is what an export reads.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import numbers
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,13 +24,18 @@ from ._lookups import Lookups
 __all__ = [
     "CompactReport",
     "compact",
+    "forget_items",
     "forget_tenant",
     "forget_thread",
     "opt_in_shared",
     "reads_shared",
+    "reconcile_thread",
     "records",
     "shared_opt_in",
 ]
+
+_ITEM_ID = re.compile(r"^[0-9a-f]{32}$")
+_ARTIFACT_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass
@@ -90,6 +97,58 @@ def forget_thread(collections: Collections, tenant: str, thread: str) -> int:
             return deleted
         col.delete(ids=ids)
         deleted += len(ids)
+
+
+def forget_items(collections: Collections, tenant: str, item_ids: Iterable[str]) -> int:
+    """Delete these items of `tenant` (ids of other tenants match nothing); returns how many existed."""
+    check_tenant(tenant)
+    if isinstance(item_ids, (str, bytes)):
+        raise TypeError("forget_items takes a list of item ids, not one id")
+    ids = list(dict.fromkeys(item_ids))
+    bad = [i for i in ids if not isinstance(i, str) or not _ITEM_ID.match(i)]
+    if bad:
+        raise ValueError(f"not an item id (32 hex digits): {bad[:3]!r}")
+    col = collections.open(tenant)
+    if col is None:
+        return 0
+    deleted = 0
+    for start in range(0, len(ids), collections.batch):
+        present = col.get(ids=ids[start : start + collections.batch], include=[])["ids"]
+        if present:  # only what exists, so a repeated call reports 0
+            col.delete(ids=present)
+            deleted += len(present)
+    return deleted
+
+
+def reconcile_thread(
+    collections: Collections, lookups: Lookups, tenant: str, thread: str, keep: Iterable[tuple[str, int]]
+) -> int:
+    """Delete `thread`'s items whose (artifact id, turn) is not in `keep`; returns how many.
+
+    An item whose metadata is too damaged to name its place cannot be in `keep`, so it goes too.
+    """
+    check_tenant(tenant)
+    if not isinstance(thread, str) or not thread:
+        raise ValueError(f"thread must be a non-empty string, got {thread!r}")
+    wanted = {_place(entry) for entry in keep}
+    doomed = [
+        rid
+        for rid, meta in lookups.scan_raw(tenant, {"thread": thread})
+        if (meta.get("artifact_id"), meta.get("turn")) not in wanted
+    ]
+    return forget_items(collections, tenant, doomed)
+
+
+def _place(entry: object) -> tuple[str, int]:
+    """One (artifact id, turn) of `reconcile_thread`'s keep, checked."""
+    if not isinstance(entry, tuple) or len(entry) != 2:
+        raise TypeError(f"keep holds (artifact id, turn) pairs, got {entry!r}")
+    artifact_id, turn = entry
+    if not isinstance(artifact_id, str) or not _ARTIFACT_ID.match(artifact_id):
+        raise ValueError(f"keep: {artifact_id!r} is not an artifact id (64 hex digits)")
+    if isinstance(turn, bool) or not isinstance(turn, numbers.Integral):
+        raise TypeError(f"keep: the turn of {artifact_id[:12]} must be an int, got {turn!r}")
+    return artifact_id, int(turn)
 
 
 def forget_tenant(collections: Collections, tenant: str) -> int:

@@ -2,8 +2,10 @@
 
 The graph keeps its own thread's media log and resolves "the last image" or "turn 3" from it; it
 asks a memory only for what needs vectors or crosses threads: similarity search, analogous edits,
-explicit references (``@m:`` prefixes, artifact ids) and writing a turn's media. `ExemplarMemory`
-implements this; another store (a test double, a remote service) can too.
+explicit references (``@m:`` prefixes, artifact ids) and writing a turn's media. A thread reopened
+after a crash trims the memory back to its log (`reconcile_thread`), since the memory write and the
+checkpoint are two stores. `ExemplarMemory` implements this; another store (a test double, a remote
+service) can too.
 
 Example:
     >>> class NoMemory:  # a class without `analogous_edits`, `search`, ... is not a Memory
@@ -14,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -65,6 +67,11 @@ class Memory(Protocol):
         vectors: np.ndarray | None = None,
     ) -> list[MemoryItem]:
         """Remember a batch of media (embedding `media`, or taking precomputed `vectors`)."""
+        ...
+
+    def reconcile_thread(self, tenant: str, thread: str, keep: Iterable[tuple[str, int]]) -> int:
+        """Delete `thread`'s items whose (artifact id, turn) is not in `keep` (the thread's media log);
+        returns how many."""
         ...
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ The memory answers what needs vectors or crosses threads. Thread-local lookups (
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -326,6 +326,25 @@ class ExemplarMemory:
     def forget_thread(self, tenant: str, thread: str) -> int:
         """Delete every item of `thread`; returns how many. Artifacts stay (other items may share them)."""
         return _lifecycle.forget_thread(self._collections, tenant, thread)
+
+    def forget_items(self, tenant: str, item_ids: Iterable[str]) -> int:
+        """Delete these items of `tenant`; returns how many existed (so a repeated call returns 0).
+
+        Ids of another tenant's items match nothing here: each tenant's items live in its own
+        collection. Raises `ValueError` for a string that is not an item id (see `item_id`).
+        """
+        return _lifecycle.forget_items(self._collections, tenant, item_ids)
+
+    def reconcile_thread(self, tenant: str, thread: str, keep: Iterable[tuple[str, int]]) -> int:
+        """Trim `thread`'s items to the media its log holds; returns how many were deleted.
+
+        `keep` is the (artifact id, turn) of every medium in the thread's log, e.g.
+        ``{(r.id, r.turn) for r in state["media"]}``: an item at a place not in it was written by a
+        process that died before its checkpoint (docs/architecture.md §11), and recall from another
+        thread would otherwise return it. Other threads and tenants are untouched; running it twice
+        deletes nothing the second time. Call it while holding the thread's writer lock.
+        """
+        return _lifecycle.reconcile_thread(self._collections, self._lookups, tenant, thread, keep)
 
     def forget_tenant(self, tenant: str) -> int:
         """Delete a tenant's whole memory (its collection); returns how many items it held."""

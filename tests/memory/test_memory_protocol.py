@@ -11,7 +11,10 @@ import pytest
 
 from codi2_agent.memory import ExemplarMemory, HashingEmbedder, Memory
 
-METHODS = ("add_many", "analogous_edits", "close", "reference", "search")
+METHODS = ("add_many", "analogous_edits", "close", "reconcile_thread", "reference", "search")
+# Called by the graph's nodes; the rest by the graph's owner (close) and by a thread reopened after a
+# crash (reconcile_thread).
+GRAPH_CALLS = ("add_many", "analogous_edits", "reference", "search")
 
 
 def _protocol_members() -> set[str]:
@@ -20,12 +23,14 @@ def _protocol_members() -> set[str]:
 
 def test_the_protocol_names_exactly_what_the_graph_calls():
     assert _protocol_members() == set(METHODS)
-    # The graph's nodes call these on their memory (and `close` comes from the graph's owner).
     spec = importlib.util.find_spec("codi2_agent.graphs._nodes")
     assert spec is not None and spec.origin is not None
     called = set(re.findall(r"self\.memory\.(\w+)\(", Path(spec.origin).read_text(encoding="utf-8")))
     assert called, "graphs/_nodes.py no longer calls its memory as self.memory.<method>(...)"
     assert called <= set(METHODS), f"the graph calls {sorted(called - set(METHODS))}, missing from Memory"
+    assert set(GRAPH_CALLS) <= called, (
+        f"Memory names {sorted(set(GRAPH_CALLS) - called)} the graph no longer calls"
+    )
 
 
 def test_exemplar_memory_is_a_memory(tmp_path):
@@ -61,6 +66,9 @@ class _Complete:
 
     def add_many(self, tenant, entries, *, media=None, vectors=None):
         return []
+
+    def reconcile_thread(self, tenant, thread, keep):
+        return 0
 
     def close(self):
         return None
