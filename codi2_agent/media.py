@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -35,12 +38,15 @@ __all__ = [
     "Media",
     "MediaError",
     "MediaLimits",
+    "MediaNotFoundError",
+    "MediaPathError",
     "MediaRef",
     "MediaTooLargeError",
     "Modality",
     "OutputKind",
     "SampleRateError",
     "Task",
+    "UnknownLengthError",
     "UnsupportedFormatError",
 ]
 
@@ -84,7 +90,19 @@ class EmptyMediaError(MediaError):
 
 
 class MediaTooLargeError(MediaError):
-    """Too many bytes, pixels or seconds."""
+    """Too many bytes, pixels, channels or seconds."""
+
+
+class UnknownLengthError(MediaTooLargeError):
+    """Audio whose header gives no usable length, so it cannot be held to the duration limit."""
+
+
+class MediaPathError(MediaError):
+    """A path that names no readable media file: a NUL byte, too long, a folder, a pipe, unreadable."""
+
+
+class MediaNotFoundError(MediaPathError, FileNotFoundError):
+    """No file at the path (also a `FileNotFoundError`)."""
 
 
 class SampleRateError(MediaError):
@@ -102,6 +120,7 @@ class MediaLimits:
     max_bytes: int = 25 * 1024 * 1024  # raw encoded size
     max_pixels: int = 4096 * 4096  # PIL's own bomb check fires at 2x its limit; we refuse earlier
     max_duration_s: float = 60.0
+    max_channels: int = 8  # FLAC's own maximum; decoding cost grows with channels x frames
     min_sample_rate: int = 4000
     max_sample_rate: int = 192_000
     image_formats: frozenset[str] = field(
@@ -205,14 +224,26 @@ class Media:
         *,
         caption: str | None = None,
         limits: MediaLimits = DEFAULT_LIMITS,
+        channel_axis: int | None = None,
     ) -> Media:
-        """Mono float32 audio. Stereo (C, N) or (N, C) input is averaged to mono."""
+        """Mono float32 audio; multichannel (C, N) or (N, C) input is averaged to mono.
+
+        Args:
+            channel_axis: the axis of a 2-D `waveform` that holds the channels (soundfile's
+                ``(frames, channels)`` is 1). None takes the shorter axis, which is right for any
+                clip with more samples than channels; give it when a clip may be shorter than that.
+        """
         _check_sample_rate(sample_rate, limits)
         wav = np.asarray(waveform)
-        if wav.ndim == 2:  # average channels; the short axis is the channel axis
-            wav = wav.mean(axis=0 if wav.shape[0] < wav.shape[1] else 1)
-        if wav.ndim != 1 or wav.size == 0:
-            raise MediaError(f"audio must be a non-empty 1-D (or 2-D multichannel) array, got {wav.shape}")
+        if wav.size == 0:  # before averaging: the mean of nothing is NaN, which would misname it
+            raise EmptyMediaError(f"audio has no samples (shape {wav.shape})")
+        if wav.ndim == 2:
+            axis = channel_axis if channel_axis is not None else int(wav.shape[0] >= wav.shape[1])
+            if axis not in (0, 1):
+                raise MediaError(f"channel_axis must be 0 or 1 for a 2-D waveform, got {channel_axis}")
+            wav = wav.mean(axis=axis)
+        if wav.ndim != 1:
+            raise MediaError(f"audio must be a 1-D (or 2-D multichannel) array, got {wav.shape}")
         if np.issubdtype(wav.dtype, np.integer):
             wav = wav.astype(np.float32) / float(np.iinfo(wav.dtype).max)
         wav = wav.astype(np.float32, copy=False)
@@ -232,20 +263,20 @@ class Media:
         *,
         limits: MediaLimits = DEFAULT_LIMITS,
         caption: str | None = None,
+        name: str | None = None,
     ) -> Media:
-        """Decode an image or audio file (path or raw bytes), validating format and size."""
+        """Decode an image or audio file (path or raw bytes), validating format and size.
+
+        A path is opened once and read from that descriptor; it must be a regular file (a folder,
+        pipe or device is a `MediaPathError`, a missing file a `MediaNotFoundError`). `name` is
+        what error messages call raw bytes (default ``"media bytes"``).
+        """
         if isinstance(source, (str, Path)):
-            path = Path(source)
-            if not path.is_file():
-                raise FileNotFoundError(f"no media file at {path}")
-            size = path.stat().st_size
-            if size > limits.max_bytes:
-                raise MediaTooLargeError(f"{path} is {size} bytes; the limit is {limits.max_bytes}")
-            data = path.read_bytes()
-            where = str(path)
+            where = shorten(str(source))
+            data = read_media_file(source, limits.max_bytes)
         elif isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
-            where = "media bytes"
+            where = name or "media bytes"
         else:
             raise TypeError(f"Media.open takes a path or bytes, not {type(source).__name__}")
         if not data:  # said plainly: sniffing would call it an unsupported format
@@ -464,6 +495,11 @@ def _decode_image(data: bytes, limits: MediaLimits, where: str, caption: str | N
     return Media(Modality.IMAGE, image=img.convert("RGB"), caption=caption)
 
 
+# libsndfile reports SF_COUNT_MAX frames when a header has no length (e.g. a FLAC STREAMINFO
+# total of 0); no real header field comes near this, so anything past it is "unknown".
+_UNKNOWN_FRAMES = 2**62
+
+
 def _decode_audio(data: bytes, limits: MediaLimits, where: str, caption: str | None) -> Media:
     import soundfile as sf
 
@@ -471,14 +507,152 @@ def _decode_audio(data: bytes, limits: MediaLimits, where: str, caption: str | N
         info = sf.info(io.BytesIO(data))
         if info.format not in limits.audio_formats:
             raise UnsupportedFormatError(f"{where}: audio format {info.format} is not accepted")
-        if info.frames / max(info.samplerate, 1) > limits.max_duration_s:
-            raise MediaTooLargeError(
-                f"{where}: {info.frames / info.samplerate:.1f} s of audio; "
-                f"the limit is {limits.max_duration_s:.0f} s"
-            )
+        _check_audio_header(info.frames, info.channels, info.samplerate, limits, where)
         wav, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except MediaError:
         raise
     except (RuntimeError, sf.LibsndfileError, ValueError) as e:
         raise CorruptMediaError(f"{where}: corrupt or truncated audio ({e})") from None
-    return Media.from_audio(wav.T, int(sr), caption=caption, limits=limits)
+    if wav.shape[0] == 0:
+        raise EmptyMediaError(f"{where}: the audio has no samples (0 frames)")
+    # soundfile gives (frames, channels): average over that axis, never guess it from the shape.
+    return Media.from_audio(wav, int(sr), caption=caption, limits=limits, channel_axis=1)
+
+
+def _check_audio_header(
+    frames: int, channels: int, sample_rate: int, limits: MediaLimits, where: str
+) -> None:
+    """Refuse audio by its header, before a sample is decoded (decoding cost is frames x channels)."""
+    cap = limits.max_duration_s
+    _check_sample_rate(sample_rate, limits)
+    if not 1 <= channels <= limits.max_channels:
+        raise MediaTooLargeError(f"{where}: {channels} audio channels; the limit is {limits.max_channels}")
+    if frames < 0 or frames >= _UNKNOWN_FRAMES:
+        raise UnknownLengthError(
+            f"{where}: the audio's header gives no usable length ({frames} frames), so it cannot be "
+            f"held to the limit of {cap:.0f} s; write it with its length (e.g. re-encode the file)"
+        )
+    if frames == 0:
+        raise EmptyMediaError(f"{where}: the audio has no samples (0 frames)")
+    if frames / sample_rate > cap:
+        raise MediaTooLargeError(f"{where}: {frames / sample_rate:.1f} s of audio; the limit is {cap:.0f} s")
+
+
+# --- reading files --------------------------------------------------------------------------------
+NAME_MAX = 255  # bytes in one file name (Linux, macOS and most file systems)
+PATH_MAX = 4096  # bytes in a whole path (Linux)
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)  # a named pipe swapped in after the check must not block the reader
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+def shorten(text: str, keep: int = 120) -> str:
+    """`text` cut in the middle to at most about `keep` characters (over-long paths in messages)."""
+    return text if len(text) <= keep else f"{text[: keep // 2]}…{text[-keep // 2 :]}"
+
+
+def file_kind(mode: int) -> str:
+    """What a `stat` mode names, in words: "a regular file", "a folder", "a named pipe (FIFO)", …"""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((words for test, words in _KINDS if test(mode)), "not a regular file")
+
+
+def check_path_text(path: str) -> bytes:
+    """The file-system bytes of `path`, if any file could have that name; `MediaPathError` otherwise.
+
+    Said before touching the disk, so the error names the problem instead of an errno.
+    """
+    where = repr(shorten(path))
+    if "\x00" in path:
+        raise MediaPathError(f"{where} contains a NUL byte, which no file name can hold")
+    try:
+        encoded = os.fsencode(path)
+    except UnicodeError:
+        raise MediaPathError(f"{where} cannot be encoded as a file name on this system") from None
+    if len(encoded) > PATH_MAX:
+        raise MediaPathError(f"the path {where} is {len(encoded)} bytes; the limit is {PATH_MAX} bytes")
+    longest = max(encoded.split(os.fsencode(os.sep)), key=len)
+    if len(longest) > NAME_MAX:
+        raise MediaPathError(
+            f"a file name in {where} is {len(longest)} bytes; the limit is {NAME_MAX} bytes per name"
+        )
+    return encoded
+
+
+def path_error(where: str, error: OSError) -> MediaPathError:
+    """An `OSError` from opening or reading `where`, as a `MediaPathError` that says what happened."""
+    if error.errno == errno.ENOENT:
+        return MediaNotFoundError(f"no media file at {where}")
+    problem = {
+        errno.ELOOP: "is a symlink loop (or a link that changed while it was opened)",
+        errno.EACCES: "cannot be read: permission denied",
+        errno.EPERM: "cannot be read: permission denied",
+        errno.ENOTDIR: "has a part that is not a folder",
+        errno.ENAMETOOLONG: f"is too long (names up to {NAME_MAX} bytes, paths up to {PATH_MAX})",
+        errno.EISDIR: "is a folder, not a media file",
+    }.get(error.errno or 0, f"cannot be read ({error.strerror or error})")
+    return MediaPathError(f"{where} {problem}")
+
+
+def read_open_file(fd: int, max_bytes: int, where: str) -> bytes:
+    """The bytes of the regular file open at `fd`, at most `max_bytes`, read from that descriptor.
+
+    Raises:
+        MediaPathError: the descriptor is a folder, pipe, device or socket.
+        MediaTooLargeError: the file holds (or grows to) more than `max_bytes`.
+        OSError: the read itself failed.
+    """
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise MediaPathError(f"{where} is {file_kind(info.st_mode)}, not a media file")
+    if info.st_size > max_bytes:
+        raise MediaTooLargeError(f"{where} is {info.st_size} bytes; the limit is {max_bytes}")
+    chunks, total = [], 0
+    while total <= max_bytes:  # the size can change after fstat: never read more than the cap + 1
+        chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > max_bytes:
+        raise MediaTooLargeError(f"{where} grew past {max_bytes} bytes while it was read")
+    return b"".join(chunks)
+
+
+def read_media_file(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of the media file at `path`: opened once, checked and read from that descriptor.
+
+    Raises:
+        MediaPathError: a bad path (NUL byte, too long), a folder, pipe or device, permission denied.
+        MediaNotFoundError: nothing at `path`.
+        MediaTooLargeError: more than `max_bytes`.
+    """
+    where = shorten(str(path))
+    encoded = check_path_text(str(path))
+    try:
+        # Refuse a device before opening it (opening some has side effects); fstat re-checks after.
+        kind = os.stat(encoded).st_mode
+        if not stat.S_ISREG(kind):
+            raise MediaPathError(f"{where} is {file_kind(kind)}, not a media file")
+        fd = os.open(encoded, _OPEN_FLAGS)
+    except OSError as e:
+        raise path_error(where, e) from None
+    try:
+        return read_open_file(fd, max_bytes, where)
+    except OSError as e:
+        raise path_error(where, e) from None
+    finally:
+        os.close(fd)

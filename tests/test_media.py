@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import time
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +20,13 @@ from codi2_agent.media import (
     Media,
     MediaError,
     MediaLimits,
+    MediaNotFoundError,
+    MediaPathError,
     MediaRef,
     MediaTooLargeError,
     Modality,
     SampleRateError,
+    UnknownLengthError,
     UnsupportedFormatError,
 )
 
@@ -184,3 +190,98 @@ def test_notebook_display_hooks():
     assert image(0)._repr_png_().startswith(b"\x89PNG")
     assert tone()._repr_html_().startswith("<audio controls")
     assert image(0)._repr_html_() is None
+
+
+# --- edge cases: short multichannel audio, empty and endless audio, paths that name no file --------
+def frames_wav(frames: np.ndarray, sr: int = 16000) -> bytes:
+    """A float WAV of exactly `frames`, shaped (frames, channels) as soundfile writes and reads."""
+    buf = io.BytesIO()
+    sf.write(buf, frames, sr, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [np.array([[0.2, 0.4]]), np.array([[0.2, 0.4, 0.9], [0.0, 0.3, 0.6]]), np.array([[0.5], [0.25]])],
+    ids=["1 frame x 2 channels", "2 frames x 3 channels", "2 frames x 1 channel"],
+)
+def test_audio_shorter_than_its_channel_count_is_mixed_over_its_channels(frames):
+    m = Media.open(frames_wav(frames.astype(np.float32)))
+    assert m.audio.tolist() == pytest.approx(frames.mean(axis=1).tolist())  # one sample per frame
+
+
+def test_from_audio_takes_the_channel_axis_when_told():
+    one_frame = np.array([[0.2, 0.4]], dtype=np.float32)  # (frames=1, channels=2)
+    assert Media.from_audio(one_frame, 16000, channel_axis=1).audio.tolist() == pytest.approx([0.3])
+    assert Media.from_audio(one_frame.T, 16000, channel_axis=0).audio.tolist() == pytest.approx([0.3])
+    with pytest.raises(MediaError, match="channel_axis must be 0 or 1"):
+        Media.from_audio(one_frame, 16000, channel_axis=2)
+
+
+def test_a_wav_with_no_frames_is_called_empty_not_nan():
+    with pytest.raises(EmptyMediaError, match=r"no samples \(0 frames\)"):
+        Media.open(frames_wav(np.zeros((0, 2), np.float32)))
+    with pytest.raises(EmptyMediaError, match="no samples"):
+        Media.from_audio(np.zeros((2, 0), np.float32), 16000)
+
+
+def flac_with_total_samples(total: int) -> bytes:
+    """A real one-second FLAC whose STREAMINFO claims `total` samples (0 means "unknown")."""
+    buf = io.BytesIO()
+    sf.write(buf, np.full((16000, 2), 0.1, np.float32), 16000, format="FLAC")
+    data = bytearray(buf.getvalue())
+    # STREAMINFO follows "fLaC" and its 4-byte header; the 36-bit total starts 4 bits into byte 13.
+    info = 8
+    data[info + 13] = (data[info + 13] & 0xF0) | (total >> 32)
+    data[info + 14 : info + 18] = (total & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes(data)
+
+
+def test_audio_of_unknown_length_is_refused_by_its_header():
+    assert Media.open(flac_with_total_samples(16000)).duration_s == pytest.approx(1.0)
+    started = time.monotonic()
+    with pytest.raises(UnknownLengthError, match=r"no usable length.*the limit of 60 s") as caught:
+        Media.open(flac_with_total_samples(0))  # libsndfile reports 2**63 - 1 frames: "unknown"
+    assert time.monotonic() - started < 5 and "576460752303423" not in str(caught.value)
+    assert isinstance(caught.value, MediaTooLargeError)
+    with pytest.raises(MediaTooLargeError, match=r"4294967\.3 s of audio; the limit is 60 s"):
+        Media.open(flac_with_total_samples(2**36 - 1))  # the largest length a FLAC header can state
+
+
+def test_too_many_audio_channels_are_refused_before_decoding():
+    with pytest.raises(MediaTooLargeError, match="9 audio channels; the limit is 8"):
+        Media.open(frames_wav(np.zeros((10, 9), np.float32)))
+    nine = Media.open(frames_wav(np.zeros((10, 9), np.float32)), limits=MediaLimits(max_channels=9))
+    assert nine.audio.size == 10
+
+
+def test_paths_that_name_no_readable_file_get_named_errors(tmp_path):
+    with pytest.raises(MediaPathError, match="300 bytes; the limit is 255 bytes per name"):
+        Media.open(tmp_path / ("a" * 296 + ".png"))
+    with pytest.raises(MediaPathError, match="the limit is 4096 bytes"):
+        Media.open(tmp_path.joinpath(*["d" * 200] * 21, "x.png"))
+    with pytest.raises(MediaPathError, match="NUL byte"):
+        Media.open(f"{tmp_path}/a\x00.png")
+    with pytest.raises(MediaPathError, match="is a folder, not a media file"):
+        Media.open(tmp_path)
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    with pytest.raises(MediaPathError, match="symlink loop"):
+        Media.open(tmp_path / "loop.png")
+    with pytest.raises(MediaNotFoundError, match="no media file") as caught:
+        Media.open(tmp_path / "missing.png")
+    assert isinstance(caught.value, FileNotFoundError)  # callers catching the OSError still do
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.wav")  # opening it for reading would wait forever for a writer
+    started = time.monotonic()
+    with pytest.raises(MediaPathError, match=r"named pipe \(FIFO\), not a media file"):
+        Media.open(tmp_path / "pipe.wav")
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_a_device_is_refused():
+    with pytest.raises(MediaPathError, match="character device"):
+        Media.open("/dev/zero")  # endless bytes: it must not be read at all
