@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.server
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from langchain_core.tools import BaseTool
 from langchain_tests.unit_tests import ToolsUnitTests
 
 from codi2_agent.media import Media
-from codi2_agent.tools import CoDi2Toolkit, MediaAccess
+from codi2_agent.tools import CoDi2Toolkit, MediaAccess, MediaAccessError
 
 STEPS = 2
 _SHARED: dict[str, CoDi2Toolkit] = {}
@@ -129,7 +130,7 @@ def test_tools_share_one_thread_and_memory(toolkit: CoDi2Toolkit, inputs: Path) 
     assert described.status == "success" and described.artifact == []
     found = _call(tools, "codi2_recall", query="a small red star in the snow", k=2)
     assert found.status == "success" and 1 <= len(found.artifact) <= 2
-    media = {r.id: r for r in toolkit.session.state()["media"]}
+    media = {r.id: r for r in toolkit.session.media_log()}
     made = media[same.artifact[0]["extras"]["artifact_id"]]
     assert made.task == "analogy" and made.parents == (square.artifact[0]["extras"]["artifact_id"],)
     assert len(toolkit.session.history()) == 6  # every call is one turn of one thread
@@ -161,8 +162,13 @@ def test_symlinks_cannot_escape_the_roots(toolkit: CoDi2Toolkit, inputs: Path, t
 
 def test_no_roots_means_no_files(tiny_model: Any, tmp_path: Path, inputs: Path) -> None:
     access = MediaAccess()
-    with pytest.raises(Exception, match="reading files is disabled"):
-        access.check_path(str(inputs / "square.png"))
+    with pytest.raises(MediaAccessError, match="reading files is disabled"):
+        access.read_file(str(inputs / "square.png"), max_bytes=1 << 20)
+    assert (
+        MediaAccess(roots=[inputs])
+        .read_file(str(inputs / "square.png"), max_bytes=1 << 20)
+        .startswith(b"\x89PNG")
+    )
 
 
 def test_urls_are_fetched_only_when_enabled(tmp_path: Path, inputs: Path) -> None:
@@ -202,3 +208,19 @@ def test_bad_arguments_and_async(toolkit: CoDi2Toolkit) -> None:
 
     msg = asyncio.run(run())
     assert msg.status == "success" and msg.artifact[0]["type"] == "audio"
+
+
+def test_data_urls_need_no_allow_urls_but_keep_the_size_caps(tmp_path: Path, inputs: Path) -> None:
+    from codi2_agent.artifacts import ArtifactStore
+    from codi2_agent.media import MediaLimits
+
+    png = (inputs / "square.png").read_bytes()
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    store = ArtifactStore(tmp_path / "a")
+    ref = MediaAccess().load(url, store)  # inline bytes: nothing is fetched
+    assert ref is not None and store.get(ref) == Media.open(png)
+    small = ArtifactStore(tmp_path / "b", limits=MediaLimits(max_bytes=100))
+    with pytest.raises(MediaAccessError, match="larger than 100 bytes"):
+        MediaAccess().load(url, small)
+    with pytest.raises(MediaAccessError, match="invalid base64"):
+        MediaAccess().load("data:image/png;base64,@@@", store)
