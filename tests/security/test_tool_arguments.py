@@ -9,6 +9,8 @@ naming the problem, and a whole `create_agent` run that makes such calls must fi
 from __future__ import annotations
 
 import os
+import select
+import signal
 import stat
 import sys
 import time
@@ -128,8 +130,11 @@ def _unprivileged_call(toolkit: CoDi2Toolkit, source: str) -> str:
         finally:
             os._exit(code)
     os.close(write_end)
+    ready, _, _ = select.select([read_end], [], [], 30)
+    if not ready:  # a child stuck after fork (a lock held by another thread): fail, do not hang
+        os.kill(pid, signal.SIGKILL)
     with os.fdopen(read_end, "rb") as pipe:
-        answer = pipe.read().decode()
+        answer = pipe.read().decode() if ready else ""
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the tool call crashed the child"
     kind, _, content = answer.partition("|")
