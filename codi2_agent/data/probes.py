@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +63,8 @@ __all__ = [
     "score",
     "train_probes",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PROBES_DIR = Path(__file__).with_name("probe_weights")
 _FORMAT_VERSION = 1
@@ -277,7 +281,6 @@ def train_probes(
     split: Split = "all",
     batch_size: int = 64,
     width: int = 32,
-    verbose: bool = False,
 ) -> Probes:
     """Train both probes; `test_accuracy` is measured on `n_test` test-split renders per modality.
 
@@ -289,7 +292,7 @@ def train_probes(
     0.57 and instrument to 0.35 on held-out combinations, while every attribute was ~1.0 on train
     combinations. The held-out rule protects the model under test, not the instrument that measures
     it. `split="train"` is kept for that experiment. Deterministic under `seed` for a fixed torch
-    thread count.
+    thread count. Logs each probe's training time at INFO on this module's logger.
     """
     n_train = {"image": 4000, "audio": 2000, **(n_train or {})}
     torch.manual_seed(seed)
@@ -303,8 +306,7 @@ def train_probes(
         nets[modality] = AttributeProbe(channels, ATTRIBUTES[modality], width=width, pool=_POOL[modality])
         _fit(nets[modality], x, y, steps, batch_size, gen)
         tests[modality] = _dataset(modality, n_test, "test", rng)[2:]  # type: ignore[arg-type]
-        if verbose:
-            print(f"{modality} probe trained in {time.perf_counter() - t0:.1f} s")
+        logger.info("%s probe trained in %.1f s", modality, time.perf_counter() - t0)
     probes = Probes(nets["image"], nets["audio"])
     for modality, (media, attrs) in tests.items():
         acc = probes.accuracy(media, attrs)
@@ -353,13 +355,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    probes = train_probes(args.steps, args.seed, verbose=True)
-    probes.save(args.out)
-    print(f"trained in {time.perf_counter() - t0:.0f} s; test accuracy:")
-    for name, acc in probes.test_accuracy.items():
-        print(f"  {name:12s} {acc:.4f}")
-    print(f"saved to {args.out}")
+    # As a script, this module's log is its output: progress and results on stdout, as plain lines.
+    to_stdout = logging.StreamHandler(sys.stdout)
+    to_stdout.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(to_stdout)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        t0 = time.perf_counter()
+        probes = train_probes(args.steps, args.seed)
+        probes.save(args.out)
+        logger.info("trained in %.0f s; test accuracy:", time.perf_counter() - t0)
+        for name, acc in probes.test_accuracy.items():
+            logger.info("  %-12s %.4f", name, acc)
+        logger.info("saved to %s", args.out)
+    finally:
+        logger.removeHandler(to_stdout)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":
