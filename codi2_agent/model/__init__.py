@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from codi2_agent.model.assemble import assemble_paper_model
-from codi2_agent.model.configuration_codi2 import CoDi2Config, DecoderConfig, EncoderConfig
+from codi2_agent.model.configuration_codi2 import (
+    CoDi2Config,
+    ConfigError,
+    DecoderConfig,
+    EncoderConfig,
+    ModelLoadError,
+)
+from codi2_agent.model.integrity import CorruptWeightsError, IncompleteWeightsError
 from codi2_agent.model.modeling_codi2 import (
     MAX_REPLY_TOKENS,
     CoDi2Model,
@@ -30,10 +37,14 @@ __all__ = [
     "CoDi2Model",
     "CoDi2Output",
     "CoDi2Processor",
+    "ConfigError",
+    "CorruptWeightsError",
     "DecoderConfig",
     "DeviceUnavailableError",
     "EncoderConfig",
     "GenerationOutput",
+    "IncompleteWeightsError",
+    "ModelLoadError",
     "PlaceholderMismatchError",
     "Placement",
     "Turn",
@@ -61,6 +72,7 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device_map: str | dict[str, Any] | None = None,
     offload: bool | None = None,
+    verify: bool | Literal["strict"] = True,
 ) -> CoDi2Model:
     """Load a shipped model by name (`"tiny"`) or a model folder by path. Never touches the network.
 
@@ -70,12 +82,15 @@ def load_model(
     torch.dtype, or "auto" = the LM checkpoint's dtype), `device_map` (the LM through accelerate:
     "auto", "balanced", ... or a dict) and `offload` (diffusers' model CPU offload for the pipelines).
     Unset ones come from `CODI2_DEVICE`, `CODI2_DTYPE`, `CODI2_DEVICE_MAP`, `CODI2_OFFLOAD`
-    (`codi2_agent.settings`), then cpu / float32 / none / off.
+    (`codi2_agent.settings`), then cpu / float32 / none / off. `verify` checks the folder against its
+    sha256 manifest first (see `CoDi2Model.from_pretrained`).
 
     Example:
         >>> model = load_model("tiny", dtype="bfloat16")  # doctest: +SKIP
     """
-    placement: dict[str, Any] = dict(device=device, dtype=dtype, device_map=device_map, offload=offload)
+    options: dict[str, Any] = dict(
+        device=device, dtype=dtype, device_map=device_map, offload=offload, verify=verify
+    )
     if isinstance(name_or_path, str) and name_or_path in SHIPPED_MODELS:
         path = shipped_model_path(name_or_path)
         if not (path / "config.json").is_file():
@@ -83,11 +98,11 @@ def load_model(
                 f"the shipped {name_or_path!r} weights are not at {path}; reproduce them with "
                 f"`codi2-agent train --preset {name_or_path} --out {path}`"
             )
-        return CoDi2Model.from_pretrained(path, **placement)
+        return CoDi2Model.from_pretrained(path, **options)
     path = Path(name_or_path).expanduser()
     if not path.exists() and "/" not in str(name_or_path) and not str(name_or_path).startswith("."):
         raise WeightsNotFoundError(
             f"{name_or_path!r} is neither a shipped model {list(SHIPPED_MODELS)} nor a local folder "
             "(models load from local paths only; nothing is downloaded)"
         )
-    return CoDi2Model.from_pretrained(path, **placement)
+    return CoDi2Model.from_pretrained(path, **options)

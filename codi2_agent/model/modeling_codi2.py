@@ -10,6 +10,7 @@ On-disk layout (both presets; the same loading code):
     language_model/          transformers LlamaForCausalLM (config.json + model.safetensors)
     codi2.safetensors        projectors, output heads, and every non-pretrained encoder/decoder
     <subfolder>/             pretrained encoders/decoders (paper preset): CLIP, CLAP, unCLIP, AudioLDM-2
+    manifest.json            sha256 and size of every file above (`codi2_agent.model.integrity`)
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
 from codi2_agent.media import Media, MediaError, Modality, OutputKind
-from codi2_agent.model.configuration_codi2 import CONFIG_NAME, CoDi2Config
+from codi2_agent.model.configuration_codi2 import CONFIG_NAME, CoDi2Config, check_sampling_arguments
 from codi2_agent.model.decoders import MediaDecoder, ProgressCallback, TinyDiffusionDecoder
 from codi2_agent.model.encoders import MediaEncoder, build_encoder
+from codi2_agent.model.integrity import (
+    CorruptWeightsError,
+    WeightsNotFoundError,
+    verify_folder,
+    write_manifest,
+)
 from codi2_agent.model.loading_bars import loading_bars_on_terminal_only
 from codi2_agent.model.placement import Placement, cast_floating
 from codi2_agent.model.processing_codi2 import (
@@ -59,10 +66,6 @@ MAX_REPLY_TOKENS = 32
 # Encoder features (C_x) kept per stored medium: a turn reads each medium several times (memory,
 # prompt, caption), and at paper scale one C_x is a CLIP/CLAP forward pass.
 FEATURE_CACHE_SIZE = 64
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """A model folder that is missing, or lacks files or tensors the config needs."""
 
 
 class PlaceholderMismatchError(ValueError):
@@ -402,6 +405,7 @@ class CoDi2Model(nn.Module):
         kind = str(output.value if isinstance(output, Modality) else output)
         if kind not in ("auto", "text", "image", "audio"):
             raise ValueError(f"output must be 'auto', 'text', 'image' or 'audio', got {output!r}")
+        check_sampling_arguments(num_inference_steps, guidance_scale)  # not a ZeroDivisionError later
         self.eval()
         device = self.lm.get_input_embeddings().weight.device
         enc = self.processor.encode(self._turns(inputs))
@@ -523,7 +527,8 @@ class CoDi2Model(nn.Module):
         }
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write config, tokenizer, LM and weights (safetensors) to `folder`."""
+        """Write config, tokenizer, LM and weights (safetensors) to `folder`, then its `manifest.json`
+        (sha256 and size of every file, checked by `from_pretrained`)."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
@@ -540,6 +545,7 @@ class CoDi2Model(nn.Module):
             folder / WEIGHTS_NAME,
             metadata={"format": "pt", "preset": self.config.preset},
         )
+        write_manifest(folder)  # last: it vouches for exactly what was written above
         return folder
 
     @classmethod
@@ -552,8 +558,16 @@ class CoDi2Model(nn.Module):
         dtype: str | torch.dtype | None = None,
         device_map: str | dict[str, Any] | None = None,
         offload: bool | None = None,
+        verify: bool | Literal["strict"] = True,
     ) -> CoDi2Model:
         """Load a model folder written by `save_pretrained` (local files only; never a hub call).
+
+        Before anything loads, the folder is checked against its `manifest.json` (see
+        `codi2_agent.model.integrity`): a changed, missing or slipped-in file is a
+        `CorruptWeightsError` naming it. `verify="strict"` also refuses a folder without a manifest
+        (by default it loads with a warning); `verify=False` skips the hashing (about 0.1 s for the
+        tiny folder, tens of seconds for a paper-size one) — and with it any protection against a
+        damaged file. A bad config.json is a `ConfigError` naming the file and the field.
 
         Placement applies to every component (see `codi2_agent.model.placement`): `dtype` ("float32",
         "bfloat16", "float16", a torch.dtype, or "auto" = the LM checkpoint's dtype) is what each
@@ -571,6 +585,7 @@ class CoDi2Model(nn.Module):
         # 1. Check the folder before loading anything
         if not folder.is_dir():
             raise WeightsNotFoundError(f"model folder {folder} does not exist")
+        verify_folder(folder, verify)
         config_path = folder / CONFIG_NAME
         if not config_path.is_file():
             raise WeightsNotFoundError(f"model folder {folder} is incomplete: missing {CONFIG_NAME}")
@@ -602,10 +617,12 @@ class CoDi2Model(nn.Module):
         # 3. Load our own weights strictly: a missing tensor is an incomplete checkpoint, not a silent init
         try:
             state = load_file(folder / WEIGHTS_NAME)
-        except (SafetensorError, OSError) as e:
-            raise WeightsNotFoundError(
-                f"{folder / WEIGHTS_NAME} is not a readable safetensors file: {e}"
+        except SafetensorError as e:
+            raise CorruptWeightsError(
+                folder / WEIGHTS_NAME, f"not a readable safetensors file ({e})"
             ) from None
+        except OSError as e:
+            raise WeightsNotFoundError(f"cannot read {folder / WEIGHTS_NAME}: {e}") from None
         expected = model._tiny_state_dict()
         missing_keys = sorted(set(expected) - set(state))
         if missing_keys:
@@ -613,8 +630,8 @@ class CoDi2Model(nn.Module):
             raise WeightsNotFoundError(f"{folder / WEIGHTS_NAME} lacks {len(missing_keys)} tensors: {shown}")
         unexpected = sorted(set(state) - set(expected))
         if unexpected:
-            raise ValueError(
-                f"{folder / WEIGHTS_NAME} has tensors this config does not use: {unexpected[:5]}"
+            raise CorruptWeightsError(
+                folder / WEIGHTS_NAME, f"has tensors this config does not use: {unexpected[:5]}"
             )
         model.load_state_dict(state, strict=False)
         return model.place(placement).eval()

@@ -16,6 +16,7 @@ from codi2_agent.model import (
     MAX_REPLY_TOKENS,
     CoDi2Config,
     CoDi2Model,
+    CorruptWeightsError,
     PlaceholderMismatchError,
     Turn,
     WeightsNotFoundError,
@@ -232,6 +233,7 @@ def test_missing_or_incomplete_weights_name_the_problem(saved_tiny, tmp_path):
     shutil.rmtree(broken / "language_model")
     with pytest.raises(WeightsNotFoundError, match="missing language_model"):
         CoDi2Model.from_pretrained(broken)
+    # below, the checks behind the manifest (tests/security/test_weights.py covers the manifest itself)
     partial = shutil.copytree(folder, tmp_path / "partial")
     from safetensors.torch import load_file, save_file
 
@@ -239,15 +241,16 @@ def test_missing_or_incomplete_weights_name_the_problem(saved_tiny, tmp_path):
     del state["projectors.image.0.weight"]
     save_file(state, partial / "codi2.safetensors")
     with pytest.raises(WeightsNotFoundError, match=r"lacks 1 tensors: projectors\.image\.0\.weight"):
-        CoDi2Model.from_pretrained(partial)
+        CoDi2Model.from_pretrained(partial, verify=False)
     (partial / "codi2.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(WeightsNotFoundError, match="not a readable safetensors"):
-        CoDi2Model.from_pretrained(partial)
+    with pytest.raises(CorruptWeightsError, match="not a readable safetensors"):
+        CoDi2Model.from_pretrained(partial, verify=False)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["image_decoder"]["kind"] = "mystery"
-    (partial / "config.json").write_text(json.dumps(cfg))
+    edited = shutil.copytree(folder, tmp_path / "edited")
+    (edited / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="mystery"):
-        CoDi2Model.from_pretrained(partial)
+        CoDi2Model.from_pretrained(edited, verify=False)
 
 
 # --- bad input ------------------------------------------------------------------------------------------
