@@ -87,8 +87,8 @@ BENCHMARKS = ("model", "memory", "session")
 def _check_bench_model(model: str) -> None:
     """Refuse (exit 2) a --model that names no shipped model and no model folder.
 
-    bench_model.py falls back to random weights when a model cannot be loaded; for an unknown name
-    that would publish figures of random weights under that name.
+    The scripts refuse one too, but only when their turn comes: checked here, a typo fails before
+    any benchmark has run.
     """
     from codi2_agent.model import SHIPPED_MODELS
 
@@ -104,15 +104,18 @@ def _check_bench_model(model: str) -> None:
 def _bench_args(name: str, quick: bool, model: str, out: Path | None) -> list[str]:
     """Command-line arguments of benchmarks/bench_<name>.py (quick: a smoke-sized run)."""
     target = ["--out", str(out / f"{name}.txt")] if out is not None else []
-    if name == "model":
-        return ["--model", model, "--threads", str(_threads())] + (["--repeats", "2"] if quick else [])
     if name == "memory":
         return (["--dims", "64", "--sizes", "1000", "--queries", "20"] if quick else []) + target
     from codi2_agent.model import SHIPPED_MODELS, shipped_model_path
 
+    # A smoke run works in a checkout whose shipped weights are not trained yet: on random weights,
+    # which the scripts label as such. Figures (no --quick) need the real model.
     missing = model in SHIPPED_MODELS and not (shipped_model_path(model) / "config.json").is_file()
+    chosen = ["--model", "random" if quick and missing else model]
+    if name == "model":
+        return chosen + ["--threads", str(_threads())] + (["--repeats", "2"] if quick else []) + target
     quick_args = ["--probes", "quick", "--sessions", "1", "--turns", "6", "--steps", "2"]
-    return ["--model", "random" if quick and missing else model] + (quick_args if quick else []) + target
+    return chosen + (quick_args if quick else []) + target
 
 
 def bench(
@@ -152,14 +155,6 @@ def bench(
             update(0, description=f"bench_{name}.py")
             args = _bench_args(name, quick, model, out)
             cmd = [sys.executable, str(script), *args]
-            if name == "model" and out is not None:  # bench_model.py has no --out: point its RESULTS there
-                launch = (
-                    "import importlib.util, sys; from pathlib import Path; "
-                    f"spec = importlib.util.spec_from_file_location('bench_model', {str(script)!r}); "
-                    "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
-                    f"m.RESULTS = Path({str(out / 'model.txt')!r}); m.main()"
-                )
-                cmd = [sys.executable, "-c", launch, *args]
             _say(f"== bench_{name}.py {' '.join(args)}")
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
             assert proc.stdout is not None
