@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
     from codi2_agent.backends import Backend
-    from codi2_agent.graphs import SessionParts, TurnOptions
+    from codi2_agent.graphs import MediaRecord, SessionParts, TurnOptions
+    from codi2_agent.memory import Memory
     from codi2_agent.model import CoDi2Model
 
 __all__ = ["ReviewPendingError", "Session", "ThreadBusyError", "TurnResult"]
@@ -259,7 +260,8 @@ class Session:
         return self._artifacts
 
     @property
-    def memory(self) -> Any:
+    def memory(self) -> Memory | None:
+        """The exemplar memory (None when the session runs without one)."""
         return self._parts.memory
 
     @property
@@ -297,14 +299,36 @@ class Session:
         return thread_ids(self.graph.checkpointer, self.tenant)
 
     @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Hold the thread's one-writer lock; first drop a turn an earlier crash cut short."""
+    def _writing(self, review: Literal["refuse", "require", "ignore"] = "refuse") -> Iterator[None]:
+        """Hold the thread's one-writer lock, check the review state, and drop a turn an earlier
+        crash cut short — all from one read of the thread's state."""
         from codi2_agent.graphs import recover_thread
 
         with thread_lock(self.root / LOCKS_FOLDER, self.key, timeout=self.lock_timeout, name=self.thread):
-            if recover_thread(self.graph, self.config):
+            snapshot = self.graph.get_state(self.config)
+            waiting = any(task.interrupts for task in snapshot.tasks)
+            if review == "refuse" and waiting:
+                raise ReviewPendingError("the last output waits for review: call accept() or reject() first")
+            if review == "require" and not waiting:
+                raise ValueError("no output is waiting for review")
+            if recover_thread(self.graph, self.config, snapshot):
                 logger.warning("thread %r: dropped a turn that a crash cut short", self.thread)
+                self._reconciled = False
+            if not getattr(self, "_reconciled", False):
+                self._reconcile_memory()
             yield
+
+    def _reconcile_memory(self) -> None:
+        """Trim the thread's memory items to its log, once per opened session: a process that died
+        between a memory write and its checkpoint left items no turn of the thread owns, and recall
+        from other threads must never return them."""
+        memory = self.memory
+        if memory is not None and hasattr(memory, "reconcile_thread"):
+            keep = {(r.id, r.turn) for r in self.media_log()}
+            dropped = memory.reconcile_thread(self.tenant, self.key, keep)
+            if dropped:
+                logger.warning("thread %r: forgot %d exemplar(s) a crash left behind", self.thread, dropped)
+        self._reconciled = True
 
     def where(self) -> dict[str, str]:
         """Where this session's parts live: folder, artifacts, memory, checkpoints, model."""
@@ -334,8 +358,6 @@ class Session:
         from codi2_agent.graphs import TurnOptions
         from codi2_agent.messages import user_message
 
-        if self.pending:
-            raise ReviewPendingError("the last output waits for review: call accept() or reject() first")
         # "@m:…" names a medium of the conversation or memory: the graph resolves it (or asks back).
         mentions = [m.strip() for m in media if isinstance(m, str) and m.strip().startswith("@m:")]
         refs = [
@@ -375,17 +397,17 @@ class Session:
     def _resume(self, answer: str) -> TurnResult:
         from langgraph.types import Command
 
-        if not self.pending:
-            raise ValueError("no output is waiting for review")
-        return self._drive(Command(resume=answer), request=None)
+        return self._drive(Command(resume=answer), request=None, review="require")
 
-    def _drive(self, graph_input: Any, *, request: str | None) -> TurnResult:
+    def _drive(
+        self, graph_input: Any, *, request: str | None, review: Literal["refuse", "require"] = "refuse"
+    ) -> TurnResult:
         """Run the graph and read the turn's answer from the stream itself (no history rebuild)."""
         bar = None
         answer: AIMessage | None = None
         interrupted = False
         try:
-            with self._writing():
+            with self._writing(review):
                 for mode, chunk in self.graph.stream(
                     graph_input, self.config, stream_mode=["custom", "updates"], durability=self.durability
                 ):
@@ -435,24 +457,29 @@ class Session:
         """The thread's last answered turn (None for an empty thread)."""
         if self.pending:
             return self._awaiting_review()
-        messages = self.state().get("messages", [])
-        answer = _last_of(messages, "ai")
-        if answer is None:
-            return None
-        human = _last_of(messages[: messages.index(answer)], "human")
-        return self._result(answer, _text(human) if human is not None else "")  # type: ignore[arg-type]
+        turns = self._results()
+        return turns[-1] if turns else None
 
-    def _results(self, messages: Sequence[BaseMessage]) -> list[TurnResult]:
-        from langchain_core.messages import AIMessage, HumanMessage
+    def _thread_log(self) -> Any:
+        from codi2_agent.graphs import ThreadLog
 
-        out = []
-        request = ""
-        for m in messages:
-            if isinstance(m, HumanMessage):
-                request = _text(m)
-            elif isinstance(m, AIMessage):
-                out.append(self._result(m, request))
-        return out
+        log = ThreadLog(self.graph.store)
+        log.adopt(self.tenant, self.key, self.state())  # a thread written before the log existed
+        return log
+
+    def _results(self) -> list[TurnResult]:
+        from langchain_core.messages import AIMessage
+
+        entries = self._thread_log().turns(self.tenant, self.key, self.turn)
+        return [
+            self._result(AIMessage(content=e.content, response_metadata=e.metadata), e.request)
+            for e in entries
+        ]
+
+    def media_log(self) -> list[MediaRecord]:
+        """Every medium of the thread, in order: inputs and outputs, with their turn, parents (the
+        media each was made from) and the instruction that made it."""
+        return list(self._thread_log().media(self.tenant, self.key, self.turn))
 
     def _result(self, message: AIMessage, request: str) -> TurnResult:
         from codi2_agent.messages import message_parts
@@ -472,7 +499,7 @@ class Session:
     # --- history and thread operations ----------------------------------------------------------
     def history(self) -> list[TurnResult]:
         """Every answered turn of the thread, oldest first."""
-        return self._results(self.state().get("messages", []))
+        return self._results()
 
     def __iter__(self) -> Iterator[TurnResult]:
         return iter(self.history())
@@ -483,8 +510,6 @@ class Session:
         last turn, or None when the thread is empty."""
         from codi2_agent.graphs import rewind_thread
 
-        if self.pending:
-            raise ReviewPendingError("the last output waits for review: call accept() or reject() first")
         with self._writing():
             rewind_thread(self.graph, self.config, turn)
         return self._latest()
@@ -504,7 +529,7 @@ class Session:
         if thread == self.thread:
             raise ValueError("a copy needs another thread id")
         other = self.open_thread(thread)
-        with other._writing():
+        with other._writing(review="ignore"):
             copy_thread(self.graph, self.config, other.config, at_turn=at_turn)
         return other
 

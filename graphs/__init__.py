@@ -24,7 +24,7 @@ Invoke:
 
 from __future__ import annotations
 
-from ._builder import CHECKPOINT_FILE, DEFAULT_RETRY, build_session_graph, is_transient
+from ._builder import CHECKPOINT_FILE, DEFAULT_RETRY, build_session_graph, default_store, is_transient
 from ._checkpoint import (
     CorruptCheckpointError,
     allowlist,
@@ -32,6 +32,7 @@ from ._checkpoint import (
     session_serializer,
     sqlite_checkpointer,
 )
+from ._log import ThreadLog, TurnEntry
 from ._open import SessionParts, as_backend, open_session_graph
 from ._prompt import ContextPolicy, PromptTooLongError
 from ._references import Resolution, resolve
@@ -57,6 +58,7 @@ from ._threads import (
     thread_ids,
     thread_key,
     thread_lock,
+    thread_media,
 )
 
 __all__ = [
@@ -76,12 +78,15 @@ __all__ = [
     "SessionState",
     "Task",
     "ThreadBusyError",
+    "ThreadLog",
+    "TurnEntry",
     "TurnOptions",
     "allowlist",
     "as_backend",
     "build_session_graph",
     "checkpoint_summary",
     "copy_thread",
+    "default_store",
     "is_transient",
     "open_session_graph",
     "recover_thread",
@@ -95,4 +100,5 @@ __all__ = [
     "thread_ids",
     "thread_key",
     "thread_lock",
+    "thread_media",
 ]

@@ -7,23 +7,24 @@ from typing import TYPE_CHECKING, Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
+from langgraph.store.base import BaseStore
 from langgraph.types import RetryPolicy
 
 from codi2_agent.artifacts import ArtifactStore
 from codi2_agent.backends import Backend, LocalBackend, TransientBackendError
 
-from ._checkpoint import register_types, sqlite_checkpointer
+from ._checkpoint import register_types, sqlite_checkpointer, sqlite_store
 from ._nodes import NodeSettings, SessionNodes
 from ._prompt import ContextPolicy
 from ._state import SessionInput, SessionState
 
 if TYPE_CHECKING:
     from langgraph.graph.state import CompiledStateGraph
-    from langgraph.store.base import BaseStore
 
+    from codi2_agent.memory import Memory
     from codi2_agent.model import CoDi2Model
 
-__all__ = ["CHECKPOINT_FILE", "DEFAULT_RETRY", "build_session_graph", "is_transient"]
+__all__ = ["CHECKPOINT_FILE", "DEFAULT_RETRY", "build_session_graph", "default_store", "is_transient"]
 
 CHECKPOINT_FILE = "checkpoints.sqlite"
 
@@ -38,7 +39,7 @@ DEFAULT_RETRY = RetryPolicy(max_attempts=3, initial_interval=0.2, backoff_factor
 
 def build_session_graph(
     model: CoDi2Model | Backend,
-    memory: Any,
+    memory: Memory | None,
     artifacts: ArtifactStore | str | Path | None = None,
     *,
     checkpointer: BaseCheckpointSaver[Any] | str | Path | None = None,
@@ -81,9 +82,10 @@ def build_session_graph(
             graph = build_session_graph(model, memory, store)   # SQLite at ./session/checkpoints.sqlite
 
             from langgraph.checkpoint.postgres import PostgresSaver   # at scale (the serve extra)
-            with PostgresSaver.from_conn_string("postgresql://…") as saver:
-                saver.setup()
-                graph = build_session_graph(model, memory, store, checkpointer=saver)
+            from langgraph.store.postgres import PostgresStore
+            with PostgresSaver.from_conn_string(url) as saver, PostgresStore.from_conn_string(url) as log:
+                saver.setup(), log.setup()
+                graph = build_session_graph(model, memory, store, checkpointer=saver, store=log)
 
     Invoke:
         .. code-block:: python
@@ -113,7 +115,10 @@ def build_session_graph(
         artifacts: the `ArtifactStore` (or its root); defaults to the backend's store.
         checkpointer: a LangGraph saver, or a path for a SQLite one; None puts SQLite (WAL, busy
             timeout) beside the artifact store. Our state types are added to its serializer allowlist.
-        store: an optional LangGraph `BaseStore`, passed through to `compile`.
+        store: the LangGraph `BaseStore` holding the thread log (each thread's media log and
+            transcript: what grows with a thread stays out of its checkpoints). None picks one that
+            lives where the checkpoints do: SQLite in the same database file, in memory with an
+            in-memory saver; other savers (Postgres) need it given (``PostgresStore``).
         review: pause after each generated medium with ``interrupt()`` until a person resumes with
             ``Command(resume="accept" | "reject")``; rejected media never become exemplars.
         tenant: whose memory turns read and write; ``config["configurable"]["tenant"]`` overrides it.
@@ -210,4 +215,24 @@ def build_session_graph(
         checkpointer = sqlite_checkpointer(Path(artifacts.root).parent / CHECKPOINT_FILE)
     elif isinstance(checkpointer, (str, Path)):
         checkpointer = sqlite_checkpointer(checkpointer)
+    if store is None:
+        store = default_store(checkpointer)
     return builder.compile(checkpointer=register_types(checkpointer), store=store, name=name)
+
+
+def default_store(checkpointer: BaseCheckpointSaver[Any]) -> BaseStore:
+    """A thread-log store that lives where `checkpointer` keeps its checkpoints."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    from langgraph.store.memory import InMemoryStore
+
+    if isinstance(checkpointer, SqliteSaver):
+        row = checkpointer.conn.execute("PRAGMA database_list").fetchone()
+        path = row[2] if row else ""
+        return sqlite_store(path) if path else InMemoryStore()
+    if isinstance(checkpointer, InMemorySaver):
+        return InMemoryStore()
+    raise ValueError(
+        f"pass store= for a {type(checkpointer).__name__}: the session graph keeps each thread's media "
+        "log and transcript in a LangGraph store beside the checkpoints (e.g. PostgresStore)"
+    )

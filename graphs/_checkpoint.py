@@ -26,6 +26,7 @@ __all__ = [
     "register_types",
     "session_serializer",
     "sqlite_checkpointer",
+    "sqlite_store",
 ]
 
 _MAGIC = b"SQLite format 3\x00"
@@ -63,6 +64,19 @@ def register_types(checkpointer: BaseCheckpointSaver[Any]) -> BaseCheckpointSave
     already allows everything)."""
     with_allowlist = getattr(checkpointer, "with_allowlist", None)
     return with_allowlist(allowlist()) if callable(with_allowlist) else checkpointer
+
+
+def sqlite_store(path: str | Path, *, busy_timeout_s: float = 30.0) -> Any:
+    """A LangGraph `SqliteStore` on `path` (the checkpoint database: one file per session) in WAL mode."""
+    from langgraph.store.sqlite import SqliteStore
+
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_timeout_s, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    store = SqliteStore(conn)
+    store.setup()
+    return store
 
 
 def sqlite_checkpointer(

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig
-from langgraph.config import get_stream_writer
+from langgraph.config import get_store, get_stream_writer
 from langgraph.types import interrupt
 
 from codi2_agent.artifacts import ArtifactStore
@@ -24,6 +24,7 @@ from codi2_agent.media import MediaError, MediaRef
 from codi2_agent.messages import MEDIA_BLOCK_TYPES, block_ref, message_text, ref_block
 
 from ._language import clean_instruction
+from ._log import ThreadLog, TurnEntry
 from ._prompt import ContextPolicy, PromptTooLongError, compose_memory, compose_window
 from ._references import resolve
 from ._state import Clarification, Exemplar, MediaRecord, Request, SessionState, TurnOptions
@@ -50,6 +51,7 @@ class NodeSettings:
     guidance_scale: float | None = None
     max_new_tokens: int = 64
     review: bool = False
+    keep_messages: int = 16  # messages kept in state; the whole transcript is in the thread log
 
 
 def _config_value(config: RunnableConfig | None, key: str, default: Any = None) -> Any:
@@ -76,6 +78,24 @@ class SessionNodes:
         self.artifacts = artifacts
         self.settings = settings
         self.vocabulary = backend.vocabulary
+        self._logs: dict[int, ThreadLog] = {}
+
+    def log(self) -> ThreadLog:
+        """The thread log in this run's LangGraph store (the graph's own, or the server's)."""
+        store = get_store()
+        if store is None:
+            raise RuntimeError(
+                "the session graph keeps its media log in a LangGraph store: compile it with one "
+                "(build_session_graph(store=...)) or run it where the server provides one"
+            )
+        log = self._logs.get(id(store))
+        if log is None:
+            log = self._logs[id(store)] = ThreadLog(store)
+        return log
+
+    def media_log(self, state: SessionState, config: RunnableConfig, upto: int) -> list[MediaRecord]:
+        """The thread's media up to turn `upto`."""
+        return self.log().media(self.tenant(config), self.thread(config), upto)
 
     # --- helpers --------------------------------------------------------------------------------
     def tenant(self, config: RunnableConfig | None) -> str:
@@ -144,7 +164,7 @@ class SessionNodes:
         only while their turn is in the thread's media log (not undone, not after the fork); other
         threads' always do. The log is indexed once per call, not scanned once per item."""
         own = {self.thread(config), *state.get("ancestors", [])}
-        logged = {(r.id, r.turn) for r in state.get("media", [])}
+        logged = {(r.id, r.turn) for r in self.media_log(state, config, int(state.get("turn") or 0))}
         return lambda item: item.thread not in own or (item.artifact_id, item.turn) in logged
 
     # =============================================================================================
@@ -161,6 +181,7 @@ class SessionNodes:
             "result": None,
             "verdict": None,
             "found": [],
+            "turn_media": [],
         }
         human = _last_human(state.get("messages", []))
         options = state.get("options")
@@ -201,7 +222,9 @@ class SessionNodes:
             )
             return update
         # Media sent again keep their place in an edit chain (subject).
-        known = {r.id: r for r in state.get("media", [])}
+        self.log().adopt(self.tenant(config), self.thread(config), dict(state))  # a pre-log thread
+        known = {r.id: r for r in self.media_log(state, config, turn - 1)}
+        self.log().start_turn(self.tenant(config), self.thread(config), turn)  # rows a crash left
         records = [
             MediaRecord(
                 ref=ref,
@@ -212,7 +235,8 @@ class SessionNodes:
             for ref in refs
         ]
         self._remember(config, records)
-        update["media"] = records
+        self.log().add_media(self.tenant(config), self.thread(config), records)
+        update["turn_media"] = records
         return update
 
     # =============================================================================================
@@ -223,9 +247,8 @@ class SessionNodes:
         options = state.get("options") or TurnOptions()
         human = _last_human(state.get("messages", []))
         text = message_text(human) if human is not None else ""
-        media = state.get("media", [])
-        attached = [r for r in media if r.turn == turn and r.role == "input"]
-        log = [r for r in media if r.turn < turn]
+        attached = [r for r in state.get("turn_media") or [] if r.turn == turn and r.role == "input"]
+        log = self.media_log(state, config, turn - 1)
         tenant = self.tenant(config)
 
         def lookup(token: str) -> MediaRecord | None:
@@ -343,6 +366,8 @@ class SessionNodes:
         """Live edit pairs from memory most like `request` (and `source`), best first."""
         from codi2_agent.memory import UnknownReferenceError
 
+        if self.memory is None:
+            return []
         try:
             found = self.memory.analogous_edits(self.tenant(config), request, source=source, k=k)
         except UnknownReferenceError:  # the source is not remembered: search by the words alone
@@ -452,7 +477,7 @@ class SessionNodes:
         """A rejected output: never an exemplar, and its new artifacts are removed again."""
         result = state["result"]
         assert result is not None
-        live = {r.id for r in state.get("media", [])}
+        live = {r.id for r in self.media_log(state, config, int(state["turn"]))}
         for artifact_id in result.created:
             # Only files this turn created and nothing else points at (content addressing shares files).
             if (
@@ -502,8 +527,9 @@ class SessionNodes:
                 )
             )
         self._remember(config, records)
+        self.log().add_media(self.tenant(config), self.thread(config), records)
         return {
-            "media": records,
+            "turn_media": [*(state.get("turn_media") or []), *records],
             "result": result.model_copy(update={"media": tuple(r.ref for r in records)}),
         }
 
@@ -536,7 +562,15 @@ class SessionNodes:
             content = [{"type": "text", "text": text}] if text else []
             content += [ref_block(r) for r in result.media]
             meta.update(task=req.task, artifacts=[r.id for r in result.media])
-        return {"messages": [AIMessage(content=content, response_metadata=meta)], "options": None}
+        answer = AIMessage(content=content, response_metadata=meta)
+        messages = state.get("messages", [])
+        human = _last_human(messages)
+        entry = TurnEntry(turn, message_text(human) if human is not None else "", content, meta)
+        self.log().add_turn(self.tenant(config), self.thread(config), entry)
+        # State keeps a window of the conversation; the transcript is in the log (flat checkpoints).
+        old = messages[: max(0, len(messages) + 1 - self.settings.keep_messages)]
+        drop = [RemoveMessage(id=m.id) for m in old if m.id]
+        return {"messages": [*drop, answer], "options": None}
 
     # =============================================================================================
     # routers

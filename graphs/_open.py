@@ -19,6 +19,7 @@ from ._builder import CHECKPOINT_FILE, build_session_graph
 if TYPE_CHECKING:
     from langgraph.graph.state import CompiledStateGraph
 
+    from codi2_agent.memory import Memory
     from codi2_agent.model import CoDi2Model
 
 __all__ = ["SessionParts", "as_backend", "open_session_graph"]  # as_backend: kept importable here
@@ -30,7 +31,7 @@ class SessionParts:
 
     graph: CompiledStateGraph[Any, Any, Any, Any]
     backend: Backend
-    memory: Any
+    memory: Memory | None
     artifacts: ArtifactStore
     root: Path
 
@@ -47,7 +48,7 @@ def open_session_graph(
     model: str | Path | CoDi2Model | Backend,
     root: str | Path,
     *,
-    memory: Any = None,
+    memory: Memory | None = None,
     use_memory: bool = True,
     **graph_options: Any,
 ) -> SessionParts:

@@ -1,9 +1,10 @@
 """The session graph's state: small, typed, and free of bytes.
 
 Everything a checkpoint holds is text, numbers and `MediaRef`s (≈ 200 bytes each); media live in the
-`ArtifactStore`. Two channels grow with the conversation — `messages` and `media` — and are stored
-as deltas (`DeltaChannel`, where this LangGraph has it), so a checkpoint's size does not grow with
-the session's length. The rest is per-turn scratch that `ingest` resets at the start of each turn.
+`ArtifactStore`. Nothing in it grows with the thread: `messages` is a window of the conversation
+(kept as deltas, `DeltaChannel`), and what does grow — the media log and the transcript — lives in
+the thread log in the LangGraph store (`graphs._log`). The rest is per-turn scratch that `ingest`
+resets at the start of each turn.
 """
 
 from __future__ import annotations
@@ -168,8 +169,12 @@ class SessionState(TypedDict, total=False):
     """The state of one conversation thread.
 
     Keys:
-        messages: the conversation; media appear as content blocks with ``artifact://`` urls.
-        media: every medium of the thread, in order (the source of "it", "turn 2", "the star").
+        messages: the recent conversation (a window: the whole transcript is in the thread log);
+            media appear as content blocks with ``artifact://`` urls.
+        turn_media: this turn's media (inputs, then outputs); the whole thread's media log — the
+            source of "it", "turn 2", "the star" — is in the thread log (`graphs._log`).
+        media: the media log of threads written before the thread log existed (read once, to move
+            it into the log; never written now).
         turn: the number of the current (or last) turn, from 1.
         options: structured instructions for this turn (tools), or None.
         request: what this turn asks for, once resolved.
@@ -183,6 +188,7 @@ class SessionState(TypedDict, total=False):
     """
 
     messages: _Messages
+    turn_media: list[MediaRecord]
     media: _Media
     turn: int
     options: TurnOptions | None

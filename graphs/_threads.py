@@ -17,10 +17,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.types import Overwrite
 
 from codi2_agent.artifacts import DEFAULT_TENANT, check_name
 from codi2_agent.locking import ThreadBusyError, thread_lock
+
+from ._log import ThreadLog, TurnEntry
+from ._state import MediaRecord
 
 __all__ = [
     "ThreadBusyError",
@@ -33,6 +37,7 @@ __all__ = [
     "thread_ids",
     "thread_key",
     "thread_lock",
+    "thread_media",
 ]
 
 _SEP = "\x1f"  # a control character: refused in tenant and thread names, so keys never collide
@@ -52,31 +57,53 @@ def split_thread_key(key: str) -> tuple[str, str]:
     return (tenant, thread) if sep else (DEFAULT_TENANT, key)
 
 
-def state_after(graph: Any, config: dict[str, Any], turn: int) -> dict[str, Any]:
-    """The thread's values when it was at rest after `turn` turns (0: the empty thread).
+def _log(graph: Any, config: dict[str, Any]) -> tuple[ThreadLog, str, str]:
+    if graph.store is None:
+        raise ValueError("this graph has no store: its thread log lives in the LangGraph store")
+    configurable = config["configurable"]
+    return (
+        ThreadLog(graph.store),
+        str(configurable.get("tenant", DEFAULT_TENANT)),
+        str(configurable["thread_id"]),
+    )
 
-    Raises:
-        LookupError: the thread never rested after that turn (or has moved on from a rewound one).
-    """
-    snapshot = graph.get_state(config)
-    current = int(snapshot.values.get("turn") or 0)
-    if turn == current and not snapshot.next:
-        return dict(snapshot.values)
-    if turn == 0:
-        return {"messages": [], "media": [], "turn": 0, "ancestors": []}
-    for past in graph.get_state_history(config):
-        if not past.next and int(past.values.get("turn") or 0) == turn:
-            return dict(past.values)
-    raise LookupError(f"thread {config['configurable']['thread_id']!r} has no checkpoint after turn {turn}")
+
+def _window(entries: list[TurnEntry], keep: int = 16) -> list[BaseMessage]:
+    """The last turns of a transcript as the messages a checkpoint keeps."""
+    messages: list[BaseMessage] = []
+    for e in entries[-(keep // 2) :]:
+        messages.append(HumanMessage(content=e.request))
+        messages.append(AIMessage(content=e.content, response_metadata=e.metadata))
+    return messages
+
+
+def thread_media(graph: Any, config: dict[str, Any]) -> list[MediaRecord]:
+    """A thread's media log (inputs and outputs with their turns and parents), up to its current turn."""
+    log, tenant, key = _log(graph, config)
+    values = dict(graph.get_state(config).values)
+    log.adopt(tenant, key, values)
+    return log.media(tenant, key, int(values.get("turn") or 0))
+
+
+def state_after(graph: Any, config: dict[str, Any], turn: int) -> dict[str, Any]:
+    """The thread's values as they are after `turn` turns: its recent messages, read from the log."""
+    log, tenant, key = _log(graph, config)
+    values = dict(graph.get_state(config).values)
+    log.adopt(tenant, key, values)
+    return {
+        "messages": _window(log.turns(tenant, key, turn)),
+        "turn": turn,
+        "ancestors": list(values.get("ancestors", [])),
+    }
 
 
 def rewind_thread(graph: Any, config: dict[str, Any], turn: int) -> None:
-    """Make the thread end after `turn` turns; later turns stop counting (not deleted)."""
+    """Make the thread end after `turn` turns; later turns stop counting (not deleted: their log rows
+    are replaced when those turn numbers are used again, and the checkpoints stay in the history)."""
     current = int(graph.get_state(config).values.get("turn") or 0)
     if not 0 <= turn <= current:
         raise ValueError(f"can only rewind to a turn between 0 and {current}, not {turn}")
-    values = state_after(graph, config, turn)
-    _write(graph, config, values)
+    _write(graph, config, state_after(graph, config, turn))
 
 
 def copy_thread(
@@ -90,15 +117,19 @@ def copy_thread(
 
     `dest` is overwritten: its own earlier turns stop counting.
     """
-    values = dict(graph.get_state(source).values) if at_turn is None else state_after(graph, source, at_turn)
-    values["ancestors"] = [*values.get("ancestors", []), source["configurable"]["thread_id"]]
+    log, tenant, key = _log(graph, source)
+    if at_turn is None:
+        at_turn = int(graph.get_state(source).values.get("turn") or 0)
+    values = state_after(graph, source, at_turn)
+    log.copy(tenant, key, str(dest["configurable"]["thread_id"]), at_turn)
+    values["ancestors"] = [*values["ancestors"], key]
     _write(graph, dest, values)
 
 
 def _write(graph: Any, config: dict[str, Any], values: dict[str, Any]) -> None:
     update = {
         "messages": Overwrite(list(values.get("messages", []))),
-        "media": Overwrite(list(values.get("media", []))),
+        "turn_media": [],
         "turn": int(values.get("turn") or 0),
         "ancestors": list(values.get("ancestors", [])),
         "request": None,
@@ -148,16 +179,15 @@ def thread_ids(checkpointer: Any, tenant: str | None = None) -> list[str]:
     return sorted(seen)
 
 
-def recover_thread(graph: Any, config: dict[str, Any]) -> bool:
-    """Put a thread whose last turn was cut short (a crash between steps) back to its last complete
-    turn. A turn waiting for a review is not cut short and is left alone. Returns True when a turn
-    was dropped."""
-    snapshot = graph.get_state(config)
+def recover_thread(graph: Any, config: dict[str, Any], snapshot: Any = None) -> bool:
+    """Put a thread whose last turn was cut short (a crash between steps) back to its last answered
+    turn. A turn waiting for a review is not cut short and is left alone. Returns True when the
+    thread was changed. `snapshot`: the thread's current state, when the caller has just read it."""
+    snapshot = snapshot if snapshot is not None else graph.get_state(config)
     if not snapshot.next or any(task.interrupts for task in snapshot.tasks):
         return False
-    for past in graph.get_state_history(config):
-        if not past.next:
-            _write(graph, config, dict(past.values))
-            return True
-    _write(graph, config, {"messages": [], "media": [], "turn": 0, "ancestors": []})
+    log, tenant, key = _log(graph, config)
+    log.adopt(tenant, key, dict(snapshot.values))
+    answered = log.last_answered(tenant, key, int(snapshot.values.get("turn") or 0))
+    _write(graph, config, state_after(graph, config, answered))
     return True

@@ -55,7 +55,7 @@ def test_media_arguments_and_per_turn_options(session: Session, tmp_path: Path) 
     first = session.say("make it blue", path)
     session.say("make it blue", _square())  # the same pixels as a Media: the same artifact
     session.say("make it blue", first.refs[0])  # a stored MediaRef (here: the first answer)
-    inputs = [r for r in session.state()["media"] if r.role == "input"]
+    inputs = [r for r in session.media_log() if r.role == "input"]
     assert [r.turn for r in inputs] == [1, 2, 3]
     assert inputs[0].id == inputs[1].id and inputs[2].id == first.refs[0].id
     seeded = [session.say("draw a small red star in the snow", seed=5).refs[0].id for _ in range(2)]
@@ -73,7 +73,7 @@ def test_history_undo_and_fork(session: Session) -> None:
     assert back is not None and back.refs == blue.refs and session.turn == 2
     # "it" now means the blue star again; the undone green one is gone from the thread.
     bigger = session.say("make it bigger")
-    media = {r.id: r for r in session.state()["media"]}
+    media = {r.id: r for r in session.media_log()}
     assert media[bigger.refs[0].id].parents == (blue.refs[0].id,) and green.refs[0].id not in media
 
     child = session.fork("what-if")
@@ -122,6 +122,6 @@ def test_a_restarted_session_continues_the_thread(model: CoDi2Model, tmp_path: P
     try:
         assert [t.refs for t in second.history()] == [star.refs]
         blue = second.say("make it blue")
-        assert second.state()["media"][-1].parents == (star.refs[0].id,) and blue.turn == 2
+        assert second.media_log()[-1].parents == (star.refs[0].id,) and blue.turn == 2
     finally:
         second.close()

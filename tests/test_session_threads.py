@@ -64,7 +64,7 @@ def test_a_later_turn_reuses_features_of_earlier_media(session: Session, model: 
     # Only the new output is encoded; the star's features and pixels are cached from turn 1.
     assert model.encoder_calls - calls == 1
     assert session.artifacts.reads == reads
-    assert first.refs[0].id in {r.id for r in session.state()["media"]}
+    assert first.refs[0].id in {r.id for r in session.media_log()}
 
 
 def test_say_reads_its_answer_from_the_stream_not_the_history(
@@ -105,7 +105,7 @@ def test_rewind_undo_and_history(session: Session) -> None:
     assert back is not None and back.turn == 1 and back.refs == one.refs
     assert session.turn == 1 and [t.request for t in session.history()] == [one.request]
     # Media of rewound turns are no longer in the thread's log.
-    assert [r.turn for r in session.state()["media"]] == [1]
+    assert [r.turn for r in session.media_log()] == [1]
     # Continuing after a rewind numbers turns from there.
     again = session.say("make it green")
     assert again.turn == 2

@@ -17,6 +17,7 @@ from langchain_core.tools import BaseTool, BaseToolkit, ToolException
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from codi2_agent.graphs import TurnOptions
+from codi2_agent.locking import ThreadBusyError
 from codi2_agent.media import MediaRef, Modality
 from codi2_agent.messages import ref_block, user_message
 
@@ -115,6 +116,8 @@ class _Runner:
                 result = self.session.run(user_message(text, attachments), options)
             except ValueError as e:  # bad media or arguments: the agent can fix its call
                 raise ToolException(str(e)) from e
+            except ThreadBusyError as e:  # another writer holds the thread: the agent may retry later
+                raise ToolException(f"{e}; try again shortly") from e
         if result.clarification:
             raise ToolException(result.text)
         return result

@@ -22,7 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PROMPT_NAMES", "Vocabulary"]
+__all__ = ["DEFAULT_REPLY", "PROMPT_NAMES", "Vocabulary"]
+
+DEFAULT_REPLY = "Here it is."
 
 # Prompt pieces the session graph composes prompts from; `{c}` is a caption, `{n}` a number.
 DEFAULT_PROMPTS: dict[str, str] = {
@@ -57,7 +59,7 @@ class Vocabulary:
 
     attributes: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
     prompts: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PROMPTS))
-    reply: str = "Here it is."
+    reply: str = DEFAULT_REPLY
 
     def __post_init__(self) -> None:
         missing = PROMPT_NAMES - set(self.prompts)
@@ -117,4 +119,4 @@ class Vocabulary:
             for m, attrs in (data.get("attributes") or {}).items()
         }
         prompts = {**DEFAULT_PROMPTS, **{str(k): str(v) for k, v in (data.get("prompts") or {}).items()}}
-        return cls(attributes=attributes, prompts=prompts, reply=str(data.get("reply", "Here it is.")))
+        return cls(attributes=attributes, prompts=prompts, reply=str(data.get("reply", DEFAULT_REPLY)))

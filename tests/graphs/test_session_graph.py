@@ -17,9 +17,9 @@ from langgraph.types import Command
 
 from codi2_agent.artifacts import ArtifactStore
 from codi2_agent.backends import LocalBackend, TransientBackendError
-from codi2_agent.graphs import MediaRecord, TurnOptions
-from codi2_agent.messages import ingest_message, message_parts
+from codi2_agent.graphs import MediaRecord, TurnOptions, thread_media
 from codi2_agent.media import Media, MediaRef
+from codi2_agent.messages import ingest_message, message_parts
 
 
 def _config(name: str = "t1") -> dict[str, Any]:
@@ -88,12 +88,12 @@ class CountingBackend(LocalBackend):
         return result
 
 
-def _assert_no_orphans_or_duplicates(store: ArtifactStore, memory: Any, state: dict[str, Any]) -> None:
+def _assert_no_orphans_or_duplicates(store: ArtifactStore, memory: Any, graph: Any) -> None:
     items = memory.items("default")
     assert len({i.id for i in items}) == len(items)
     places = [(i.thread, i.turn, i.role, i.artifact_id) for i in items]
     assert len(set(places)) == len(places)  # one memory item per medium and place
-    logged = {r.id for r in state["media"]}
+    logged = {r.id for r in thread_media(graph, _config())}
     assert set(store.ids()) == logged  # every stored file is in the thread, and only those
     assert {i.artifact_id for i in items} == logged
 
@@ -122,20 +122,20 @@ def test_end_to_end_with_sqlite_and_chroma(
     ]  # fmt: skip
     assert not _refs(described) and described.text
     # Edit chains are recorded with their sources, in state and in memory.
-    records = {r.id: r for r in state["media"]}
+    records = {r.id: r for r in thread_media(graph, _config())}
     assert records[blue_ref.id].parents == (star_ref.id,)
     (green_ref,) = _refs(green)
     assert records[green_ref.id].parents == (cat.id,)
     (made,) = _refs(analogy)
     assert records[made.id].parents == (blue_ref.id,)  # "the star" is the star's latest version
-    chain = [r.id for r in state["media"] if r.subject == records[blue_ref.id].subject]
+    chain = [r.id for r in thread_media(graph, _config()) if r.subject == records[blue_ref.id].subject]
     assert chain[:2] == [star_ref.id, blue_ref.id]  # the star's edit chain, in order
     pair = memory.analogous_edits("default", "make the cat green", k=5)
     assert (cat.id, green_ref.id) in {(p.source.artifact_id, p.target.artifact_id) for p in pair}
     # Checkpoints hold references only: no PNG or WAV bytes, no base64 of them.
     db = _db_bytes(tmp_path / "checkpoints.sqlite")
     assert b"\x89PNG" not in db and base64.b64encode(store.open(star_ref).read())[:40] not in db
-    _assert_no_orphans_or_duplicates(store, memory, state)
+    _assert_no_orphans_or_duplicates(store, memory, graph)
 
 
 def test_inline_media_are_stored_and_state_keeps_refs(
@@ -147,7 +147,7 @@ def test_inline_media_are_stored_and_state_keeps_refs(
     state = graph.get_state(_config()).values
     human = state["messages"][0]
     assert all("base64" not in b for b in human.content_blocks)  # replaced by an artifact reference
-    (inp,) = [r for r in state["media"] if r.role == "input"]
+    (inp,) = [r for r in thread_media(graph, _config()) if r.role == "input"]
     assert store.get(inp.ref) == _cat()
     assert isinstance(inp, MediaRecord) and _refs(answer)
     # Stored up front with ingest_message, the bytes never reach the checkpoint database at all.
@@ -180,9 +180,8 @@ def test_a_turn_failing_in_generate_is_retried_without_duplicates_or_orphans(
     _say(graph, "draw a small red star in the snow")
     assert backend.calls == ["image", "image"]  # failed once, retried once
     _say(graph, "make it blue")
-    state = graph.get_state(_config()).values
-    assert len([r for r in state["media"] if r.role == "output"]) == 2
-    _assert_no_orphans_or_duplicates(store, memory, state)
+    assert len([r for r in thread_media(graph, _config()) if r.role == "output"]) == 2
+    _assert_no_orphans_or_duplicates(store, memory, graph)
 
 
 def test_review_accept_and_reject(make_graph: Any, store: ArtifactStore, memory: Any) -> None:
@@ -201,11 +200,11 @@ def test_review_accept_and_reject(make_graph: Any, store: ArtifactStore, memory:
     assert "Discarded" in out["messages"][-1].text and not _refs(out["messages"][-1])
     assert rejected not in store  # its file is gone again
     assert memory.count("default") == 1  # and it never became an exemplar
-    assert [r.id for r in out["media"]] == [shown["id"]]
+    assert [r.id for r in thread_media(graph, _config())] == [shown["id"]]
     # "it" now means the accepted star, not the rejected edit.
     graph.invoke({"messages": [("user", "make it green")]}, _config())
     out = graph.invoke(Command(resume=True), _config())
-    assert out["media"][-1].parents == (shown["id"],)
+    assert thread_media(graph, _config())[-1].parents == (shown["id"],)
 
 
 def test_unresolvable_references_get_a_clarifying_answer(
@@ -234,8 +233,9 @@ def test_recall_and_structured_options(make_graph: Any) -> None:
     (found,) = _refs(out["messages"][-1])
     assert found.modality.value == "audio"
     options = TurnOptions(task="edit", sources=("the first picture",), instruction="make it purple", seed=7)
-    out = graph.invoke({"messages": [("user", "make it purple")], "options": options}, _config())
-    assert out["media"][-1].parents == (out["media"][0].id,)
+    graph.invoke({"messages": [("user", "make it purple")], "options": options}, _config())
+    media = thread_media(graph, _config())
+    assert media[-1].parents == (media[0].id,)
 
 
 def test_memory_reaches_across_threads(make_graph: Any) -> None:
@@ -246,11 +246,12 @@ def test_memory_reaches_across_threads(make_graph: Any) -> None:
     (circle,) = _refs(_say(graph, "draw a large green circle on a sunny day", name="second"))
     made = _say(graph, "do the same to it", name="second")
     state = graph.get_state(_config("second")).values
-    assert state["request"].example[1].id == blue.id and state["media"][-1].parents == (circle.id,)
+    assert state["request"].example[1].id == blue.id
+    assert thread_media(graph, _config("second"))[-1].parents == (circle.id,)
     assert made.response_metadata["task"] == "analogy"
     # An explicit id from the other thread resolves through memory.
     _say(graph, f"make @m:{star.short_id} purple", name="second")
-    assert graph.get_state(_config("second")).values["media"][-1].parents == (star.id,)
+    assert thread_media(graph, _config("second"))[-1].parents == (star.id,)
 
 
 def test_window_policy_shows_only_recent_turns(
@@ -339,14 +340,15 @@ def test_a_thread_resumes_after_the_process_dies(
                                     checkpointer=root / "checkpoints.sqlite")  # fmt: skip
         snapshot = graph.get_state(_config())
         assert snapshot.next == ("generate",)  # it died in generate; everything before is checkpointed
-        assert isinstance(snapshot.values["media"][0], MediaRecord)  # our types revive from SQLite
+        assert isinstance(snapshot.values["request"].sources[0], MediaRecord)  # our types revive from SQLite
         out = graph.invoke(None, _config(), durability="async")  # resume the cut-off turn
         assert out["turn"] == 2 and _refs(out["messages"][-1])
         out = graph.invoke(
             {"messages": [("user", "go back to the star from turn 1 and make it green")]}, _config()
         )
-        assert out["media"][-1].parents == (out["media"][0].id,)
-        _assert_no_orphans_or_duplicates(store, memory, out)
+        media = thread_media(graph, _config())
+        assert media[-1].parents == (media[0].id,)
+        _assert_no_orphans_or_duplicates(store, memory, graph)
         graph.checkpointer.conn.close()
     finally:
         memory.close()

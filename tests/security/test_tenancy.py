@@ -76,7 +76,7 @@ def test_another_tenants_media_cannot_be_used(pair: tuple[Session, Session]) -> 
     assert answer.clarification and "can't find" in answer.text
     # Nothing bob did stored or described alice's picture for bob.
     assert secret.id not in set(bob.artifacts.ids())
-    assert all(r.id != secret.id for r in bob.state().get("media", []))
+    assert all(r.id != secret.id for r in bob.media_log())
 
 
 def test_sharing_is_explicit(pair: tuple[Session, Session]) -> None:
