@@ -35,17 +35,9 @@ from typing import Any, Literal
 from langchain_core.tools import ToolException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from codi2_agent._media_files import check_path_text, path_error, read_open_file, shorten
 from codi2_agent.artifacts import URI_SCHEME, ArtifactStore
-from codi2_agent.media import (
-    Media,
-    MediaError,
-    MediaPathError,
-    MediaRef,
-    check_path_text,
-    path_error,
-    read_open_file,
-    shorten,
-)
+from codi2_agent.media import Media, MediaError, MediaPathError, MediaRef
 
 from ._files import open_beneath
 

@@ -18,7 +18,8 @@ import os
 import stat
 from pathlib import Path, PurePath
 
-from codi2_agent.media import MediaPathError, file_kind
+from codi2_agent._media_files import file_kind
+from codi2_agent.media import MediaPathError
 
 __all__ = ["descriptor_path", "open_beneath"]
 
