@@ -1,20 +1,26 @@
-"""Reading a request: which media it points at ("mentions") and what it asks for (task, output).
+"""Reading a request: the phrases that point at media ("mentions").
 
-Deliberately a small, explicit grammar rather than a guess: every phrase it understands is listed
-here, and what it does not understand is left to `_references.resolve`, which asks the user instead
-of guessing. Pure functions of the text, so they are easy to test.
+A small grammar over tokens, in generic English only: determiners, pronouns, ordinals and recency
+words, media nouns ("picture", "sound"), turn phrases ("from turn 3", "two turns ago"), relative
+clauses ("the one you made in turn 2", "the photo I sent"), descriptive phrases ("the one in the
+snow", "the sound with rain") and references to edits ("what you did to the star", "the same
+change"). Words about a model's world (which shapes or colours it knows) are never listed here:
+descriptions are matched against the media log's captions by `_references`, and the model's
+`Vocabulary` is read by `_intent`. Pure functions of the text, so they are easy to test.
 
 Example:
     >>> [m.kind for m in find_mentions("go back to the star from turn 3 and make it green")]
     ['turn', 'pronoun']
-    >>> infer_task("draw a small red star in the snow", has_source=False)
-    ('generate', 'image')
+    >>> m = find_mentions("combine the first picture with the last sound")
+    >>> [(x.index, x.modality.value) for x in m]
+    [(0, 'image'), (-1, 'audio')]
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from codi2_agent.media import Modality
@@ -22,258 +28,798 @@ from codi2_agent.media import Modality
 __all__ = [
     "MEDIA_NOUNS",
     "Mention",
+    "Token",
     "clean_instruction",
     "find_mentions",
-    "infer_task",
+    "is_what_changed",
     "looks_like_generation",
     "mentioned_modality",
+    "modality_cues",
+    "stem",
+    "tokenize",
     "words",
 ]
 
-MentionKind = Literal["explicit", "turn", "ordinal", "edit_of", "last_edit", "subject", "pronoun"]
+MentionKind = Literal["explicit", "turn", "position", "description", "pronoun", "edit_of", "last_edit"]
+Scope = Literal["log", "chain", "all"]
 
 
-def _wordset(text: str) -> frozenset[str]:
+def _set(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
+# --- word classes (generic English) ----------------------------------------------------------------
 MEDIA_NOUNS: dict[Modality, tuple[str, ...]] = {
-    Modality.IMAGE: ("image", "picture", "photo", "drawing", "painting", "pic", "render"),
-    Modality.AUDIO: ("sound", "audio", "clip", "recording", "tone", "note", "song", "melody"),
-}
-_NOUN_TO_MODALITY = {
+    Modality.IMAGE: (
+        "image", "picture", "photo", "photograph", "drawing", "painting", "pic", "render", "illustration",
+        "artwork", "snapshot", "shot", "portrait", "frame",
+    ),
+    Modality.AUDIO: (
+        "sound", "audio", "clip", "recording", "tone", "note", "song", "melody", "track", "tune", "noise",
+        "sample", "soundscape",
+    ),
+}  # fmt: skip
+NOUN_MODALITY: dict[str, Modality] = {
     form: m for m, nouns in MEDIA_NOUNS.items() for noun in nouns for form in (noun, noun + "s")
 }
-_MEDIA_NOUN_RE = "|".join(sorted(_NOUN_TO_MODALITY, key=len, reverse=True))
+DEFINITE = _set("the my your our this that these those")
+DEMONSTRATIVE = _set("this that these those")
+INDEFINITE = _set("a an some another any")
+PRONOUNS = _set("it its them they their this that these those")
+GENERIC_HEADS = _set("one ones version versions result results output outputs thing things item items medium")
+CHAIN_HEADS = _set("version versions")
 ORDINALS: dict[str, int] = {
-    "first": 0, "1st": 0, "second": 1, "2nd": 1, "third": 2, "3rd": 2, "fourth": 3, "4th": 3,
-    "fifth": 4, "5th": 4, "last": -1, "latest": -1, "previous": -1, "most recent": -1, "newest": -1,
-    "final": -1,
+    "first": 0, "1st": 0, "second": 1, "2nd": 1, "third": 2, "3rd": 2, "fourth": 3, "4th": 3, "fifth": 4,
+    "5th": 4, "sixth": 5, "6th": 5, "seventh": 6, "7th": 6, "eighth": 7, "8th": 7, "ninth": 8, "9th": 8,
+    "tenth": 9, "10th": 9,
 }  # fmt: skip
-_ORDINAL_RE = "|".join(sorted(ORDINALS, key=len, reverse=True))
-# Words after "the" that never name a subject: attributes, settings, and words about the request.
-_NOT_SUBJECTS = _wordset(
-    "same edit edits change changes colour color shape size scene background setting sound pitch "
-    "instrument ambience way one ones example examples rest end left right top bottom middle centre "
-    "center front back thing things result results version output input request turn time moment snow "
-    "rain night day desert forest woods trees sand dunes daylight daytime silence wind crickets "
-    "cicadas birds birdsong birdsong weather sky ground floor light dark other new old original"
-) | frozenset(_NOUN_TO_MODALITY)
-_STOP = _wordset("a an the of in on at to from with and or it its this that my your our")
+NUMBERS: dict[str, int] = {
+    "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+    "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
+    "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
+}  # fmt: skip
+LATEST = _set("last latest newest final current recent")
+PREVIOUS = _set("previous prior penultimate")
+EARLIER = _set("earlier older")
+LATER = _set("later newer")
+ORIGINAL = _set("original initial")
+# Words for what an edit changes, not for what a medium shows ("the colour", "the background").
+ATTRIBUTE_NAMES = _set(
+    "colour color colours colors shape shapes size sizes scene scenes background backgrounds setting "
+    "settings pitch instrument instruments ambience ambiance style mood atmosphere volume tempo key"
+)
+# Nouns about the request, never a medium ("the difference between …", "the same way").
+ABSTRACT = _set(
+    "difference differences way ways rest idea point problem moment time times end start beginning"
+)
+# English adjectives and comparatives that describe rather than name ("the red dog" names a dog).
+COLOURS = _set(
+    "red green blue yellow purple violet orange pink brown black white grey gray cyan magenta teal gold "
+    "golden silver beige turquoise maroon navy crimson indigo lavender lime olive scarlet"
+)
+SIZES = _set("small large big little tiny huge giant massive medium mid sized")
+COMPARATIVES = _set(
+    "bigger smaller larger tinier higher lower louder quieter softer darker lighter brighter dimmer "
+    "deeper warmer cooler faster slower longer shorter wider narrower taller"
+)
+ADJECTIVES = COLOURS | SIZES | COMPARATIVES | _set("high low loud quiet soft deep bright dark pale")
+PREPOSITIONS = _set(
+    "in at on with from of over under among behind near by beside during without into onto to for as "
+    "like than between inside against through across around about after before"
+)
+CONJUNCTIONS = _set("and or but then so because while instead plus")
+# Verbs that end a noun phrase ("the star looks", "the cat should be").
+VERBS = _set(
+    "make makes made turn turns put place move show give take use change swap replace add remove apply "
+    "do did does be is are was were been look looks become becomes get go set paint draw play let try keep "
+    "bring compare combine describe render generate create shrink enlarge raise recolour recolor transpose "
+    "switch fit fits match matches mix merge should could would can will must might please want like "
+    "sounds seems seem feel repeat undo caption tell hear see find recall search remember"
+)
+# Verbs after which a phrase says where a medium goes or what replaces it, not which medium it is
+# ("put the star in the snow", "replace the star with a circle").
+PLACEMENT = _set("put place move show set bring send drop replace swap substitute exchange trade")
+# A relative clause's verb: what the assistant made, or what the user brought.
+MADE_VERBS = _set(
+    "made drew created generated played painted rendered produced did had edited changed composed "
+    "got gave showed"
+)
+SENT_VERBS = _set("sent uploaded attached shared posted gave showed brought added")
+EDIT_NOUNS = _set("edit edits change changes treatment transformation")
+_DESCRIBING = _set("in at on with among under over near without of from")
+_TURN_PREPOSITIONS = _set("from in at of during on")
+_PLACES = _set(
+    "in at on among under over near into onto behind inside around through across from with beside"
+)
+_CHANGE_VERBS = _set("change changes turn switch set move take bring send put")
+_STOP = (
+    PREPOSITIONS
+    | CONJUNCTIONS
+    | VERBS
+    | DEFINITE
+    | INDEFINITE
+    | PRONOUNS
+    | _set(
+        "again too also instead now then please just very really not no yes here there ago what which who "
+        "same other more less you i we me us he she"
+    )
+)
+AUDIO_WORDS = _set(
+    "sound sounds audio hear listen play playing played pitch tone note hz melody song tune octave "
+    "louder quieter loud volume higher lower instrument noise bass treble"
+)
+IMAGE_WORDS = _set(
+    "picture image photo see look draw drawing paint painting colour color bigger smaller larger shrink "
+    "enlarge shape darker brighter"
+)
 
-_EXPLICIT = re.compile(r"@m:([0-9a-fA-F]{6,64})\b|artifact://([0-9a-f]{64})")
-_TURN = re.compile(
-    rf"\b(?:the\s+)?(?:(?P<noun>[a-z]+)\s+)?(?:(?:from|in|of|at|made in|you made in)\s+)turn\s+(?P<n>\d+)\b"
-    rf"|\bturn\s+(?P<n2>\d+)(?:'s)?\s+(?P<noun2>{_MEDIA_NOUN_RE})\b",
-    re.IGNORECASE,
-)
-_ORDINAL = re.compile(rf"\bthe\s+(?P<ord>{_ORDINAL_RE})\s+(?P<noun>{_MEDIA_NOUN_RE}|one)\b", re.IGNORECASE)
-_EDIT_OF = re.compile(
-    r"\bthe\s+(?:edit|change)\s+(?:that\s+)?(?:you|we|i)\s+(?:made|did|applied)\s+(?:to|on)\s+"
-    r"(?:the\s+|my\s+)?(?P<noun>[a-z]+(?:\s+[a-z]+)?)",
-    re.IGNORECASE,
-)
-_LAST_EDIT = re.compile(
-    r"\bthe\s+(?:last|latest|previous|same)\s+(?:edit|change)\b|\bdo\s+the\s+same\b|\bapply\s+the\s+same\b"
-    r"|\bthe\s+same\s+(?:edit|change|thing|transformation)\b",
-    re.IGNORECASE,
-)
-_PHRASE_STOP = (
-    r"(?:the|a|an|and|or|it|its|this|that|to|from|in|on|at|of|with|into|for|as|than|then|instead)\b"
-)
-_SUBJECT = re.compile(
-    rf"\b(?P<det>the|my|your|this|that|these|those)\s+(?P<phrase>(?!{_PHRASE_STOP})[a-z]+(?:\s+(?!{_PHRASE_STOP})[a-z]+){{0,2}})",
-    re.IGNORECASE,
-)
-_PRONOUN = re.compile(r"\b(?:it|its|this one|that one|this|that|them)\b", re.IGNORECASE)
+
+# --- tokens -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Token:
+    """One word of a request: lower case, contractions expanded ("what's" -> "what" "is")."""
+
+    word: str
+    start: int
+    end: int
+    possessive: bool = False  # "the triangle's edit"
 
 
+_TOKEN = re.compile(r"@m:[0-9a-f]+|artifact://[0-9a-f]+|[a-z0-9]+(?:'[a-z]+)?|[,.;:!?]")
+_IS_AFTER = _set("what that it there here who how where he she everything")
+_SUFFIXES = {"d": "would", "m": "am", "re": "are", "ll": "will", "ve": "have"}
+
+
+def tokenize(text: str) -> list[Token]:
+    """The request's tokens, each with its character span in `text`."""
+    out: list[Token] = []
+    for m in _TOKEN.finditer(text.lower().replace("\u2019", "'")):
+        word, start, end = m.group(0), m.start(), m.end()
+        if "'" not in word or word.startswith(("@", "artifact")):
+            out.append(Token(word, start, end))
+            continue
+        base, suffix = word.split("'", 1)
+        if suffix == "s":
+            if base == "let":
+                out += [Token("let", start, end), Token("us", start, end)]
+            elif base in _IS_AFTER:
+                out += [Token(base, start, end), Token("is", start, end)]
+            else:
+                out.append(Token(base, start, end, possessive=True))
+        elif suffix == "t":  # don't, can't, won't
+            root = {"won": "will", "can": "can", "ca": "can"}.get(
+                base, base[:-1] if base.endswith("n") else base
+            )
+            out += [Token(root, start, end), Token("not", start, end)]
+        else:
+            out += [Token(base, start, end), Token(_SUFFIXES.get(suffix, suffix), start, end)]
+    return out
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words and numbers."""
+    return [t.word for t in tokenize(text) if t.word[0].isalnum()]
+
+
+def stem(word: str) -> str:
+    """A crude singular: "stars" -> "star", "crosses" -> "cross", "berries" -> "berry"."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith(("sses", "xes", "ches", "shes")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def _is_content(word: str) -> bool:
+    return word[0].isalnum() and word not in _STOP
+
+
+# --- mentions ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Mention:
-    """A phrase that points at media: where it is, and what it constrains."""
+    """A phrase that points at media: where it is, and what it constrains.
+
+    Attributes:
+        kind: explicit (an id), turn (a turn's media), position (first / last / previous /
+            original …), description (words to find in captions), pronoun ("it", "this one"),
+            edit_of (an edit, named by what it was applied to: `inner`), last_edit ("the same").
+        index: for positions, 0-based from the start, negative from the end (-1 the latest,
+            -2 the one before); with `scope` "chain" counted along one subject's versions, "all"
+            over every medium whatever its kind ("the very first one").
+        words: description words, singular ("blue", "star"); `head` the phrase's noun.
+        role: "output" (what you made) or "input" (what I sent), from a relative clause.
+        turn / turns_ago: an absolute turn, or one counted back from the current turn.
+        coordinated: joined to the mention before it ("the first and the last picture"), so a
+            phrase without a noun of its own shares that mention's.
+        again: "do it again": the edit may be applied to its own result.
+    """
 
     kind: MentionKind
     span: tuple[int, int]
     text: str
     modality: Modality | None = None
     turn: int | None = None
-    index: int | None = None  # ordinal: 0-based, -1 for the last
-    words: tuple[str, ...] = ()  # subject words ("red", "star")
-    token: str | None = None  # explicit id
+    turns_ago: int | None = None
+    index: int | None = None
+    scope: Scope = "log"
+    words: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()  # words of a trailing phrase that may be the change instead
+    head: str | None = None
+    token: str | None = None
+    role: Literal["input", "output"] | None = None
+    other: bool = False
+    earlier: bool = False  # "the earlier one": the older of two, else the one before the latest
     deictic: bool = False  # "this dog": when no dog is known, it still points at the medium at hand
+    coordinated: bool = False
+    again: bool = False
+    inner: Mention | None = None
+    clause_start: bool = False  # the phrase opens its clause ("the one in the snow, make it blue")
+
+    @property
+    def generic(self) -> bool:
+        """The phrase names no content of its own ("the picture", "the one before that")."""
+        return not self.words
 
     @property
     def removable(self) -> bool:
-        """Pure references, taken out of the instruction the model reads."""
-        return self.kind in ("explicit", "turn", "ordinal", "edit_of")
+        """Pure references, replaced by "it" in the instruction the model reads."""
+        if self.kind in ("explicit", "turn", "position", "edit_of"):
+            return True
+        return self.kind == "description" and (
+            self.generic or self.head in GENERIC_HEADS or self.clause_start
+        )
 
 
-@dataclass
-class _Spans:
-    taken: list[tuple[int, int]] = field(default_factory=list)
+class _Parser:
+    """One pass over the tokens, longest phrase first at each place."""
 
-    def free(self, span: tuple[int, int]) -> bool:
-        return all(span[1] <= a or span[0] >= b for a, b in self.taken)
+    def __init__(self, text: str):
+        self.text = text
+        self.tokens = tokenize(text)
+        self.mentions: list[Mention] = []
 
-    def take(self, span: tuple[int, int]) -> None:
-        self.taken.append(span)
+    # --- helpers ------------------------------------------------------------------------------
+    def word(self, i: int) -> str:
+        return self.tokens[i].word if 0 <= i < len(self.tokens) else ""
 
+    def seq(self, i: int, *parts: str | frozenset[str]) -> int | None:
+        """The index after `parts` matched from i (a part is a word or a set of words), else None."""
+        for part in parts:
+            w = self.word(i)
+            if not (w == part if isinstance(part, str) else w in part):
+                return None
+            i += 1
+        return i
 
-def words(text: str) -> list[str]:
-    """Lower-case words and numbers."""
-    return re.findall(r"[a-z]+|\d+", text.lower())
+    def span(self, i: int, j: int) -> tuple[int, int]:
+        return self.tokens[i].start, self.tokens[j - 1].end
 
+    def make(self, kind: MentionKind, i: int, j: int, **fields: object) -> Mention:
+        start, end = self.span(i, j)
+        return Mention(kind, (start, end), self.text[start:end], **fields)  # type: ignore[arg-type]
 
-def _singular(word: str) -> str:
-    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+    def number(self, i: int) -> int | None:
+        w = self.word(i)
+        if w.isdigit():
+            return int(w)
+        return NUMBERS.get(w)
 
+    # --- turns --------------------------------------------------------------------------------
+    def turn_phrase(self, i: int) -> tuple[int, dict[str, int]] | None:
+        """ "turn 3", "the second turn", "last turn", "the turn before", "two turns ago"."""
+        j = i + 1 if self.word(i) == "the" else i
+        if self.word(j) == "turn" and self.word(j + 1).isdigit():
+            return j + 2, {"turn": int(self.word(j + 1))}
+        if self.word(j) in ORDINALS and self.word(j + 1) == "turn":
+            return j + 2, {"turn": ORDINALS[self.word(j)] + 1}
+        if self.word(j) in (LATEST | PREVIOUS) and self.word(j + 1) == "turn":
+            return j + 2, {"turns_ago": 1}
+        if self.seq(j, "turn", "before") is not None:
+            return j + 2, {"turns_ago": 1}
+        n = self.number(i)
+        if n is not None and self.word(i + 1) in ("turn", "turns") and self.word(i + 2) in ("ago", "back"):
+            return i + 3, {"turns_ago": n}
+        return None
 
-def _subject_words(phrase: str) -> tuple[str, ...]:
-    out = []
-    for w in words(phrase):
-        if w in _STOP:
-            break
-        out.append(_singular(w))
-    return tuple(out)
+    def turn_constraint(self, i: int) -> tuple[int, dict[str, int]] | None:
+        """A turn phrase, with the preposition before it: "from turn 2", "in the last turn"."""
+        j = i + 1 if self.word(i) in ("from", "in", "at", "of", "during", "on") else i
+        if j == i and self.word(i) != "turn" and self.number(i) is None and self.word(i) not in LATEST:
+            return None
+        return self.turn_phrase(j)
+
+    # --- relative clauses and trailing phrases --------------------------------------------------
+    def relative(self, i: int, fields: dict[str, object]) -> int:
+        """ "(that) you made (in turn 2 | earlier | first | just)", "(that) I sent"."""
+        j = i + 1 if self.word(i) in ("that", "which") else i
+        if self.word(j) not in ("you", "i", "we"):
+            return i
+        who = self.word(j)
+        j += 1
+        lead = None
+        while self.word(j) in ("just", "first", "originally", "last", "previously", "also"):
+            lead = self.word(j)
+            j += 1
+        verb = self.word(j)
+        if not (
+            (who == "you" and verb in MADE_VERBS) or (who in ("i", "we") and verb in SENT_VERBS | MADE_VERBS)
+        ):
+            return i
+        fields["role"] = "output" if who == "you" else "input"
+        j += 1
+        if self.word(j) in ("me", "you", "us"):
+            j += 1
+        when = lead
+        turn = self.turn_constraint(j)
+        if turn is not None:
+            j, found = turn
+            fields.update(found)
+        elif self.word(j) in ("earlier", "before", "previously", "first", "last", "recently", "originally"):
+            when = self.word(j)
+            j += 1
+        elif self.seq(j, "at", "first") or self.seq(j, "at", "the", frozenset({"start", "beginning"})):
+            when = "first"
+            j += 2 if self.word(j + 1) == "first" else 3
+        elif self.seq(j, "just", "now") or self.seq(j, "a", "moment", "ago"):
+            when = "just"
+            j += 2 if self.word(j) == "just" else 3
+        if when in ("first", "originally"):
+            fields.setdefault("index", 0)
+        elif when in ("just", "last", "recently"):
+            fields.setdefault("index", -1)
+        elif when in ("earlier", "before", "previously"):
+            fields.setdefault("earlier", True)
+            fields.setdefault("index", -2)
+        return j
+
+    def descriptive(self, i: int) -> tuple[int, tuple[str, ...]] | None:
+        """ "in the snow", "with rain", "of the star": words that may describe a medium, else None."""
+        if self.word(i) not in _DESCRIBING:
+            return None
+        j = i + 1
+        while self.word(j) in ("the", "a", "an", "some", "my"):
+            j += 1
+        found: list[str] = []
+        noun_seen = False
+        while j < len(self.tokens) and _is_content(self.word(j)):
+            w = self.word(j)
+            if w in NOUN_MODALITY or w in ORDINALS or w in LATEST or w in ATTRIBUTE_NAMES or w == "turn":
+                return None  # another reference ("with the last sound") or an attribute's name
+            if noun_seen and w in ADJECTIVES:
+                break  # "the triangle in the rain orange"
+            found.append(stem(w))
+            noun_seen = noun_seen or w not in ADJECTIVES
+            j += 1
+        if not found:
+            return None
+        return j, tuple(found)
+
+    def position(self, j: int, fields: dict[str, object]) -> int:
+        """Position words after the article: "very first", "second to last", "previous", "original"."""
+        w = self.word
+        if self.seq(j, "very", "first"):
+            fields.update(index=0, scope="all")
+            return j + 2
+        if self.seq(j, "most", "recent"):
+            fields["index"] = -1
+            return j + 2
+        if self.seq(j, frozenset({"second", "next"}), "to", "last"):
+            fields["index"] = -2
+            return j + 3
+        if self.seq(j, "second", "last"):
+            fields["index"] = -2
+            return j + 2
+        if w(j) in ORDINALS:
+            fields["index"] = ORDINALS[w(j)]
+        elif w(j) in LATEST or w(j) in LATER:
+            fields["index"] = -1
+        elif w(j) in PREVIOUS:
+            fields["index"] = -2
+        elif w(j) in EARLIER:
+            fields.update(index=-2, earlier=True)
+        elif w(j) in ORIGINAL:
+            fields.update(index=0, scope="chain")
+        elif w(j) == "other":
+            fields["other"] = True
+        else:
+            return j
+        return j + 1
+
+    def before_that(self, j: int, head: str | None, fields: dict[str, object]) -> int:
+        """ "the one before that", "the picture before last", "the one before the last one"."""
+        if self.seq(j, "before", "that") or self.seq(j, "before", "last"):
+            fields["index"] = -2
+            j += 2
+            return j + 1 if self.word(j) == "one" else j
+        if self.seq(j, "before", "the", LATEST):
+            fields["index"] = -2
+            j += 3
+            return j + 1 if self.word(j) in GENERIC_HEADS or self.word(j) in NOUN_MODALITY else j
+        if self.word(j) == "before" and head in GENERIC_HEADS and not _is_content(self.word(j + 1)):
+            fields["index"] = -2
+            return j + 1
+        return j
+
+    # --- noun phrases ---------------------------------------------------------------------------
+    def noun_phrase(self, i: int, *, determiner: bool = True) -> tuple[int, Mention] | None:
+        """A definite phrase that names media: "the very first picture", "the blue star in the snow",
+        "the one before that", "the sound from turn 2", "the photo I sent"."""
+        start = i
+        fields: dict[str, object] = {}
+        j = self.position(i + 1 if determiner else i, fields)
+        # Modifiers, then the head; an adjective never follows the noun ("the star blue" is "the star").
+        content: list[str] = []
+        head = None
+        modality = None
+        noun_seen = False
+        while j < len(self.tokens):
+            tok = self.tokens[j]
+            w = tok.word
+            if w in NOUN_MODALITY:
+                modality, head = NOUN_MODALITY[w], w
+                j += 1
+                while not tok.possessive and self.word(j) in NOUN_MODALITY:  # "the sound clip"
+                    j += 1
+                break
+            if w in GENERIC_HEADS:
+                head = w
+                j += 1
+                break
+            if w in ATTRIBUTE_NAMES or w in ABSTRACT:  # "the background sound", "the difference"
+                j += 1
+                continue
+            if not _is_content(w) or (noun_seen and w in ADJECTIVES):
+                break
+            content.append(stem(w))
+            noun_seen = noun_seen or w not in ADJECTIVES
+            j += 1
+            if tok.possessive:
+                break
+        if head is None and content and all(w in ADJECTIVES for w in content):
+            j -= len(content)  # "make this blue": the adjective is the change, not a name
+            content = []
+        if head is None and content:
+            head = content[-1]
+        if head is None and not fields:
+            return None  # "the same", "the colour": nothing that names a medium
+        if head in CHAIN_HEADS and "index" in fields:
+            fields["scope"] = "chain"
+        j = self.before_that(j, head, fields)
+        # Trailing turn phrases, relative clauses and descriptive phrases. After a content noun that
+        # follows a placement verb, a phrase says where to put it: "put the star in the snow".
+        prev, prev2 = self.word(start - 1), self.word(start - 2)
+        placed = prev in PLACEMENT or (prev2 in PLACEMENT and prev in ("me", "us"))
+        content_head = head is not None and head not in GENERIC_HEADS and head not in NOUN_MODALITY
+        optional: list[str] = []
+        while not self.tokens[j - 1].possessive:
+            turn = self.turn_constraint(j) if self.word(j) in _TURN_PREPOSITIONS else None
+            if turn is not None:
+                j, found = turn
+                fields.update(found)
+                continue
+            if self.seq(j, "from", frozenset({"earlier", "before"})):
+                fields.setdefault("index", -2)
+                fields["earlier"] = True
+                j += 2
+                continue
+            if self.seq(j, "from", "the", frozenset({"start", "beginning"})):
+                fields.setdefault("index", 0)
+                j += 3
+                continue
+            k = self.relative(j, fields)
+            if k != j:
+                j = k
+                continue
+            if self.word(j) == "of" and head not in NOUN_MODALITY and head not in CHAIN_HEADS:
+                break
+            if content_head and placed:
+                break
+            described = self.descriptive(j)
+            if described is None:
+                break
+            j, extra = described
+            optional += extra
+        kind: MentionKind = (
+            "turn" if "turn" in fields or "turns_ago" in fields
+            else "position" if "index" in fields or fields.get("other") else "description"
+        )  # fmt: skip
+        if not content and optional and kind == "description":
+            content, optional = optional, []  # "the one in the snow": the phrase is the whole description
+        det = self.word(i) if determiner else ""
+        opens = start == 0 or prev in (",", ".", ";", ":", "and", "then", "take", "use")
+        mention = self.make(
+            kind, start, j, modality=modality, words=tuple(content), optional=tuple(optional), head=head,
+            deictic=det in DEMONSTRATIVE, clause_start=opens and self.word(j) in (",", ":", "and", ""),
+            **fields,
+        )  # fmt: skip
+        return j, mention
+
+    # --- references to edits --------------------------------------------------------------------
+    def edit_of(self, i: int) -> tuple[int, Mention] | None:
+        """ "what you did to the star", "the edit you made to the cat", "the same treatment as X",
+        "the edit from @m:…", "the triangle's edit"."""
+        j = None
+        if self.seq(
+            i, "what", frozenset({"you", "we", "i"}), frozenset({"did", "made", "applied", "changed"})
+        ) and (
+            self.word(i + 3) in ("to", "with", "on", "for")
+        ):  # "what you did to the star" (but "what you made last turn" is a medium, not an edit)
+            j = i + 4
+        else:
+            k = i + 1 if self.word(i) == "the" else None
+            if k is not None and self.word(k) == "same":
+                k += 1
+            if k is not None and self.word(k) in EDIT_NOUNS | {"thing"}:
+                k += 1
+                m = k + 1 if self.word(k) in ("that", "which") else k
+                if self.word(m) in ("you", "we", "i") and self.word(m + 1) in MADE_VERBS | {"applied"}:
+                    j = m + 2
+                    if self.word(j) in ("to", "on", "for", "with"):
+                        j += 1
+                elif self.word(k) in ("as", "from", "of") and self.word(k - 1) != "thing":
+                    j = k + 1
+        if j is not None:
+            inner = self.reference(j)
+            if inner is not None:
+                end, ref = inner
+                return end, self.make("edit_of", i, end, inner=ref)
+        # "the triangle's edit": a possessive noun phrase
+        if self.word(i) == "the":
+            np = self.noun_phrase(i)
+            if np is not None and self.tokens[np[0] - 1].possessive and self.word(np[0]) in EDIT_NOUNS:
+                end = np[0] + 1
+                return end, self.make("edit_of", i, end, inner=np[1])
+        return None
+
+    def reference(self, i: int) -> tuple[int, Mention] | None:
+        """Whatever names one medium at i: an id, a noun phrase, a turn, or a pronoun."""
+        return (
+            self.explicit(i)
+            or self.turn_alone(i)
+            or (self.noun_phrase(i) if self.word(i) in DEFINITE else None)
+            or self.pronoun(i)
+        )
+
+    def last_edit(self, i: int) -> tuple[int, Mention] | None:
+        """ "do the same", "the same edit", "same for …", "likewise", "do it again", "once more",
+        "repeat the last edit", "the last sound edit", "apply that to …"."""
+        w = self.word
+        j = None
+        again = False
+        modality = None
+        if self.seq(i, "the", "same") or w(i) == "same":
+            k = i + 2 if w(i) == "the" else i + 1
+            if w(k) in EDIT_NOUNS | {"thing", "way", "again"}:
+                j = k + 1
+                again = w(k) == "again"
+            elif (w(k) in ("for", "to", "with", "on") and w(i) == "same") or w(i - 1) == "do":
+                j = k
+        elif w(i) == "likewise":
+            j = i + 1
+        elif w(i) in ("do", "repeat", "apply") and w(i + 1) in ("it", "that", "this"):
+            if w(i + 2) == "again":
+                j, again = i + 3, True
+            elif w(i + 2) in ("to", "on", "for") or w(i) == "repeat":
+                j = i + 2
+        elif self.seq(i, "once", "more") or self.seq(i, "one", "more", "time"):
+            j, again = i + (2 if w(i) == "once" else 3), True
+        elif w(i) in ("that", "this") and w(i + 1) in EDIT_NOUNS:
+            j = i + 2
+        elif w(i) == "the" and w(i + 1) in LATEST | PREVIOUS:
+            k = i + 2
+            if w(k) in NOUN_MODALITY:
+                modality = NOUN_MODALITY[w(k)]
+                k += 1
+            if w(k) in EDIT_NOUNS:
+                j = k + 1
+        if j is None:
+            return None
+        if w(j) == "again":
+            j, again = j + 1, True
+        return j, self.make("last_edit", i, j, again=again, modality=modality)
+
+    # --- the rest -------------------------------------------------------------------------------
+    def explicit(self, i: int) -> tuple[int, Mention] | None:
+        w = self.word(i)
+        if w.startswith("@m:") and len(w) >= 9:
+            return i + 1, self.make("explicit", i, i + 1, token=w[3:])
+        if w.startswith("artifact://") and len(w) == 75:
+            return i + 1, self.make("explicit", i, i + 1, token=w[11:])
+        return None
+
+    def turn_alone(self, i: int) -> tuple[int, Mention] | None:
+        found = self.turn_constraint(i)
+        if found is None:
+            return None
+        j, fields = found
+        return j, self.make("turn", i, j, **fields)
+
+    def pronoun(self, i: int) -> tuple[int, Mention] | None:
+        w = self.word(i)
+        if w in ("this", "that", "these", "those") and self.word(i + 1) in ("one", "ones"):
+            return i + 2, self.make("pronoun", i, i + 2)
+        if w in PRONOUNS:
+            return i + 1, self.make("pronoun", i, i + 1)
+        return None
+
+    def step_back(self, i: int) -> tuple[int, Mention] | None:
+        """ "go back one step", "one step back": the version before the current one."""
+        for parts in (
+            ("back", "one", "step"),
+            ("one", "step", "back"),
+            ("a", "step", "back"),
+            ("back", "a", "step"),
+        ):
+            j = self.seq(i, *parts)
+            if j is not None:
+                return j, self.make("position", i, j, index=-2, scope="chain")
+        return None
+
+    def parse(self) -> list[Mention]:
+        i = 0
+        found: list[Mention] = []
+        while i < len(self.tokens):
+            w = self.word(i)
+            got = self.explicit(i) or self.edit_of(i) or self.last_edit(i) or self.step_back(i)
+            if got is None and (
+                w in _TURN_PREPOSITIONS or w in LATEST or w == "turn" or w[0].isdigit() or w in NUMBERS
+            ):
+                got = self.turn_alone(i)
+            if got is None and w in DEFINITE:
+                got = self.noun_phrase(i)
+                if got is not None and self.place_not_medium(i, got[1], found):
+                    i = got[0]
+                    continue
+                if got is not None and got[1].generic and self.explicit(got[0]) is not None:
+                    i = got[0]  # "the picture @m:ab12…": the id says which
+                    continue
+            if (
+                got is None
+                and found
+                and self.word(i - 1) in ("and", "or", "to", "with", "than", "vs")
+                and (w in ORDINALS or w in LATEST or w in PREVIOUS)
+            ):  # "the first and last sound": a second phrase without its article
+                got = self.noun_phrase(i, determiner=False)
+            if got is None and w == "what" and self.word(i + 1) in ("you", "i", "we"):
+                got = self._free_relative(i)
+            if got is None and w in DEMONSTRATIVE and self.word(i + 1) in ABSTRACT:
+                i += 2  # "this time", "that way": not a medium
+                continue
+            if got is None:
+                got = self.pronoun(i)
+            if got is None:
+                i += 1
+                continue
+            j, mention = got
+            if found and self._joined(found[-1], mention):
+                mention = replace(mention, coordinated=True)
+            found.append(mention)
+            i = max(j, i + 1)
+        return found
+
+    def place_not_medium(self, i: int, mention: Mention, found: Sequence[Mention]) -> bool:
+        """ "put it in the snow", "move it to the desert", "use it as the background": a place or a
+        part, not a medium.
+
+        A phrase that only describes content, after a preposition of place (or after "to" in a
+        clause that changes something), says where or what to change to; media nouns, positions
+        and turns still point at media ("with the last sound", "to the first picture"). After an
+        edit is named ("the same edit, but on the triangle"), "on / for / to / with" name its target.
+        """
+        before = self.word(i - 1)
+        if mention.kind != "description":
+            return False
+        if before == "as":
+            return True  # "as the sound for …": a role, not a medium
+        if mention.head in NOUN_MODALITY or mention.head in GENERIC_HEADS:
+            return False
+        if before in ("on", "for", "to", "with") and any(m.kind in ("edit_of", "last_edit") for m in found):
+            return False
+        if before in _PLACES:
+            return True
+        if before != "to":
+            return False
+        k = i - 2
+        while k >= 0 and self.word(k) not in (",", ".", ";", ":", "and", "then"):
+            if self.word(k) in _CHANGE_VERBS:
+                return True
+            k -= 1
+        return False
+
+    def _free_relative(self, i: int) -> tuple[int, Mention] | None:
+        """ "what you made last turn", "what I sent": the medium a clause describes."""
+        fields: dict[str, object] = {}
+        j = self.relative(i + 1, fields)
+        if j == i + 1:
+            return None
+        turn = self.turn_phrase(j)
+        if turn is not None:
+            j, extra = turn
+            fields.update(extra)
+        kind: MentionKind = "turn" if "turn" in fields or "turns_ago" in fields else "position"
+        fields.setdefault("index", -1)
+        return j, self.make(kind, i, j, **fields)
+
+    def _joined(self, before: Mention, after: Mention) -> bool:
+        between = self.text[before.span[1] : after.span[0]]
+        return [w for w in words(between)] in (["and"], ["or"], ["to"], ["with"], ["than"], ["and", "the"])
 
 
 def find_mentions(text: str) -> list[Mention]:
-    """Every media-pointing phrase in `text`, in text order; overlapping phrases keep the most specific."""
-    spans = _Spans()
-    found: list[Mention] = []
-
-    def add(m: re.Match[str], mention: Mention) -> None:
-        if spans.free(m.span()):
-            spans.take(m.span())
-            found.append(mention)
-
-    for m in _EXPLICIT.finditer(text):
-        token = (m.group(1) or m.group(2)).lower()
-        add(m, Mention("explicit", m.span(), m.group(0), token=token))
-    for m in _TURN.finditer(text):
-        noun = (m.group("noun") or m.group("noun2") or "").lower()
-        n = int(m.group("n") or m.group("n2"))
-        modality = _NOUN_TO_MODALITY.get(noun)
-        subject: tuple[str, ...] = (
-            () if modality or not noun or noun in _STOP or noun in _NOT_SUBJECTS else (_singular(noun),)
-        )
-        add(m, Mention("turn", m.span(), m.group(0), modality=modality, turn=n, words=subject))
-    for m in _EDIT_OF.finditer(text):
-        add(m, Mention("edit_of", m.span(), m.group(0), words=_subject_words(m.group("noun"))))
-    for m in _LAST_EDIT.finditer(text):
-        add(m, Mention("last_edit", m.span(), m.group(0)))
-    for m in _ORDINAL.finditer(text):
-        noun = m.group("noun").lower()
-        index = ORDINALS[m.group("ord").lower()]
-        add(m, Mention("ordinal", m.span(), m.group(0), modality=_NOUN_TO_MODALITY.get(noun), index=index))
-    for m in _SUBJECT.finditer(text):
-        subject = tuple(_singular(w) for w in words(m.group("phrase")))
-        if subject and subject[0] not in _NOT_SUBJECTS and subject[0] not in _STOP:
-            # Words after the noun ("the star blue") are dropped at resolution: the longest prefix
-            # that matches a caption wins.
-            deictic = m.group("det").lower() in ("this", "that", "these", "those")
-            add(m, Mention("subject", m.span(), m.group(0), words=subject, deictic=deictic))
-    for m in _PRONOUN.finditer(text):
-        add(m, Mention("pronoun", m.span(), m.group(0)))
-    return sorted(found, key=lambda x: x.span)
+    """Every media-pointing phrase in `text`, in text order."""
+    return _Parser(text).parse()
 
 
 def mentioned_modality(text: str) -> Modality | None:
     """The media kind a request names ("picture", "sound"), if exactly one."""
-    kinds = {_NOUN_TO_MODALITY[w] for w in words(text) if w in _NOUN_TO_MODALITY}
+    kinds = {NOUN_MODALITY[w] for w in words(text) if w in NOUN_MODALITY}
     return kinds.pop() if len(kinds) == 1 else None
 
 
-# --- what is asked --------------------------------------------------------------------------------
-_DESCRIBE = re.compile(
-    r"\b(?:describe|caption|what(?:'s| is| was)\s+(?:in|on|this|that|it)|what do you (?:see|hear)"
-    r"|what changed|what is different|what was edited|what does it (?:show|sound)|tell me (?:what|about))\b",
-    re.IGNORECASE,
-)
-_WHAT_CHANGED = re.compile(r"\bwhat (?:changed|is different|was edited)\b", re.IGNORECASE)
-_RECALL = re.compile(
-    r"^\s*(?:please\s+)?(?:find|recall|search(?:\s+for)?|look\s+(?:up|for)|remember)\b", re.I
-)
-_ANALOGY = re.compile(
-    r"\b(?:same\s+(?:edit|change|thing|transformation)|do the same|apply the same|likewise"
-    r"|the (?:edit|change) (?:that )?(?:you|we|i) (?:made|did|applied))\b",
-    re.IGNORECASE,
-)
-_COMPOSE = re.compile(
-    r"\b(?:ambience|match(?:es)? the sound|fit the sound|setting this sound|sound belongs|in the setting)\b",
-    re.IGNORECASE,
-)
-_GENERATE = re.compile(
-    r"^\s*(?:please\s+|now\s+|and\s+)?(?:can you\s+|could you\s+)?(?:draw|paint|sketch|render|generate|create"
-    r"|compose|synthesi[sz]e|play|make (?:me )?(?:an? |some )?(?:image|picture|photo|sound|clip|audio)"
-    r"|show me an?\b|i want to (?:see|hear)|let me (?:see|hear))\b",
-    re.IGNORECASE,
-)
-_EDIT = re.compile(
-    r"^\s*(?:please\s+|now\s+|and now\s+|next,?\s+|then\s+)?(?:make|change|turn|replace|swap|recolou?r|paint"
-    r"|enlarge|shrink|raise|lower|transpose|move|put|place|add|remove|take out|use|switch|show it|play it"
-    r"|edit|set)\b",
-    re.IGNORECASE,
-)
-_AUDIO_CUES = _wordset(
-    "play hear sound sounds audio clip tone note hz melody song pitch instrument sine saw sawtooth "
-    "pluck plucked wave"
-)
-_NEEDS_SOURCE = frozenset({"edit", "analogy", "compose", "describe"})
+def modality_cues(
+    tokens: Sequence[str], known: Callable[[str], Modality | None] | None = None
+) -> Modality | None:
+    """The media kind the words lean to ("louder" -> audio, "bluer" -> image), if only one.
 
-
-def infer_task(
-    text: str, *, has_source: bool, source_modalities: tuple[Modality, ...] = ()
-) -> tuple[str, str]:
-    """(task, output) for a request: generate / edit / analogy / compose / describe / recall.
-
-    `has_source`: the request points at media (mentions or attachments).
+    `known` maps a word to the modality a model's vocabulary gives it (None: neither or both).
     """
-    if not text.strip():  # media without words: say what they are
-        return ("describe", "text") if has_source else ("generate", "image")
-    if _RECALL.search(text):
-        return "recall", "text"
-    if _DESCRIBE.search(text):
-        return "describe", "text"
-    if _ANALOGY.search(text):
-        target = source_modalities[-1].value if source_modalities else "auto"
-        return "analogy", target
-    kinds = set(source_modalities)
-    if {Modality.IMAGE, Modality.AUDIO} <= kinds and (_COMPOSE.search(text) or len(source_modalities) == 2):
-        return "compose", "image"
-    if has_source and not (_GENERATE.search(text) and not source_modalities):
-        return "edit", source_modalities[0].value if source_modalities else "auto"
-    if _EDIT.search(text) and not _GENERATE.search(text):  # "change the background to snow": edit "it"
-        return "edit", "auto"
-    audio = any(w in _AUDIO_CUES for w in words(text))
-    return "generate", "audio" if audio else "image"
+    seen: set[Modality] = set()
+    for w in tokens:
+        got = known(w) if known is not None else None
+        if got is not None:
+            seen.add(got)
+        elif w in NOUN_MODALITY:
+            seen.add(NOUN_MODALITY[w])
+        elif w in AUDIO_WORDS:
+            seen.add(Modality.AUDIO)
+        elif w in IMAGE_WORDS or w in COLOURS:
+            seen.add(Modality.IMAGE)
+    return seen.pop() if len(seen) == 1 else None
+
+
+# --- what is asked, in words ------------------------------------------------------------------------
+_GENERATE = re.compile(
+    r"^\s*(?:(?:ok(?:ay)?|so|now|and|then|please|next|also)[,\s]+)*"
+    r"(?:can you\s+|could you\s+|would you\s+|please\s+)?"
+    r"(?:draw|paint|sketch|render|generate|create|compose|synthesi[sz]e|play"
+    r"|make (?:me )?(?:an?|some|another)\b"
+    r"|show me an?\b|give me an?\b|i want to (?:see|hear)|let me (?:see|hear)|i'?d like an?\b)",
+    re.IGNORECASE,
+)
+_WHAT_CHANGED = re.compile(
+    r"\bwhat(?:'s| is| has)?\s+(?:changed|different|the difference)|\bdifference between\b|\bcompare\b"
+    r"|\bhow (?:is|are|does|do) .* differ",
+    re.IGNORECASE,
+)
 
 
 def looks_like_generation(text: str) -> bool:
-    """True when `text` already asks to make something ("draw …", "play …", "show me …")."""
+    """True when `text` already asks to make something ("draw …", "play …", "show me a …")."""
     return bool(_GENERATE.search(text))
 
 
-def needs_source(task: str) -> bool:
-    return task in _NEEDS_SOURCE
-
-
 def is_what_changed(text: str) -> bool:
+    """True for "what changed?", "what's different between …", "compare …"."""
     return bool(_WHAT_CHANGED.search(text))
 
 
 _LEADS = re.compile(
-    r"^(?:(?:ok(?:ay)?|so|now|then|please|and|go back to|back to|take|use|for|with|on)\s*[,:]?\s*)+", re.I
+    r"^(?:(?:ok(?:ay)?|so|now|then|please|and|go back to|back to|take|use|for|with|on|but)\s*[,:]?\s*)+", re.I
 )
-_DANGLING = re.compile(r"^(?:it\s*)?(?:,|and then|and|then)\s+", re.IGNORECASE)
+_DANGLING = re.compile(r"^(?:it\s*)?(?:,|:|and then|and|then|but)\s+", re.IGNORECASE)
 
 
-def clean_instruction(text: str, mentions: list[Mention]) -> str:
+def clean_instruction(text: str, mentions: Sequence[Mention]) -> str:
     """The request's words for the model: pure references replaced by "it", lead-ins dropped.
 
     >>> clean_instruction("go back to the star from turn 3 and make it green",
     ...                   find_mentions("go back to the star from turn 3 and make it green"))
     'make it green'
+    >>> text = "the one in the snow, make it yellow"
+    >>> clean_instruction(text, find_mentions(text))
+    'make it yellow'
     """
     out, pos = [], 0
     for m in mentions:
@@ -283,10 +829,11 @@ def clean_instruction(text: str, mentions: list[Mention]) -> str:
             pos = m.span[1]
     out.append(text[pos:])
     cleaned = re.sub(r"\s+", " ", "".join(out)).strip()
-    for _ in range(3):  # "go back to it and make it green" -> "make it green"
+    for _ in range(4):  # "go back to it and make it green" -> "make it green"
         before = cleaned
         cleaned = _LEADS.sub("", cleaned).strip()
         cleaned = _DANGLING.sub("", cleaned).strip()
+        cleaned = re.sub(r"^it\s*(?:,|:)\s*", "", cleaned)
         if cleaned == before:
             break
     return cleaned.rstrip(" .!") or text.strip()

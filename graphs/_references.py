@@ -1,10 +1,15 @@
 """Resolving what a request points at, from the thread's media log (and memory for explicit ids).
 
-Thread-local references ("it", "the last image", "the sound from turn 2", "the star", "the edit you
-made to the cat") are answered from graph state: exact and free (docs/architecture.md §7). Explicit
-ids ("@m:ab12cd…", "artifact://…") that are not in this thread are looked up in the tenant's memory,
-so an agent can point at media from another thread. Whatever cannot be resolved becomes a
-`Clarification` — a question back — never a guess.
+Thread-local references are answered from graph state, exactly and for free (docs/architecture.md
+§7): pronouns ("it", "this one"), positions ("the very first picture", "the original", "the one
+before that", "the earlier sound"), turns ("the star from turn 3", "two turns ago"), descriptions
+matched against the log's captions ("the blue star", "the sound with rain", "the one in the snow"),
+several sources ("combine the first picture with the last sound") and edits ("do what you did to
+the star"). A follow-up that names only the change ("blue instead") edits the current subject.
+Explicit ids ("@m:ab12cd…", "artifact://…") that are not in this thread are looked up in the
+tenant's memory. A reference that fits several media, or none, becomes a `Clarification` naming the
+candidates — never a guess. Conversation and requests outside the model's vocabulary are answered
+in words (`Resolution.intent`), so they never produce media.
 
 Example:
     >>> from codi2_agent.graphs import MediaRecord, resolve
@@ -16,28 +21,41 @@ Example:
     True
     >>> resolve("make the cat blue", attached=[], log=log).clarification is not None
     True
+    >>> resolve("thanks!", attached=[], log=log).intent
+    'chat'
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from codi2_agent.media import MediaRef, Modality
 
-from ._language import Mention, find_mentions, infer_task, mentioned_modality, needs_source, words
+from ._intent import Intent, Lexicon, Reading, read_request
+from ._language import COLOURS, SIZES, Mention, find_mentions, stem, tokenize
 from ._state import Clarification, MediaRecord
 
-__all__ = ["Lookup", "Resolution", "resolve"]
+if TYPE_CHECKING:
+    from codi2_agent.model.vocabulary import Vocabulary
+
+__all__ = ["Lookup", "Resolution", "Similar", "resolve"]
 
 # Looks an explicit id up outside the thread (memory): a record, None if unknown; raises ValueError
 # with a message for an ambiguous one.
 Lookup = Callable[[str], MediaRecord | None]
+# Media like a description, best first, as artifact ids (the memory's text side): used when no
+# caption in the log has the words ("the bike" for "a red bicycle").
+Similar = Callable[[str], Sequence[str]]
 
 
 @dataclass
 class Resolution:
-    """What a request points at: sources in order, an example edit pair, or a question back."""
+    """What a request points at and asks for: sources in order, an example edit pair, or a question
+    back; or, for conversation and out-of-vocabulary requests, a text `answer` (no media)."""
 
     sources: list[MediaRecord] = field(default_factory=list)
     example: tuple[MediaRecord, ...] = ()
@@ -45,82 +63,195 @@ class Resolution:
     output: str = "auto"
     mentions: list[Mention] = field(default_factory=list)
     clarification: Clarification | None = None
+    intent: Intent = "media"
+    answer: str | None = None  # the reply when intent is "chat" or "out_of_vocabulary"
+    instruction: str | None = None  # words for the model when the request had to be completed
+
+    @property
+    def makes_media(self) -> bool:
+        """True when the turn goes on to the model (no question back, no text-only answer)."""
+        return self.clarification is None and self.intent == "media"
 
 
-def _caption_words(record: MediaRecord) -> set[str]:
-    return {
-        w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
-        for w in words(record.caption or "")
-    }
+def _kind(modality: Modality | None, plural: bool = False) -> str:
+    name = {Modality.IMAGE: "image", Modality.AUDIO: "sound"}.get(modality, "image or sound")  # type: ignore[arg-type]
+    return name + "s" if plural and modality is not None else name
 
 
-def _recent(records: Sequence[MediaRecord], modality: Modality | None = None) -> list[MediaRecord]:
-    """Records newest first (outputs after inputs within a turn), optionally of one modality."""
-    pool = [r for r in records if modality is None or r.modality is modality]
-    return sorted(pool, key=lambda r: (r.turn, r.role == "output"), reverse=True)
+def _label(r: MediaRecord) -> str:
+    caption = f", {r.caption!r}" if r.caption else ""
+    return f"@m:{r.ref.short_id} ({r.modality.value}, turn {r.turn}{caption})"
 
 
-def _unique(records: Sequence[MediaRecord]) -> list[MediaRecord]:
-    """First occurrence of each artifact, in log order (a medium shown twice is one medium)."""
-    seen: set[str] = set()
-    out = []
-    for r in records:
-        if r.id not in seen:
-            seen.add(r.id)
-            out.append(r)
-    return out
-
-
-def _describe(records: Sequence[MediaRecord], limit: int = 4) -> str:
-    shown = []
-    for r in _recent(records)[:limit]:
-        caption = f", {r.caption!r}" if r.caption else ""
-        shown.append(f"@m:{r.ref.short_id} ({r.modality.value}, turn {r.turn}{caption})")
-    return "; ".join(shown) if shown else "none yet"
-
-
-# Common English adjectives of colour and size: "the red dog" names a dog, not a red.
-_ADJECTIVES = frozenset(
-    (
-        *("red", "green", "blue", "yellow", "purple", "violet", "orange", "pink", "brown", "black"),
-        *("white", "grey", "gray", "small", "large", "big", "little", "tiny", "huge"),
-    )
+_CAPTION_STOP = frozenset(
+    {"a", "an", "the", "of", "in", "on", "at", "with", "and", "or", "to", "from", "over", "under", "among"}
+    | {"by", "its", "it", "is", "this", "that", "very"}
 )
 
 
-def _noun_phrase(subject: Sequence[str]) -> str:
-    """ "red star blue" -> "red star": adjectives, then the first noun."""
-    out = []
-    for w in subject:
-        out.append(w)
-        if w not in _ADJECTIVES:
-            break
-    return " ".join(out)
+class _Log:
+    """The thread's media (and this turn's attachments), indexed once per request."""
 
-
-def _kind(modality: Modality | None) -> str:
-    return {Modality.IMAGE: "image", Modality.AUDIO: "sound"}.get(modality, "image or sound")  # type: ignore[arg-type]
-
-
-class _Resolver:
-    def __init__(self, attached: Sequence[MediaRecord], log: Sequence[MediaRecord], lookup: Lookup | None):
+    def __init__(self, attached: Sequence[MediaRecord], log: Sequence[MediaRecord], lexicon: Lexicon):
         self.attached = list(attached)
         self.log = list(log)
         self.everything = self.log + self.attached
-        self.lookup = lookup
-        self.by_id = {r.id: r for r in self.everything}
+        self.lexicon = lexicon
+        # One pass, no container per record (a long log would otherwise keep the collector busy).
+        self.by_id: dict[str, MediaRecord] = {}
+        self.newest_child: dict[str, MediaRecord] = {}  # artifact id -> the newest edit made from it
+        for r in self.everything:
+            if r.id not in self.by_id or r.parents:  # the record that knows its source wins
+                self.by_id[r.id] = r
+            if r.parents and r.role == "output":
+                self.newest_child[r.parents[0]] = r
+        self._words: dict[int, frozenset[str]] = {}
 
-    def question(self, text: str, candidates: Sequence[MediaRecord] = ()) -> Clarification:
-        pool = candidates or self.everything
-        listing = f" Media in this conversation: {_describe(pool)}." if pool else ""
-        return Clarification(question=text + listing, candidates=tuple(r.ref for r in _recent(pool)[:4]))
+    # --- order ----------------------------------------------------------------------------------
+    @staticmethod
+    def recent(records: Sequence[MediaRecord]) -> list[MediaRecord]:
+        """Newest first (outputs after inputs within a turn, later in the log first).
+
+        `records` are in log order."""
+        return sorted(reversed(records), key=lambda r: (r.turn, r.role == "output"), reverse=True)
+
+    @staticmethod
+    def unique(records: Sequence[MediaRecord]) -> list[MediaRecord]:
+        """First occurrence of each artifact, in order (a medium shown twice is one medium)."""
+        seen: set[str] = set()
+        out = []
+        for r in records:
+            if r.id not in seen:
+                seen.add(r.id)
+                out.append(r)
+        return out
+
+    def chain(self, record: MediaRecord) -> list[MediaRecord]:
+        """The versions of `record`'s subject, oldest first."""
+        subject = record.subject or record.ref.short_id
+        return self.unique([r for r in self.everything if (r.subject or r.ref.short_id) == subject])
+
+    def parent(self, record: MediaRecord) -> MediaRecord | None:
+        made = self.by_id.get(record.id, record)
+        return self.by_id.get(made.parents[0]) if made.parents else None
+
+    # --- what a medium shows --------------------------------------------------------------------
+    def words(self, r: MediaRecord) -> frozenset[str]:
+        """A medium's description words: its caption's; without a caption, its source's as changed
+        by the instruction that made it ("make it green" turns a red star's "red" into "green")."""
+        got = self._words.get(id(r))
+        if got is not None:
+            return got
+        # Walk up to a captioned (or known) ancestor, then come back down: no recursion, so a long
+        # chain of uncaptioned edits costs one pass.
+        path: list[MediaRecord] = []
+        seen: set[str] = set()
+        node: MediaRecord | None = r
+        while node is not None and id(node) not in self._words and not node.caption and node.id not in seen:
+            seen.add(node.id)
+            path.append(node)
+            node = self.parent(node)
+        if node is not None and id(node) not in self._words:
+            self._words[id(node)] = _caption_words(node.caption or "")
+        inherited = self._words[id(node)] if node is not None else frozenset()
+        for record in reversed(path):
+            said = _caption_words(record.instruction or "")
+            kept = {old for old in inherited if not any(self._same_attribute(old, new) for new in said)}
+            inherited = frozenset(kept | said)
+            self._words[id(record)] = inherited
+        return self._words[id(r)]
+
+    def _same_attribute(self, a: str, b: str) -> bool:
+        if a == b:
+            return False
+        for english in (COLOURS, SIZES):
+            if a in english and b in english:
+                return True
+        return bool(self.lexicon.attributes_of(a) & self.lexicon.attributes_of(b))
+
+    def matching(self, pool: Sequence[MediaRecord], wanted: Sequence[str]) -> list[MediaRecord]:
+        """Records of `pool` whose description has every wanted word ("snowy" finds "snow").
+
+        Each wanted word is compared with the log's distinct description words once, not with every
+        record's: a long log repeats few words.
+        """
+        described = [(r, self.words(r)) for r in pool]
+        distinct = frozenset().union(*(d for _, d in described)) if described else frozenset()
+        fits = [frozenset(d for d in distinct if _alike(d, w)) for w in wanted]
+        return [r for r, d in described if all(not d.isdisjoint(f) for f in fits)]
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+@lru_cache(maxsize=8192)
+def _caption_words(caption: str) -> frozenset[str]:
+    return frozenset(stem(w) for w in _WORD.findall(caption.lower()) if w not in _CAPTION_STOP)
+
+
+def _alike(a: str, b: str) -> bool:
+    """The same word, or one a longer form of the other ("snow" / "snowy", "bird" / "birdsong")."""
+    if a == b:
+        return True
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
+    return len(short) >= 4 and long.startswith(short)
+
+
+class _Resolver:
+    def __init__(
+        self,
+        media: _Log,
+        *,
+        lookup: Lookup | None,
+        similar: Similar | None,
+        turn: int,
+        hint: Modality | None,
+    ):
+        self.media = media
+        self.lookup = lookup
+        self.similar = similar
+        self.turn = turn
+        self.hint = hint
+
+    def question(
+        self, text: str, candidates: Sequence[MediaRecord] = (), *, listed: bool = False
+    ) -> Clarification:
+        """A question back; it names the candidates (or, without any, what the conversation holds)."""
+        pool = list(candidates) or self.media.recent(self.media.unique(self.media.everything))[:4]
+        if pool and not listed:
+            text += f" Media in this conversation: {'; '.join(_label(r) for r in pool[:4])}."
+        return Clarification(question=text, candidates=tuple(r.ref for r in pool[:8]))
+
+    def which(self, what: str, candidates: Sequence[MediaRecord]) -> Clarification:
+        named = " or ".join(_label(r) for r in candidates[:6])
+        return self.question(f"Which {what} do you mean: {named}?", candidates, listed=True)
+
+    # --- the medium at hand -------------------------------------------------------------------
+    def current(self, modality: Modality | None = None) -> MediaRecord | Clarification | None:
+        """The medium being worked on: this turn's attachment, else the newest medium (of a kind).
+
+        When the newest turn made several media that fit, that is a question, not a guess.
+        """
+        attached = [r for r in self.media.attached if modality is None or r.modality is modality]
+        if attached:
+            return attached[0]
+        pool = [r for r in self.media.log if modality is None or r.modality is modality]
+        if not pool:
+            return None
+        newest = max(r.turn for r in pool)
+        same = [r for r in pool if r.turn == newest]
+        outputs = [r for r in same if r.role == "output"]
+        group = self.media.unique(outputs or same)
+        if len(group) > 1:
+            return self.which(_kind(modality) if modality else "one", group)
+        return group[0]
 
     # --- one mention each ---------------------------------------------------------------------
     def explicit(self, m: Mention) -> MediaRecord | Clarification:
         token = m.token or ""
-        matches = _unique([r for r in self.everything if r.id.startswith(token)])
+        matches = self.media.unique([r for r in self.media.everything if r.id.startswith(token)])
         if len(matches) == 1:
-            return _recent([r for r in self.everything if r.id == matches[0].id])[0]
+            return self.media.by_id[matches[0].id]
         if len(matches) > 1:
             return self.question(f"'{m.text}' matches {len(matches)} media; give more digits.", matches)
         if self.lookup is not None:
@@ -132,77 +263,200 @@ class _Resolver:
                 return found
         return self.question(f"I can't find '{m.text}' in this conversation or in memory.")
 
-    def turn(self, m: Mention) -> MediaRecord | Clarification:
-        assert m.turn is not None
-        pool = [r for r in self.log if r.turn == m.turn and (m.modality is None or r.modality is m.modality)]
-        if m.words:
-            named = self._named(pool, m.words)
-            pool = named if named else pool
-        if not pool:
-            turns = max((r.turn for r in self.log), default=0)
-            what = _kind(m.modality) if m.modality else (" ".join(m.words) or "media")
-            plural = "s" * (turns != 1)
-            return self.question(f"Turn {m.turn} has no {what} (this conversation has {turns} turn{plural}).")
-        return _recent(pool)[0]  # outputs of a turn win over its inputs
+    def _pool(self, m: Mention, modality: Modality | None) -> list[MediaRecord]:
+        return [
+            r
+            for r in self.media.everything
+            if (modality is None or r.modality is modality) and (m.role is None or r.role == m.role)
+        ]
 
-    def ordinal(self, m: Mention, hint: Modality | None) -> MediaRecord | Clarification:
-        modality = m.modality or hint
-        pool = _unique([r for r in self.everything if modality is None or r.modality is modality])
-        assert m.index is not None
-        if not pool or m.index >= len(pool):
-            have = len(pool)
-            return self.question(
-                f"There {'is' if have == 1 else 'are'} {have or 'no'} {_kind(modality)}{'s' * (have != 1)} "
-                f"so far, so I can't tell which one '{m.text}' is."
-            )
-        return pool[m.index]
-
-    def _named(self, pool: Sequence[MediaRecord], subject: tuple[str, ...]) -> list[MediaRecord]:
-        """Records of `pool` named by the longest matching prefix of `subject`'s words.
-
-        A record is named when its caption has the words, or when it continues an edit chain whose
-        earlier media had them and it has no caption of its own ("the star" after "make it blue").
-        """
-        for n in range(len(subject), 0, -1):
-            want = set(subject[:n])
-            named = [r for r in self.everything if want <= _caption_words(r)]
-            chains = {r.subject for r in named if r.subject} | {r.ref.short_id for r in named}
-            named_ids = {r.id for r in named}
-            hits = [r for r in pool if r.id in named_ids or (r.caption is None and r.subject in chains)]
-            if hits:
+    def described(self, m: Mention, pool: Sequence[MediaRecord]) -> list[MediaRecord]:
+        """Records of `pool` the mention's words describe; a trailing phrase ("with rain" in "the
+        original sound with rain") counts only if some medium has it, else it is the change asked for."""
+        if m.optional:
+            hits = self.media.matching(pool, [*m.words, *m.optional])
+            if hits or not (m.words or m.index is not None or m.turn or m.turns_ago):
                 return hits
-        return []
+        hits = self.media.matching(pool, m.words) if m.words else list(pool)
+        if not hits and self.similar is not None and m.words:
+            wanted = {r.id: r for r in pool}
+            hits = [wanted[i] for i in self.similar(" ".join(m.words)) if i in wanted][:1]
+        return hits
 
-    def subject(self, m: Mention) -> MediaRecord | None:
-        hits = self._named(self.everything, m.words)
-        return _recent(hits)[0] if hits else None
+    def one_subject(self, hits: Sequence[MediaRecord], what: str) -> MediaRecord | Clarification:
+        """The newest of `hits` when they are versions of one subject; a question when several are."""
+        newest: dict[str, MediaRecord] = {}
+        for r in self.media.recent(hits):
+            newest.setdefault(r.subject or r.ref.short_id, r)
+        if len(newest) > 1:
+            return self.which(what, list(newest.values()))
+        return next(iter(newest.values()))
 
+    def _modality(self, m: Mention) -> Modality | None:
+        """The kind a mention is about: its noun's, else the words' lean ("make the second one purple")."""
+        if m.modality is not None:
+            return m.modality
+        if m.words:
+            return None
+        if m.scope == "all":
+            return None
+        if self.hint is not None:
+            return self.hint
+        latest = self.current()
+        return latest.modality if isinstance(latest, MediaRecord) else None
+
+    def description(self, m: Mention) -> MediaRecord | Clarification | None:
+        pool = self._pool(m, m.modality)
+        if not m.words and not m.optional:  # "the picture", "the photo I sent": the newest of its kind
+            if not pool:
+                return self.question(f"There is no {_kind(m.modality)} in this conversation yet.")
+            if m.role is None:
+                return self.current(m.modality) or self.question(f"I can't find {m.text}.")
+            return self.media.recent(pool)[0]
+        hits = self.described(m, pool)
+        if not hits:
+            if m.deictic:
+                return None  # "this dog": the medium at hand
+            return self.question(
+                f"I can't find {m.text} you mean.", self.media.recent(self.media.unique(pool))[:4]
+            )
+        return self.one_subject(hits, " ".join([*m.words, *m.optional][-3:]) or _kind(m.modality))
+
+    def turn_of(self, m: Mention) -> MediaRecord | Clarification:
+        number = m.turn if m.turn is not None else self.turn - (m.turns_ago or 1)
+        pool = [
+            r for r in self._pool(m, m.modality or (self.hint if not m.words else None)) if r.turn == number
+        ]
+        if m.words:
+            named = self.described(m, pool)
+            pool = named or pool
+        outputs = [r for r in pool if r.role == "output"]
+        pool = self.media.unique(outputs or pool)
+        if not pool:
+            turns = max((r.turn for r in self.media.log), default=0)
+            what = _kind(m.modality) if m.modality else (" ".join(m.words) or "media")
+            return self.question(
+                f"Turn {number} has no {what} (this conversation has {turns} turn{'s' * (turns != 1)})."
+            )
+        if len(pool) > 1:
+            return self.which(f"medium of turn {number}", pool)
+        return pool[0]
+
+    def position(self, m: Mention) -> MediaRecord | Clarification:
+        assert m.index is not None or m.other
+        modality = self._modality(m)
+        if m.scope == "chain":
+            return self.version(m, modality)
+        pool = self._pool(m, modality)
+        if m.words or m.optional:
+            pool = self.described(m, pool)
+        pool = self.media.unique(pool)
+        kind = " ".join(m.words) or _kind(modality)
+        if m.other:
+            here = self.current(modality)
+            others = [r for r in pool if not isinstance(here, MediaRecord) or r.id != here.id]
+            if len(others) == 1:
+                return others[0]
+            return (
+                self.which(f"other {kind}", others) if others else self.question(f"There is no other {kind}.")
+            )
+        index = m.index or 0
+        if m.earlier and len(pool) == 2:
+            index = 0
+        if -len(pool) <= index < len(pool):
+            return pool[index]
+        have = len(pool)
+        plural = "s" if have != 1 and (m.words or modality is not None) else ""
+        return self.question(
+            f"There {'is' if have == 1 else 'are'} {have or 'no'} {kind}{plural} so far, so I can't tell "
+            f"which one '{m.text}' is."
+        )
+
+    def version(self, m: Mention, modality: Modality | None) -> MediaRecord | Clarification:
+        """ "the original", "the second version of the circle", "the previous version"."""
+        if m.words or m.optional:  # "the original star", "the second version of the circle"
+            pool = self._pool(m, modality)
+            hits = self.media.matching(pool, [*m.words, *m.optional])
+            if not hits and m.words and m.optional:
+                hits = self.media.matching(pool, m.words)
+            if not hits:
+                return self.question(f"I can't find {m.text} you mean.")
+            anchor = self.one_subject(hits, " ".join([*m.words, *m.optional]))
+        else:
+            found = self.current(modality)
+            if found is None:
+                return self.question(f"There is no {_kind(modality)} to go back to yet.")
+            anchor = found
+        if isinstance(anchor, Clarification):
+            return anchor
+        chain = self.media.chain(anchor)
+        index = m.index or 0
+        if -len(chain) <= index < len(chain):
+            return chain[index]
+        return self.question(f"{_label(anchor)} has {len(chain)} version{'s' * (len(chain) != 1)} so far.")
+
+    def reference(self, m: Mention) -> MediaRecord | Clarification | None:
+        if m.kind == "explicit":
+            return self.explicit(m)
+        if m.kind == "turn":
+            return self.turn_of(m)
+        if m.kind == "position":
+            return self.position(m)
+        if m.kind == "description":
+            return self.description(m)
+        if m.kind == "pronoun":
+            return self.current(self.hint) or self.question(
+                f"There is no {_kind(self.hint)} to work on yet: send one, or ask me to make one."
+            )
+        raise ValueError(f"not a reference: {m.kind}")
+
+    # --- edits ----------------------------------------------------------------------------------
     def edit_of(self, m: Mention) -> tuple[MediaRecord, MediaRecord] | Clarification:
-        edits = [r for r in self.log if r.role == "output" and r.parents]
-        for record in _recent(edits):
-            parent = self.by_id.get(record.parents[0])
-            named = [x for x in (record, parent) if x is not None]
-            if not m.words or self._named(named, m.words):
-                if parent is None:
-                    break
-                return parent, record
-        what = " ".join(m.words) or "that"
-        return self.question(f"I haven't edited {('the ' + what) if m.words else what} in this conversation.")
+        """The edit made to what `m.inner` names: the one applied to it, else the one that made it."""
+        assert m.inner is not None
+        what = m.inner.text
+        got = self.reference(m.inner)
+        if got is None or (isinstance(got, Clarification) and got.question.startswith("I can't find")):
+            return self.question(f"I haven't edited {what} in this conversation.")
+        if isinstance(got, Clarification):
+            return got
+        made = self.media.newest_child.get(got.id)
+        if made is not None:
+            return got, made
+        parent = self.media.parent(got)
+        if parent is not None:
+            return parent, self.media.by_id[got.id]
+        return self.question(f"I haven't edited {what} in this conversation.", [got], listed=True)
 
-    def last_edit(self) -> tuple[MediaRecord, MediaRecord] | None:
-        for record in _recent([r for r in self.log if r.role == "output" and r.parents]):
-            parent = self.by_id.get(record.parents[0])
-            if parent is not None:
-                return parent, record
+    def last_edit(self, modality: Modality | None = None) -> tuple[MediaRecord, MediaRecord] | None:
+        edits = [r for r in self.media.log if r.role == "output" and r.parents]
+        for prefer in (modality, None):
+            for record in self.media.recent(edits):
+                if prefer is not None and record.modality is not prefer:
+                    continue
+                parent = self.media.by_id.get(record.parents[0])
+                if parent is not None:
+                    return parent, record
         return None
 
-    def latest(self, modality: Modality | None) -> MediaRecord | None:
-        if self.attached:
-            pool = [r for r in self.attached if modality is None or r.modality is modality]
-            if pool:
-                return pool[0]
-        pool = _recent(self.log, modality) or (_recent(self.log) if modality is not None else [])
-        return pool[0] if pool else None
+
+def _coordinate(mentions: list[Mention]) -> list[Mention]:
+    """ "the first and the last picture", "the first triangle and the red one": a phrase without a
+    noun shares its neighbour's (as words to try first, see `Mention.optional`)."""
+    out = list(mentions)
+    for k in range(1, len(out)):
+        m, prev = out[k], out[k - 1]
+        if not m.coordinated or m.kind not in ("position", "description", "turn"):
+            continue
+        if prev.kind not in ("position", "description", "turn"):
+            continue
+        if m.modality is None and m.head in (None, "one", "ones", "version", "versions"):
+            # Only the noun is shared: "the red star and the large one" is a large star, not a red one.
+            scope = prev.scope if m.scope == "log" and prev.scope != "all" else m.scope
+            out[k] = replace(m, modality=prev.modality, optional=(*prev.words[-1:], *m.optional), scope=scope)
+        if prev.modality is None and prev.head is None and not prev.words:
+            out[k - 1] = replace(prev, modality=m.modality, optional=m.words)
+    return out
 
 
 def resolve(
@@ -216,22 +470,37 @@ def resolve(
     extra_sources: Sequence[str] = (),
     example: Sequence[str] = (),
     example_fallback: bool = False,
+    vocabulary: Vocabulary | None = None,
+    similar: Similar | None = None,
+    turn: int | None = None,
 ) -> Resolution:
     """Resolve the media a request points at, and what it asks for.
 
     Args:
         text: the request's words.
         attached: media that came with this message (already stored).
-        log: the thread's earlier media (live: not undone, not rejected).
+        log: the thread's earlier media (live: not undone, not rejected), oldest first.
         lookup: finds an explicit id outside the thread (memory); None to stay in the thread.
         task, output: given by the caller (tools), instead of inferred from the words.
         extra_sources, example: references given as data (tool arguments); resolved like words.
         example_fallback: an analogy with no edit in the thread is left without `example` (the
             caller looks in memory) instead of answered with a question.
+        vocabulary: the model's `Vocabulary`; its attribute words decide what is out of vocabulary
+            and which kind of medium a word is about. None (or an open one): any words.
+        similar: artifact ids of media like a description, best first (memory's text search), for
+            descriptions no caption in the log has.
+        turn: the current turn's number (default: this turn's attachments', else one after the log).
     """
-    r = _Resolver(attached, log, lookup)
-    res = Resolution()
-    hint = mentioned_modality(text)
+    lexicon = Lexicon(vocabulary)
+    media = _Log(attached, log, lexicon)
+    current_turn = turn or (attached[0].turn if attached else max((r.turn for r in log), default=0) + 1)
+    tokens = tokenize(text)
+    mentions = _coordinate(find_mentions(text))
+    res = Resolution(mentions=mentions)
+    reading = read_request(text, mentions, lexicon=lexicon, attached=bool(attached), tokens=tokens)
+    if task is not None and reading.intent == "chat":
+        reading = Reading(task=task)  # a tool said what it wants: never small talk
+    r = _Resolver(media, lookup=lookup, similar=similar, turn=current_turn, hint=reading.modality)
 
     def fail(c: Clarification) -> Resolution:
         res.clarification = c
@@ -245,7 +514,8 @@ def resolve(
                 "or words like 'the last image'."
             )
         # This turn's attachments count as known media here, not as extra sources.
-        sub = resolve(phrase, attached=(), log=[*log, *attached], lookup=lookup, task="describe")
+        sub = resolve(phrase, attached=(), log=[*log, *attached], lookup=lookup, task="describe",
+                      vocabulary=vocabulary, turn=current_turn)  # fmt: skip
         return sub.clarification if sub.clarification is not None else sub.sources[:1]
 
     for phrase in extra_sources:
@@ -261,89 +531,143 @@ def resolve(
                 return fail(named)
             pair += named[:1]
         if len(pair) == 1:  # only the edited result: its recorded source is the "before"
-            # The medium may also have been shown again as an input later (no parents there): the
-            # record of it as an edit's output is the one that knows its source.
-            shown = _recent([x for x in r.everything if x.id == pair[0].id])
-            made = next((x for x in shown if x.parents), pair[0])
-            parent = r.by_id.get(made.parents[0]) if made.parents else None
+            parent = media.parent(pair[0])
             if parent is None:
-                return fail(r.question(f"@m:{made.ref.short_id} is not the result of an edit I know of."))
-            pair = [parent, made]
+                return fail(r.question(f"@m:{pair[0].ref.short_id} is not the result of an edit I know of."))
+            pair = [parent, media.by_id.get(pair[0].id, pair[0])]
         res.example = tuple(pair[:2])
 
-    # 2. References in the words, in order.
-    res.mentions = find_mentions(text)
-    pronouns: list[Mention] = []
-    unknown: list[Mention] = []
-    for m in res.mentions:
-        got: MediaRecord | tuple[MediaRecord, MediaRecord] | Clarification | None
-        if m.kind == "explicit":
-            got = r.explicit(m)
-        elif m.kind == "turn":
-            got = r.turn(m)
-        elif m.kind == "ordinal":
-            got = r.ordinal(m, hint)
-        elif m.kind == "edit_of":
-            got = r.edit_of(m)
-        elif m.kind == "last_edit":
-            last = r.last_edit() if not res.example else None
-            if last is not None:
-                res.example = last
-            continue
-        elif m.kind == "subject":
-            got = r.subject(m)
-            if got is None:
-                (pronouns if m.deictic else unknown).append(m)
-                continue
-        else:
-            pronouns.append(m)
-            continue
-        if isinstance(got, Clarification):
-            return fail(got)
-        if isinstance(got, tuple):
-            res.example = got
-        else:
-            res.sources.append(got)
-
-    # 3. Attached media are sources too (after those the words name, unless named already).
-    seen = {s.id for s in res.sources}
-    res.sources += [a for a in attached if a.id not in seen]
-
-    # 4. What is asked; "it" and friends fill a missing source with the latest medium.
-    modalities = tuple(s.modality for s in res.sources)
-    res.task, res.output = infer_task(
-        text, has_source=bool(res.sources or pronouns), source_modalities=modalities
-    )
+    # 2. Conversation and out-of-vocabulary requests are answered in words.
+    if reading.intent != "media" and (task is None or task == reading.task):
+        res.intent, res.answer = reading.intent, reading.answer
+        res.task, res.output = "generate", "text"
+        return res
+    res.task, res.output = reading.task, reading.output
     if task is not None:
         res.task = task
     if output is not None:
         res.output = output
-    if res.task == "analogy" and not res.example:
-        pair_ = r.last_edit()
-        if pair_ is not None:
+    res.instruction = reading.instruction
+    if res.task in ("generate", "recall") and task is None:
+        return res  # nothing to look up: new media, or a search of memory
+
+    # 3. References in the words, in order.
+    pronouns: list[Mention] = []
+    repeat: Mention | None = None
+    for m in mentions:
+        if m in reading.content:
+            continue
+        if m.kind == "edit_of":
+            pair_ = r.edit_of(m)
+            if isinstance(pair_, Clarification):
+                return fail(pair_)
             res.example = pair_
-        elif not example_fallback:
-            return fail(r.question("I haven't made an edit yet, so I don't know which edit to repeat."))
-    wants_source = needs_source(res.task) or bool(pronouns)
-    if wants_source and not res.sources:
-        if unknown:
-            what = _noun_phrase(unknown[0].words)
-            return fail(r.question(f"I can't find the {what} you mean."))
-        modality = hint or (res.example[0].modality if res.example else None)
-        latest = r.latest(modality)
-        if latest is None or (res.example and latest.id == res.example[1].id and res.task == "analogy"):
-            kind = _kind(modality)
+            continue
+        if m.kind == "last_edit":
+            repeat = m  # chosen once the target is known: "do the same to the circle" repeats a picture edit
+            continue
+        if m.kind == "pronoun":
+            pronouns.append(m)
+            continue
+        got = r.reference(m)
+        if isinstance(got, Clarification):
+            return fail(got)
+        if got is None:  # "this dog" with no dog: the medium at hand
+            pronouns.append(m)
+            continue
+        if all(s.id != got.id for s in res.sources):
+            res.sources.append(got)
+
+    # 4. Attached media are sources too (after those the words name, unless named already).
+    seen = {s.id for s in res.sources}
+    res.sources += [a for a in attached if a.id not in seen]
+    if repeat is not None and not res.example:
+        last = r.last_edit(repeat.modality or (res.sources[0].modality if res.sources else None))
+        if last is not None:
+            res.example = last
+    return _complete(res, r, media, reading, pronouns, task, output, example_fallback)
+
+
+def _complete(
+    res: Resolution,
+    r: _Resolver,
+    media: _Log,
+    reading: Reading,
+    pronouns: list[Mention],
+    task: str | None,
+    output: str | None,
+    example_fallback: bool,
+) -> Resolution:
+    """Fill what the words left implicit: the task's missing source, the example, the output kind."""
+
+    def fail(c: Clarification) -> Resolution:
+        res.clarification = c
+        return res
+
+    modalities = {s.modality for s in res.sources}
+    if task is None and res.task == "edit" and {Modality.IMAGE, Modality.AUDIO} <= modalities:
+        res.task = "compose"
+    if res.task == "analogy":
+        if not res.example:
+            last = r.last_edit(res.sources[0].modality if res.sources else None)
+            if last is not None:
+                res.example = last
+            elif not example_fallback:
+                return fail(r.question("I haven't made an edit yet, so I don't know which edit to repeat."))
+        if not res.sources:
+            modality = r.hint or (res.example[0].modality if res.example else None)
+            target = r.current(modality)
+            if isinstance(target, Clarification):
+                return fail(target)
+            if target is None:
+                return fail(r.question(f"There is no {_kind(modality)} to apply that edit to yet."))
+            if res.example and target.id == res.example[1].id and not (reading.again or pronouns):
+                return fail(r.question(f"Which {_kind(modality)} should I apply that edit to?"))
+            res.sources.append(target)
+    elif res.task == "describe" and reading.compare:
+        compared = _compared(res.sources, r, media)
+        if isinstance(compared, Clarification):
+            return fail(compared)
+        res.sources = compared
+    elif res.task in ("edit", "describe", "compose") and not res.sources:
+        target = r.current(r.hint)
+        if isinstance(target, Clarification):
+            return fail(target)
+        if target is None:
             return fail(
-                r.question(f"There is no {kind} to work on yet: send one, or ask me to make one.")
-                if latest is None
-                else r.question(f"Which {kind} should I apply that edit to?")
+                r.question(f"There is no {_kind(r.hint)} to work on yet: send one, or ask me to make one.")
             )
-        res.sources.append(latest)
+        res.sources.append(target)
+    if res.task == "compose" and output is None:
+        res.output = "image"
     if res.task in ("edit", "analogy") and res.output == "auto" and res.sources:
         res.output = res.sources[-1 if res.task == "analogy" else 0].modality.value
     if res.task == "describe":
         res.output = "text"
     return res
+
+
+def _compared(sources: list[MediaRecord], r: _Resolver, media: _Log) -> list[MediaRecord] | Clarification:
+    """ "what changed?": two media. One named: it against its subject's newest version (or, if it is
+    the newest, against its source); none named: the newest medium against its source."""
+    if len(sources) >= 2:
+        return sources[:2]
+    if sources:
+        named = sources[0]
+    else:
+        got = r.current(r.hint)
+        if got is None or isinstance(got, Clarification):
+            return got or r.question("There is nothing to compare yet.")
+        named = got
+    newest = media.chain(named)[-1] if media.chain(named) else named
+    if newest.id != named.id:
+        return [named, newest]
+    parent = media.parent(named)
+    if parent is None:
+        return r.question(
+            f"{_label(named)} was not made from another medium; which one should I compare it with?"
+        )
+    return [parent, named]
 
 
 def records_for(refs: Sequence[MediaRef], *, turn: int) -> list[MediaRecord]:
