@@ -32,6 +32,7 @@ from codi2_agent.media import Modality
 from ._language import (
     ADJECTIVES,
     COLOURS,
+    COMPARATIVES,
     GENERIC_HEADS,
     NOUN_MODALITY,
     PREPOSITIONS,
@@ -165,6 +166,8 @@ _CHAT: dict[str, tuple[str, ...]] = {
         r"perfect|lovely|beautiful|fun|wonderful|fantastic|excellent|brilliant|neat|funny|pretty|cute|"
         r"interesting|fine|ok|okay|right)",
         r"i (?:really )?(?:love|like) (?:it|this|that)(?: one)?", r"love it", r"all good",
+        r"(?:that|this|it) is (?:exactly |just )?what i (?:wanted|needed|meant|asked for|had in mind)",
+        r"exactly", r"just right", r"spot on",
     ),
 }  # fmt: skip
 _CHAT_RE = {kind: re.compile(r"\b(?:" + "|".join(ps) + r")\b") for kind, ps in _CHAT.items()}
@@ -208,8 +211,8 @@ _RECALL = re.compile(
 _DESCRIBE = re.compile(
     r"\b(?:describe|caption)\b|\bwhat(?:'s| is| was| are| were)\s+(?:in|on)\b"
     r"|\bwhat(?:'s| is| was)\s+(?:this|that|it|@m:|artifact://|the\s)|\bwhat do you (?:see|hear)\b"
-    r"|\bwhat did you (?:make|draw|play|create|generate|paint|render|do)\b|\bwhat does (?:it|this|that) "
-    r"(?:show|look|sound)|\btell me (?:what|about)\b",
+    r"|\bwhat did you (?:make|draw|play|create|generate|paint|render|do|show|give|send)\b"
+    r"|\bwhat does (?:it|this|that) (?:show|look|sound)|\btell me (?:what|about)\b",
     re.IGNORECASE,
 )
 _MORE_GENERATE = re.compile(
@@ -239,6 +242,7 @@ _TRAILS = (
 )  # fmt: skip
 _TRAIL_MARKERS = frozenset({"this time", "instead", "now", "for a change"})
 _AMOUNTS = _set("bit little lot touch tad notch step octave octaves half semitone")
+_LOCATIVE = _set("in on at among under over near behind beside inside around across through")
 _GENERIC = (
     _set(
         "something anything thing things one new nice pretty cool beautiful simple random another different "
@@ -308,8 +312,8 @@ def _ellipsis(tokens: Sequence[Token]) -> str | None:
     if ws[0] in ("in", "at", "on", "with", "among", "under", "over", "near", "without", "into", "inside"):
         return f"put it {phrase}"
     if ws[0] in ("a", "an", "some"):
-        if ws[1:2] and ws[1] in _AMOUNTS:  # "an octave higher", "a bit smaller"
-            return f"make it {phrase}"
+        if ws[1:2] and ws[1] in _AMOUNTS and ws[2:3] and ws[2] in COMPARATIVES:
+            return f"make it {phrase}"  # "an octave higher", "a bit smaller" (not "a little yellow circle")
         return f"make it {phrase}" if marked else None  # "a circle this time"; a bare "a circle" is new
     if any(w in PREPOSITIONS and w not in ("than", "to") for w in ws[:-1]):
         return None  # "blue with a red border": more than a change of one thing
@@ -370,10 +374,14 @@ def _unknown_in_edit(tokens: Sequence[Token], mentions: Sequence[Mention], lexic
     into a dog"); words inside references ("the blue star") are names, not requests."""
     inside = [m.span for m in mentions]
     free = [t for t in tokens if not any(a <= t.start < b for a, b in inside)]
+    played = any(t.word in ("play", "played", "playing") for t in tokens)
     unknown: list[str] = []
     for i, t in enumerate(free):
         if t.word in COLOURS and not lexicon.knows(t.word):
             unknown.append(t.word)
+        before = free[i - 1].word if i else ""
+        if before in _LOCATIVE and not (before == "on" and played):
+            continue  # "on a sunny day" says where; "play it on a guitar" asks for an instrument
         if t.word in ("a", "an"):
             phrase = []
             for u in free[i + 1 :]:

@@ -116,9 +116,13 @@ VERBS = _set(
     "switch fit fits match matches mix merge should could would can will must might please want like "
     "sounds seems seem feel repeat undo caption tell hear see find recall search remember"
 )
-# Verbs after which a phrase says where a medium goes or what replaces it, not which medium it is
-# ("put the star in the snow", "replace the star with a circle").
-PLACEMENT = _set("put place move show set bring send drop replace swap substitute exchange trade")
+# Verbs after which a phrase says where a medium goes, what replaces it, or what it goes with, not
+# which medium it is ("put the star in the snow", "replace the star with a circle", "compare the
+# square with the star").
+PLACEMENT = _set(
+    "put place move show set bring send drop replace swap substitute exchange trade compare combine mix "
+    "merge contrast pair"
+)
 # A relative clause's verb: what the assistant made, or what the user brought.
 MADE_VERBS = _set(
     "made drew created generated played painted rendered produced did had edited changed composed "
@@ -132,6 +136,7 @@ _PLACES = _set(
     "in at on among under over near into onto behind inside around through across from with beside"
 )
 _CHANGE_VERBS = _set("change changes turn switch set move take bring send put")
+_PAIRING_VERBS = _set("compare combine mix merge contrast pair")
 _STOP = (
     PREPOSITIONS
     | CONJUNCTIONS
@@ -439,7 +444,11 @@ class _Parser:
             return j + 1 if self.word(j) in GENERIC_HEADS or self.word(j) in NOUN_MODALITY else j
         if self.word(j) == "before" and head in GENERIC_HEADS and not _is_content(self.word(j + 1)):
             fields["index"] = -2
-            return j + 1
+            j += 1
+            if self.word(j) in ("this", "it", "now"):  # "the version before this one"
+                j += 1
+                return j + 1 if self.word(j) in ("one", "version") else j
+            return j
         return j
 
     # --- noun phrases ---------------------------------------------------------------------------
@@ -484,9 +493,9 @@ class _Parser:
             head = content[-1]
         if head is None and not fields:
             return None  # "the same", "the colour": nothing that names a medium
+        j = self.before_that(j, head, fields)
         if head in CHAIN_HEADS and "index" in fields:
             fields["scope"] = "chain"
-        j = self.before_that(j, head, fields)
         # Trailing turn phrases, relative clauses and descriptive phrases. After a content noun that
         # follows a placement verb, a phrase says where to put it: "put the star in the snow".
         prev, prev2 = self.word(start - 1), self.word(start - 2)
@@ -717,13 +726,17 @@ class _Parser:
             return False
         if before in ("on", "for", "to", "with") and any(m.kind in ("edit_of", "last_edit") for m in found):
             return False
+        if before in ("with", "to") and self._in_clause(i, _PAIRING_VERBS):
+            return False  # "compare the square with the star": the second medium
         if before in _PLACES:
             return True
-        if before != "to":
-            return False
-        k = i - 2
+        return before == "to" and self._in_clause(i, _CHANGE_VERBS)
+
+    def _in_clause(self, i: int, verbs: frozenset[str]) -> bool:
+        """True when one of `verbs` comes before token i in its clause."""
+        k = i - 1
         while k >= 0 and self.word(k) not in (",", ".", ";", ":", "and", "then"):
-            if self.word(k) in _CHANGE_VERBS:
+            if self.word(k) in verbs:
                 return True
             k -= 1
         return False

@@ -361,8 +361,8 @@ class _Resolver:
                 self.which(f"other {kind}", others) if others else self.question(f"There is no other {kind}.")
             )
         index = m.index or 0
-        if m.earlier and len(pool) == 2:
-            index = 0
+        if m.earlier and len(pool) in (1, 2):
+            index = 0  # "the earlier sound" of two is the older one; of one, that one
         if -len(pool) <= index < len(pool):
             return pool[index]
         have = len(pool)
@@ -374,19 +374,20 @@ class _Resolver:
 
     def version(self, m: Mention, modality: Modality | None) -> MediaRecord | Clarification:
         """ "the original", "the second version of the circle", "the previous version"."""
+        anchor: MediaRecord | Clarification | None = None
         if m.words or m.optional:  # "the original star", "the second version of the circle"
             pool = self._pool(m, modality)
             hits = self.media.matching(pool, [*m.words, *m.optional])
-            if not hits and m.words and m.optional:
+            if not hits and m.optional and m.words:  # "the original sound with rain": the change
                 hits = self.media.matching(pool, m.words)
-            if not hits:
+            if hits:
+                anchor = self.one_subject(hits, " ".join([*m.words, *m.optional]))
+            elif m.words:
                 return self.question(f"I can't find {m.text} you mean.")
-            anchor = self.one_subject(hits, " ".join([*m.words, *m.optional]))
-        else:
-            found = self.current(modality)
-            if found is None:
+        if anchor is None:
+            anchor = self.current(modality)
+            if anchor is None:
                 return self.question(f"There is no {_kind(modality)} to go back to yet.")
-            anchor = found
         if isinstance(anchor, Clarification):
             return anchor
         chain = self.media.chain(anchor)

@@ -149,6 +149,7 @@ def test_positions(chain: list[MediaRecord], text: str, expected: list[int]) -> 
 
 def test_one_step_back_is_the_version_before_the_current_one(chain: list[MediaRecord]) -> None:
     assert _resolved("go back one step and make it red", chain[:4]) == [3]
+    assert _resolved("go back to the version before this one", chain[:4]) == [3]
     res = resolve("go back one step and make it red", attached=[], log=chain)
     assert res.clarification is not None and "1 version" in res.clarification.question  # the new circle
 
@@ -176,6 +177,7 @@ def test_very_first_spans_every_kind_and_original_follows_the_subject(chain: lis
         ("make the later sound lower", [6]),
         ("the star you drew earlier, make it green", [3]),  # the one before the newest star
         ("make the most recent picture yellow", [7]),
+        ("the circle from earlier, make it red", [7]),  # the only circle
     ],
 )
 def test_recency_and_turns(chain: list[MediaRecord], text: str, expected: list[int]) -> None:
@@ -273,6 +275,11 @@ def test_explicit_ids(chain: list[MediaRecord]) -> None:
         ("what changed between the first and the last picture?", [1, 7], "describe"),
         ("compare the first star to the last one", [1, 4], "describe"),
         ("what's the difference between the red star and the large one?", [1, 4], "describe"),
+        (
+            "compare the small blue star with the green circle",
+            [2, 7],
+            "describe",
+        ),  # not "a star with a circle"
     ],
 )
 def test_several_sources(chain: list[MediaRecord], text: str, expected: list[int], task: str) -> None:
@@ -426,7 +433,15 @@ def test_structured_references_from_tools(log: list[MediaRecord]) -> None:
 # --- intent: conversation, vocabulary, what is asked -----------------------------------------------
 @pytest.mark.parametrize(
     "text",
-    ["hello, how are you?", "thanks!", "that looks great", "good night!", "what can you do?", "ok cool"],
+    [
+        "hello, how are you?",
+        "thanks!",
+        "that looks great",
+        "good night!",
+        "what can you do?",
+        "ok cool",
+        "great, that's exactly what I wanted",
+    ],
 )
 def test_conversation_gets_a_text_answer_and_no_media(log: list[MediaRecord], text: str) -> None:
     res = resolve(text, attached=[], log=log, vocabulary=TINY)
@@ -485,6 +500,7 @@ def test_colour_answers_list_the_colours_the_model_knows(chain: list[MediaRecord
         "an octave higher",
         "draw something",
         "new picture please: a cross in the rain",
+        "on a sunny day instead",  # a place: its words are not checked as things to make
     ],
 )
 def test_known_words_are_not_out_of_vocabulary(chain: list[MediaRecord], text: str) -> None:
@@ -510,6 +526,8 @@ def test_an_open_vocabulary_is_never_out_of_vocabulary() -> None:
         ("change the background to snow", "edit", "auto"),
         ("do the same to the circle", "analogy", "auto"),
         ("blue instead", "edit", "auto"),
+        ("a little yellow circle in the rain please", "generate", "image"),  # "a little" is no amount here
+        ("a bit smaller", "edit", "auto"),
     ],
 )
 def test_read_request(text: str, task: str, output: str) -> None:
