@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from codi2_agent import Media
+from codi2_agent import Media, Session
 from codi2_agent.backends import ModelEmbedder
-from codi2_agent.graphs import open_session_graph, thread_key
+from codi2_agent.graphs import thread_key
 from codi2_agent.memory import ExemplarMemory
 
 from .conftest import STEPS
@@ -55,12 +55,12 @@ def _picture(value: int) -> Media:
 
 
 def _logged_media(model: Any, root: Path, thread: str) -> list[Any]:
-    """The thread's media log as its last checkpoint holds it (read through the session graph)."""
-    parts = open_session_graph(model, root, use_memory=False)
+    """The thread's media log as its checkpoints hold it (read without opening the memory)."""
+    session = Session(model, thread=thread, root=root, use_memory=False)
     try:
-        return list(parts.graph.get_state({"configurable": {"thread_id": thread}}).values.get("media", []))
+        return session.media_log()
     finally:
-        parts.close()
+        session.close()
 
 
 def test_a_crash_between_memory_and_checkpoint_leaves_no_visible_orphan(
@@ -74,8 +74,8 @@ def test_a_crash_between_memory_and_checkpoint_leaves_no_visible_orphan(
     assert run.returncode == 9, run.stderr[-3000:]
     assert "turn 1 done" in run.stdout and "unreachable" not in run.stdout
 
-    thread = thread_key("default", "t")
-    log = _logged_media(tiny_model, root, thread)
+    thread = thread_key("default", "t")  # the memory's thread name: the checkpoint key
+    log = _logged_media(tiny_model, root, "t")
     assert log and {r.turn for r in log} == {1}  # turn 2 never reached the checkpoint
 
     memory = ExemplarMemory(root / "memory", embedder=ModelEmbedder(tiny_model))
