@@ -16,14 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ._chroma_ef import CoDi2EmbeddingFunction
 from ._embedding import Embedder
 from ._errors import CorruptMetadataError, EmbeddingDimensionError, EncoderMismatchError
 from ._item import SHARED_TENANT, MemoryItem
+from ._vector_copy import VectorCopy
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -118,11 +121,23 @@ def shared_threads(meta: Mapping[str, Any], name: str) -> list[str]:
 
 
 class Collections:
-    """Opens (and creates) tenants' collections, checks them against the encoder, and caches them."""
+    """Opens (and creates) tenants' collections, checks them against the encoder, and caches them.
 
-    def __init__(self, client: ClientAPI, embedder: Embedder, namespace: str, now: Callable[[], float]):
+    Every write and delete of records goes through `upsert` / `delete`, which keep the embedded
+    memory's vector copy (`_vector_copy.py`) in step with Chroma.
+    """
+
+    def __init__(
+        self,
+        client: ClientAPI,
+        embedder: Embedder,
+        namespace: str,
+        now: Callable[[], float],
+        copy: VectorCopy | None = None,
+    ):
         check_namespace(namespace)
         self.client = client
+        self.copy = copy
         self.embedder = embedder
         self.namespace = namespace
         self.ef = CoDi2EmbeddingFunction(embedder)
@@ -155,6 +170,28 @@ class Collections:
 
     def clear(self) -> None:
         self._cache.clear()
+
+    def upsert(
+        self, col: Collection, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Write records: the vector copy first, so it always holds every vector Chroma holds."""
+        if self.copy is not None:
+            self.copy.put(col.name, ids, vectors)
+        col.upsert(ids=list(ids), embeddings=vectors, metadatas=list(metadatas))
+
+    def delete(self, col: Collection, ids: Sequence[str]) -> None:
+        """Delete records from Chroma, then their copied vectors."""
+        col.delete(ids=list(ids))
+        if self.copy is not None:
+            self.copy.delete(col.name, ids)
+
+    def drop(self, tenant: str) -> None:
+        """Delete the tenant's whole collection (and its copied vectors)."""
+        name = self.name(tenant)
+        self.client.delete_collection(name)
+        self.forget(tenant)
+        if self.copy is not None:
+            self.copy.drop(name)
 
     def fresh_metadata(self, tenant: str) -> dict[str, Any]:
         """Collection metadata read again now: another process may have changed it since we cached it."""

@@ -95,7 +95,7 @@ def forget_thread(collections: Collections, tenant: str, thread: str) -> int:
         ids = col.get(where={"thread": thread}, include=[], limit=PAGE)["ids"]
         if not ids:
             return deleted
-        col.delete(ids=ids)
+        collections.delete(col, ids)
         deleted += len(ids)
 
 
@@ -115,7 +115,7 @@ def forget_items(collections: Collections, tenant: str, item_ids: Iterable[str])
     for start in range(0, len(ids), collections.batch):
         present = col.get(ids=ids[start : start + collections.batch], include=[])["ids"]
         if present:  # only what exists, so a repeated call reports 0
-            col.delete(ids=present)
+            collections.delete(col, present)
             deleted += len(present)
     return deleted
 
@@ -158,8 +158,7 @@ def forget_tenant(collections: Collections, tenant: str) -> int:
     if col is None:
         return 0
     n = col.count()
-    collections.client.delete_collection(col.name)
-    collections.forget(tenant)
+    collections.drop(tenant)
     return n
 
 
@@ -192,7 +191,7 @@ def compact(
         else:
             report.kept += 1
     for start in range(0, len(doomed), collections.batch):
-        col.delete(ids=doomed[start : start + collections.batch])
+        collections.delete(col, doomed[start : start + collections.batch])
     return report
 
 

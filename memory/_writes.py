@@ -154,17 +154,18 @@ class Writer:
         try:
             for start in range(0, len(items), batch):
                 chunk = items[start : start + batch]
-                col.upsert(
-                    ids=[it.id for it in chunk],
-                    embeddings=vectors[start : start + len(chunk)],
-                    metadatas=[it.to_metadata() for it in chunk],
+                self._collections.upsert(
+                    col,
+                    [it.id for it in chunk],
+                    vectors[start : start + len(chunk)],
+                    [it.to_metadata() for it in chunk],
                 )
                 written.extend(it.id for it in chunk)
         except Exception as e:
             rollback = [i for i in written if i in new_ids]
             if rollback:
                 try:
-                    col.delete(ids=rollback)
+                    self._collections.delete(col, rollback)
                 except Exception as cleanup:  # report both; the first failure is the cause
                     raise ExemplarMemoryError(
                         f"write to {col.name!r} failed ({e}) and rolling back {len(rollback)} items failed "
