@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from ._embedding import Embedder, HashingEmbedder, get_embedder, register_embedder
 from ._errors import (
     AmbiguousReferenceError,
+    CorruptMemoryError,
     CorruptMetadataError,
     EmbeddingDimensionError,
     EncoderMismatchError,
@@ -47,6 +48,7 @@ from ._errors import (
     ExemplarMemoryError,
     UnknownReferenceError,
 )
+from ._index_check import IndexReport
 from ._item import SHARED_TENANT, EditPair, MemoryItem, NewItem, Role, item_id
 from ._protocol import Memory, QueryLike
 
@@ -60,6 +62,7 @@ __all__ = [
     "AmbiguousReferenceError",
     "CoDi2EmbeddingFunction",
     "CompactReport",
+    "CorruptMemoryError",
     "CorruptMetadataError",
     "EditPair",
     "Embedder",
@@ -69,6 +72,7 @@ __all__ = [
     "ExemplarMemory",
     "ExemplarMemoryError",
     "HashingEmbedder",
+    "IndexReport",
     "Memory",
     "MemoryItem",
     "NewItem",

@@ -7,8 +7,12 @@ family, the builtin, or one specific case.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 __all__ = [
     "AmbiguousReferenceError",
+    "CorruptMemoryError",
     "CorruptMetadataError",
     "EmbeddingDimensionError",
     "EncoderMismatchError",
@@ -51,3 +55,17 @@ class AmbiguousReferenceError(ExemplarMemoryError, ValueError):
 
 class CorruptMetadataError(ExemplarMemoryError, ValueError):
     """Stored metadata that does not follow the memory's schema (written by hand, or damaged)."""
+
+
+class CorruptMemoryError(ExemplarMemoryError, ValueError):
+    """An embedded memory's files are damaged beyond what opening it can repair: `folder` is the
+    memory's folder, `reason` what failed (a damaged index whose vectors have no readable copy, an
+    unreadable Chroma database, a damaged vector copy)."""
+
+    def __init__(self, folder: Path, reason: str) -> None:
+        super().__init__(f"exemplar memory {folder} is damaged: {reason}")
+        self.folder = folder
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes, like other exceptions
+        return (type(self), (self.folder, self.reason))

@@ -27,11 +27,13 @@ from codi2_agent.media import Media, MediaRef, Modality
 from . import _lifecycle
 from ._collections import Collections, check_namespace, connect
 from ._embedding import Embedder, HashingEmbedder, register_embedder
+from ._index_check import IndexReport, close_embedded, open_embedded
 from ._item import SHARED_TENANT, EditPair, MemoryItem, NewItem, Role
 from ._lifecycle import CompactReport
 from ._lookups import Lookups
 from ._protocol import Memory, QueryLike
 from ._search import Search
+from ._vector_copy import VectorCopy
 from ._vectors import Vectors
 from ._where import filters
 from ._writes import Writer
@@ -86,6 +88,16 @@ class ExemplarMemory:
             vectors, to check refs exist before writing, and by export / import / compact.
         namespace: prefix of every collection name, so several memories can share one Chroma.
         clock: time source for `created_at` / `updated_at` (tests pass a fake).
+        verify_index: embedded only — check the HNSW index files of this namespace's collections
+            before Chroma opens them, so damaged files are rebuilt (or raise `CorruptMemoryError`)
+            instead of crashing this process (docs/architecture.md §11). Free when the files are as
+            this memory last closed them (a hash of the index files); otherwise a child process
+            probes them (about 2 s, mostly importing Chroma). The result is `index_report`.
+        verify_timeout_s: how long that child may go without an answer before the collection it is
+            reading counts as damaged.
+
+    Raises:
+        CorruptMemoryError: the embedded folder is damaged beyond repair (the message says how).
     """
 
     def __init__(
@@ -101,15 +113,31 @@ class ExemplarMemory:
         ssl: bool = False,
         headers: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        verify_index: bool = True,
+        verify_timeout_s: float = 60.0,
     ) -> None:
         check_namespace(namespace)
         self.embedder: Embedder = register_embedder(embedder if embedder is not None else HashingEmbedder())
         self.artifacts = ArtifactStore(artifacts) if isinstance(artifacts, (str, Path)) else artifacts
         self.namespace = namespace
         self._clock = clock
-        chroma, self.mode = connect(path, host, port, client, ssl=ssl, headers=headers)
+        self._folder: Path | None = None
+        self._copy: VectorCopy | None = None
+        self.index_report: IndexReport | None = None
+        """What the index check found on open (embedded with ``verify_index=True``), else None."""
+        if path is not None and host is None and client is None:
+            self._folder = Path(path).expanduser()
+            self._folder.mkdir(parents=True, exist_ok=True)
+            self._copy, self.index_report = open_embedded(
+                self._folder, namespace, verify=verify_index, timeout_s=verify_timeout_s
+            )
+        try:
+            chroma, self.mode = connect(path, host, port, client, ssl=ssl, headers=headers)
+        except BaseException:
+            self._release_folder(record=False)
+            raise
         self._owns_client = client is None
-        self._collections = Collections(chroma, self.embedder, namespace, self._now)
+        self._collections = Collections(chroma, self.embedder, namespace, self._now, self._copy)
         vectors = Vectors(self.embedder, self._collections.ef)
         self._lookups = Lookups(self._collections)
         self._search = Search(self._collections, vectors, self._lookups)
@@ -127,11 +155,20 @@ class ExemplarMemory:
         return round(self._clock(), 3)
 
     def close(self) -> None:
-        """Release the Chroma client if this memory created it (embedded: closes the SQLite files)."""
+        """Release the Chroma client if this memory created it (embedded: closes the SQLite files, and
+        records the index files as verified for the next open)."""
         self._collections.clear()
         client = self._collections.client
         if self._owns_client and hasattr(client, "close"):
             client.close()
+        # Only a memory that checked the files itself vouches for them.
+        self._release_folder(record=self.index_report is not None and not self.index_report.shared)
+
+    def _release_folder(self, *, record: bool) -> None:
+        if self._folder is None:
+            return
+        folder, self._folder = self._folder, None  # once: close() may be called again
+        close_embedded(folder, self.namespace if record else None, self._copy)
 
     def __enter__(self) -> ExemplarMemory:
         return self
