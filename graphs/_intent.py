@@ -450,25 +450,25 @@ def read_request(
         m for m in references if m.kind == "description" and text[: m.span[0]].rstrip().endswith(" of")
     )
     if generate and not pronouns and len(content) == len(references):
-        return _generation(text, tokens, ws, lexicon, modality, content)
-    if not mentions and attached is False:
+        return _generation(text, tokens, lexicon, modality, content)
+    if not mentions and not attached:
         instruction = _ellipsis(tokens)
-        if instruction is not None:
-            return _checked(Reading(task="edit", ellipsis=True, instruction=instruction, modality=modality),
-                            tokens, mentions, lexicon)  # fmt: skip
+        if instruction is not None:  # only the change: "blue instead" edits the current subject
+            reading = Reading(task="edit", ellipsis=True, instruction=instruction, modality=modality)
+            return _checked(reading, tokens, mentions, lexicon)
         if ws[0] in ("a", "an", "some", "another") or not any(w in VERBS for w in ws):
-            return _generation(text, tokens, ws, lexicon, modality, ())
+            return _generation(text, tokens, lexicon, modality, ())  # "a blue circle at night"
     return _checked(Reading(task="edit", modality=modality), tokens, mentions, lexicon)
 
 
 def _generation(
     text: str,
     tokens: Sequence[Token],
-    ws: Sequence[str],
     lexicon: Lexicon,
     modality: Modality | None,
     content: tuple[Mention, ...],
 ) -> Reading:
+    """New media, unless they are made of words the model does not know."""
     output = "audio" if modality is Modality.AUDIO else "image"
     reading = Reading(task="generate", output=output, modality=modality, content=content)
     if lexicon.closed:
