@@ -39,6 +39,14 @@ def _add(memory: ExemplarMemory, tenant: str, thread: str, n: int, seed: int = 0
     return vecs
 
 
+def _written(path: Path, n: int, **options) -> str:
+    """Open a memory at `path`, give alice `n` items, close it; alice's collection name."""
+    memory = _open(path, **options)
+    _add(memory, "alice", "t", n)
+    memory.close()
+    return memory.collection_name("alice")
+
+
 def _copied(path: Path, collection: str) -> dict[str, np.ndarray]:
     conn = sqlite3.connect(path / COPY)
     try:
@@ -126,10 +134,7 @@ def test_a_crashed_writer_is_probed_on_reopen(tmp_path: Path) -> None:
 
 def test_an_older_memory_gets_its_copy_on_the_first_checked_open(tmp_path: Path) -> None:
     path = tmp_path / "db"
-    memory = _open(path)
-    _add(memory, "alice", "t", 50)
-    name = memory.collection_name("alice")
-    memory.close()
+    name = _written(path, 50)
     (path / COPY).unlink()  # as a memory written before the copy existed
 
     again = _open(path)
@@ -169,9 +174,7 @@ def test_a_second_memory_on_an_open_folder_does_not_probe_it(tmp_path: Path) -> 
 
 def test_a_silent_child_is_a_named_error(tmp_path: Path) -> None:
     path = tmp_path / "db"
-    memory = _open(path, verify_index=False)
-    _add(memory, "alice", "t", 10)
-    memory.close()
+    _written(path, 10, verify_index=False)
     with pytest.raises(CorruptMemoryError, match=r"gave no answer for 0\.01 s") as info:
         _open(path, verify_timeout_s=0.01)  # no child imports Chroma that fast
     assert info.value.folder == path
@@ -193,9 +196,7 @@ def test_a_damaged_vector_copy_is_a_named_error(tmp_path: Path) -> None:
 
 def test_a_damaged_chroma_database_is_a_named_error(tmp_path: Path) -> None:
     path = tmp_path / "db"
-    memory = _open(path)
-    _add(memory, "alice", "t", 10)
-    memory.close()
+    _written(path, 10)
     (path / "chroma.sqlite3").write_bytes(b"\x00garbage" * 5000)
     with pytest.raises(CorruptMemoryError, match=r"chroma\.sqlite3"):
         _open(path)
