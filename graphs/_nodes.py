@@ -163,6 +163,8 @@ class SessionNodes(RetrieveStep):
             "verdict": None,
             "found": [],
             "turn_media": [],
+            "answer": None,
+            "intent": None,
         }
         human = _last_human(state.get("messages", []))
         options = state.get("options")
@@ -258,10 +260,18 @@ class SessionNodes(RetrieveStep):
             extra_sources=options.sources,
             example=options.example,
             example_fallback=self.memory is not None and self.settings.context == "memory",
+            vocabulary=self.vocabulary,
+            similar=lambda words: self._similar(tenant, words),
+            turn=turn,
         )
         if res.clarification is not None:
             return {"clarification": res.clarification}
-        instruction = options.instruction or clean_instruction(text, res.mentions) or text
+        if res.intent == "chat" and self.vocabulary.open:  # a model that can talk: let it answer
+            req = Request(text=text, task="generate", output="text", instruction=text)
+            return {"request": req}
+        if res.intent != "media":  # small talk, or something the model cannot make: words, no media
+            return {"answer": res.answer or "", "intent": res.intent}
+        instruction = options.instruction or res.instruction or clean_instruction(text, res.mentions) or text
         # A medium's caption is what the model reads back from it (persist), never the request's
         # words, unless the caller names one explicitly.
         caption = options.caption
@@ -278,6 +288,13 @@ class SessionNodes(RetrieveStep):
             caption=caption,
         )
         return {"request": req}
+
+    def _similar(self, tenant: str, description: str) -> list[str]:
+        """Artifact ids the memory finds for a description (the resolver keeps this thread's only):
+        how "the picture with the red car" finds a medium whose caption lacks those words."""
+        if self.memory is None:
+            return []
+        return [item.artifact_id for item in self.memory.search(tenant, description, k=8)]
 
     # =============================================================================================
     # 4. compose: one interleaved prompt within the context budget
@@ -426,6 +443,9 @@ class SessionNodes(RetrieveStep):
         if clarification is not None:
             meta["clarification"] = True
             content: list[Any] = [{"type": "text", "text": clarification.question}]
+        elif state.get("answer") is not None:  # small talk or out of vocabulary: words only
+            content = [{"type": "text", "text": state["answer"]}]
+            meta["intent"] = state.get("intent")
         elif req is not None and req.task == "recall":
             found = state.get("found", [])
             lines = [
@@ -463,7 +483,7 @@ class SessionNodes(RetrieveStep):
 
     @staticmethod
     def route_after_resolve(state: SessionState) -> Literal["retrieve", "respond"]:
-        return "respond" if state.get("clarification") else "retrieve"
+        return "respond" if state.get("clarification") or state.get("answer") is not None else "retrieve"
 
     @staticmethod
     def route_after_retrieve(state: SessionState) -> Literal["compose", "respond"]:

@@ -68,7 +68,7 @@ def _analogy(
 
 def _generation(vocab: Vocabulary, request: Request) -> str:
     """A generation request in the shape the model learned ("draw …" / "play …")."""
-    if looks_like_generation(request.instruction):
+    if request.output == "text" or looks_like_generation(request.instruction):
         return request.instruction
     template = "text_to_audio" if request.output == "audio" else "text_to_image"
     return vocab.prompt(template).format(c=request.instruction)

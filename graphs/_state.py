@@ -184,6 +184,8 @@ class SessionState(TypedDict, total=False):
         result: the backend's answer (media as refs).
         verdict: the review's decision, when the graph was built with ``review=True``.
         found: media a recall turn found.
+        answer: a text-only reply the resolver gave (small talk, a request outside the model's
+            vocabulary), with its `intent` ("chat" / "out_of_vocabulary").
         ancestors: threads this one was forked from (their media up to the fork are in `media`).
     """
 
@@ -199,6 +201,8 @@ class SessionState(TypedDict, total=False):
     result: GenerateResult | None
     verdict: Literal["accepted", "rejected"] | None
     found: list[MediaRef]
+    answer: str | None
+    intent: str | None
     ancestors: list[str]
 
 
