@@ -117,7 +117,8 @@ class MelSpectrogram(nn.Module):
         mag = (self.filters_pinv.float() @ mel).clamp(min=0.0)  # (B, F, T)
         window = self.window.float()
         gen = torch.Generator().manual_seed(0)  # fixed phase init: inversion is deterministic
-        phase = torch.rand(mag.shape, generator=gen).to(mag.device)
+        # one initial phase shared by every row, so a row inverts the same alone or in a batch
+        phase = torch.rand((1, *mag.shape[1:]), generator=gen).expand(mag.shape).to(mag.device)
         angles = torch.exp(2j * math.pi * phase).to(torch.complex64)
         length = self.num_samples
         for _ in range(n_iter):

@@ -11,7 +11,7 @@ Paper-scale decoders (`stable_unclip`, `audioldm2`) live in `paper_decoders.py`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,6 +25,9 @@ from codi2_agent.model.placement import cast_floating
 __all__ = ["MediaDecoder", "ProgressCallback", "TinyDiffusionDecoder"]
 
 ProgressCallback = Callable[[int, int], None]  # (step, total)
+# One generator for a whole batch, or one per row (diffusers' convention): per-row generators give
+# each row the noise it would get decoded alone with that generator.
+Generators = torch.Generator | Sequence[torch.Generator | None] | None
 
 
 class MediaDecoder(nn.Module):
@@ -32,6 +35,9 @@ class MediaDecoder(nn.Module):
 
     modality: Modality
     pretrained: bool = False
+    # `decode` takes one generator per row (a list) and reads no prompt: `decode_batch` can then
+    # decode all rows in one call.
+    batches_rows: bool = False
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
@@ -46,13 +52,52 @@ class MediaDecoder(nn.Module):
         self,
         features: torch.Tensor,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         callback: ProgressCallback | None = None,
         prompt: str | None = None,
     ) -> list[Media]:
+        """Features (B, K, D) -> B media; `generator` is one for the batch or a list of one per row."""
         raise NotImplementedError
+
+    def decode_batch(
+        self,
+        features: torch.Tensor,
+        *,
+        generators: Sequence[torch.Generator | None],
+        prompts: Sequence[str | None],
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+    ) -> list[Media]:
+        """Decode B rows of features (B, K, D), row i with `generators[i]` and `prompts[i]`, so that
+        each row's medium is the one `decode(features[i:i+1], generator=generators[i], ...)` gives.
+
+        Decoders with `batches_rows` run all rows through one sampling loop; others go row by row.
+        """
+        if not len(generators) == len(prompts) == features.shape[0]:
+            raise ValueError(
+                f"decode_batch needs one generator and one prompt per row: {features.shape[0]} rows, "
+                f"{len(generators)} generators, {len(prompts)} prompts"
+            )
+        if self.batches_rows:
+            return self.decode(
+                features,
+                generator=list(generators),
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+            )
+        return [
+            media
+            for row, generator, prompt in zip(features, generators, prompts, strict=True)
+            for media in self.decode(
+                row[None],
+                generator=generator,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                prompt=prompt,
+            )
+        ]
 
     def place(self, device: torch.device, dtype: torch.dtype, offload: bool = False) -> None:
         """Move to `device` and cast to `dtype`. `offload` matters only for pipeline decoders, which
@@ -65,6 +110,8 @@ class TinyDiffusionDecoder(MediaDecoder):
 
     `features` are (B, K, D); the K vectors are flattened into one conditioning vector.
     """
+
+    batches_rows = True  # one UNet call per DDIM step for the whole batch
 
     def __init__(
         self,
@@ -163,12 +210,14 @@ class TinyDiffusionDecoder(MediaDecoder):
         self,
         features: torch.Tensor,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         callback: ProgressCallback | None = None,
     ) -> torch.Tensor:
-        """Features (B, K, D) -> samples (B, C, H, W) in pixel (or log-mel) space, in [-1, 1]."""
+        """Features (B, K, D) -> samples (B, C, H, W) in pixel (or log-mel) space, in [-1, 1].
+
+        `generator` may be a list of B generators (None: the global RNG for that row)."""
         steps = num_inference_steps or self.cfg.num_inference_steps
         scale = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
         cond = features.flatten(1).to(self.null_cond.dtype)
@@ -176,7 +225,7 @@ class TinyDiffusionDecoder(MediaDecoder):
         scheduler = self.sample_scheduler
         scheduler.set_timesteps(steps)
         # float32 state: bf16's 8-bit mantissa would compound over the DDIM steps
-        x = torch.randn((b, self.channels, *self.sample_size), generator=generator).to(cond.device)
+        x = self._initial_noise(b, generator).to(cond.device)
         for i, t in enumerate(scheduler.timesteps):
             tt = t.expand(b).to(cond.device)
             if scale != 1.0:
@@ -192,11 +241,20 @@ class TinyDiffusionDecoder(MediaDecoder):
                 callback(i + 1, steps)
         return self.from_space(x).clamp(-1.0, 1.0)
 
+    def _initial_noise(self, batch: int, generator: Generators) -> torch.Tensor:
+        """x_T on the CPU (seeded draws are then the same on every device), drawn per row when given
+        one generator per row: row i's noise is then what a batch of one with generator i draws."""
+        if generator is None or isinstance(generator, torch.Generator):
+            return torch.randn((batch, self.channels, *self.sample_size), generator=generator)
+        if len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for a batch of {batch}")
+        return torch.cat([torch.randn((1, self.channels, *self.sample_size), generator=g) for g in generator])
+
     def decode(
         self,
         features: torch.Tensor,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         callback: ProgressCallback | None = None,

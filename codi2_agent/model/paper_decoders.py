@@ -32,7 +32,7 @@ from torch import nn
 
 from codi2_agent.media import Media, Modality
 from codi2_agent.model.configuration_codi2 import CoDi2Config, DecoderConfig
-from codi2_agent.model.decoders import MediaDecoder, ProgressCallback
+from codi2_agent.model.decoders import Generators, MediaDecoder, ProgressCallback
 from codi2_agent.model.encoders import resample_audio
 from codi2_agent.model.loading_bars import loading_bars_on_terminal_only
 from codi2_agent.model.placement import cast_floating
@@ -220,7 +220,7 @@ class UnCLIPImageDecoder(_PipelineDecoder):
         self,
         features: torch.Tensor,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,  # one, or one per row (diffusers takes a list)
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         callback: ProgressCallback | None = None,
@@ -367,7 +367,7 @@ class AudioLDM2Decoder(_PipelineDecoder):
         self,
         features: torch.Tensor,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,  # one, or one per row (diffusers takes a list)
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         callback: ProgressCallback | None = None,
