@@ -39,7 +39,7 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -51,7 +51,7 @@ from codi2_agent.artifacts import ArtifactStore
 from codi2_agent.media import Media, MediaRef, Modality, OutputKind
 
 if TYPE_CHECKING:
-    from codi2_agent.model import CoDi2Model, Vocabulary
+    from codi2_agent.model import CoDi2Model, GenerationOutput, Vocabulary
 
 __all__ = [
     "Backend",
@@ -226,31 +226,73 @@ class LocalBackend:
         with self._lock:
             t0 = time.perf_counter()
             # 2. Run the model; each produced medium is encoded once (C_x), right here
-            out = self.model.generate(
+            out = self.model.generate(turns, callback=progress, **_generate_kwargs(request))
+            return self._result(request, out, t0)
+
+    def stream(
+        self, request: GenerateRequest, *, progress: ProgressFn | None = None
+    ) -> Iterator[str | GenerateResult]:
+        """`generate`, streamed: the answer's text in pieces (`str`) as the model decodes it, then the
+        `GenerateResult` (its text is the pieces joined; its media are stored as `generate` stores
+        them). The pieces all come before the medium is decoded.
+
+        The model is held from the first `next()` to the last: iterate from one thread, to the end
+        or until you `close()` the iterator (a `for` loop left early does so when it is dropped).
+        """
+        turns = self._turns(request.prompt)  # bad references fail here, before anything streams
+        return self._stream(request, turns, progress)
+
+    def _stream(
+        self, request: GenerateRequest, turns: list[Any], progress: ProgressFn | None
+    ) -> Iterator[str | GenerateResult]:
+        with self._lock:
+            t0 = time.perf_counter()
+            for item in self.model.generate_stream(turns, callback=progress, **_generate_kwargs(request)):
+                if isinstance(item, str):
+                    yield item
+                else:
+                    yield self._result(request, item, t0)
+
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
+        """Answer several requests in one model call (`CoDi2Model.generate_batch`): their prompts are
+        decoded together and their media decoded in one batch per modality.
+
+        Result i equals `generate(requests[i])` in text; its media equal up to float rounding, so an
+        artifact id may differ where a pixel rounds the other way. `seconds` is the batch's wall time
+        up to that result. Progress is not reported (one diffusion loop serves several requests).
+        """
+        turns = [self._turns(r.prompt) for r in requests]
+        if not requests:
+            return []
+        with self._lock:
+            t0 = time.perf_counter()
+            outs = self.model.generate_batch(
                 turns,
-                output=request.output,
-                seed=request.seed,
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                max_new_tokens=request.max_new_tokens,
-                callback=progress,
+                [r.output for r in requests],
+                seeds=[r.seed for r in requests],
+                num_inference_steps=[r.num_inference_steps for r in requests],
+                guidance_scale=[r.guidance_scale for r in requests],
+                max_new_tokens=[r.max_new_tokens for r in requests],
                 return_media_features=True,
             )
-            # 3. Store the media (content addressing: a retried request writes nothing new) and keep
-            #    their features, which the caption below and the memory's embedding then reuse
-            refs, created = [], []
-            for i, (media, features) in enumerate(zip(out.media, out.media_features, strict=True)):
-                artifact_id = media.sha256()
-                new = artifact_id not in self.artifacts
-                ref = self.artifacts.put(media, turn=request.turn)
-                self.model.cache_features(media.modality, media, features)
-                caption = request.captions[i] if i < len(request.captions) else None
-                if caption is None and request.caption_outputs:
-                    caption = self._caption(media)
-                refs.append(ref.model_copy(update={"caption": caption}))
-                if new:
-                    created.append(ref.id)
-            seconds = time.perf_counter() - t0
+            return [self._result(r, out, t0) for r, out in zip(requests, outs, strict=True)]
+
+    def _result(self, request: GenerateRequest, out: GenerationOutput, t0: float) -> GenerateResult:
+        """Store the model's media (content addressing: a retried request writes nothing new) and keep
+        their features, which the caption below and the memory's embedding then reuse."""
+        refs, created = [], []
+        for i, (media, features) in enumerate(zip(out.media, out.media_features, strict=True)):
+            artifact_id = media.sha256()
+            new = artifact_id not in self.artifacts
+            ref = self.artifacts.put(media, turn=request.turn)
+            self.model.cache_features(media.modality, media, features)
+            caption = request.captions[i] if i < len(request.captions) else None
+            if caption is None and request.caption_outputs:
+                caption = self._caption(media)
+            refs.append(ref.model_copy(update={"caption": caption}))
+            if new:
+                created.append(ref.id)
+        seconds = time.perf_counter() - t0
         return GenerateResult(
             text=out.text, media=tuple(refs), modality=out.modality, created=tuple(created), seconds=seconds
         )
@@ -265,6 +307,18 @@ class LocalBackend:
         self, request: GenerateRequest, *, progress: ProgressFn | None = None
     ) -> GenerateResult:
         return await asyncio.to_thread(self.generate, request, progress=progress)
+
+
+def _generate_kwargs(request: GenerateRequest) -> dict[str, Any]:
+    """A request's arguments to `CoDi2Model.generate` (produced media are encoded once, for reuse)."""
+    return {
+        "output": request.output,
+        "seed": request.seed,
+        "num_inference_steps": request.num_inference_steps,
+        "guidance_scale": request.guidance_scale,
+        "max_new_tokens": request.max_new_tokens,
+        "return_media_features": True,
+    }
 
 
 _WORD_RE = re.compile(r"[a-zA-Z]{2,}")
