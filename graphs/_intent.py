@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Literal
 
 from codi2_agent.media import Modality
 
-from ._language import (
+from ._language import Mention, modality_cues
+from ._words import (
     ADJECTIVES,
     COLOURS,
     COMPARATIVES,
@@ -38,11 +39,9 @@ from ._language import (
     PREPOSITIONS,
     SIZES,
     VERBS,
-    Mention,
     Token,
     is_what_changed,
     looks_like_generation,
-    modality_cues,
     stem,
     tokenize,
 )

@@ -23,12 +23,12 @@ from codi2_agent.backends import Backend, GenerateRequest
 from codi2_agent.media import MediaError, MediaRef
 from codi2_agent.messages import MEDIA_BLOCK_TYPES, block_ref, message_text, ref_block
 
-from ._language import clean_instruction
 from ._log import ThreadLog, TurnEntry
 from ._prompt import ContextPolicy, PromptTooLongError, compose_memory, compose_window
 from ._references import resolve
 from ._retrieve import RetrieveStep
 from ._state import Clarification, MediaRecord, Request, SessionState, TurnOptions
+from ._words import clean_instruction
 
 if TYPE_CHECKING:
     from codi2_agent.memory import Memory

@@ -23,8 +23,8 @@ from codi2_agent.media import MediaRef, Modality
 from codi2_agent.messages import prompt_turns
 from codi2_agent.model.vocabulary import Vocabulary
 
-from ._language import is_what_changed, looks_like_generation
 from ._state import Exemplar, Request
+from ._words import is_what_changed, looks_like_generation
 
 __all__ = ["ContextPolicy", "PromptTooLongError", "compose_memory", "compose_window"]
 

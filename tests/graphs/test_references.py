@@ -14,7 +14,8 @@ import pytest
 from codi2_agent.data.phrasing import tiny_vocabulary
 from codi2_agent.graphs import MediaRecord, resolve
 from codi2_agent.graphs._intent import Lexicon, read_request
-from codi2_agent.graphs._language import clean_instruction, find_mentions, tokenize
+from codi2_agent.graphs._language import find_mentions
+from codi2_agent.graphs._words import clean_instruction, tokenize
 from codi2_agent.media import MediaRef, Modality
 from codi2_agent.model.vocabulary import Vocabulary
 
