@@ -19,8 +19,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
 
 from codi2_agent.media import Modality
 
@@ -54,6 +53,8 @@ from ._words import (
     PREVIOUS,
     PRONOUNS,
     SENT_VERBS,
+    Mention,
+    MentionKind,
     Token,
     _is_content,
     clean_instruction,
@@ -79,66 +80,8 @@ __all__ = [
     "words",
 ]
 
-MentionKind = Literal["explicit", "turn", "position", "description", "pronoun", "edit_of", "last_edit"]
-Scope = Literal["log", "chain", "all"]
-
 
 # --- mentions ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Mention:
-    """A phrase that points at media: where it is, and what it constrains.
-
-    Attributes:
-        kind: explicit (an id), turn (a turn's media), position (first / last / previous /
-            original …), description (words to find in captions), pronoun ("it", "this one"),
-            edit_of (an edit, named by what it was applied to: `inner`), last_edit ("the same").
-        index: for positions, 0-based from the start, negative from the end (-1 the latest,
-            -2 the one before); with `scope` "chain" counted along one subject's versions, "all"
-            over every medium whatever its kind ("the very first one").
-        words: description words, singular ("blue", "star"); `head` the phrase's noun.
-        role: "output" (what you made) or "input" (what I sent), from a relative clause.
-        turn / turns_ago: an absolute turn, or one counted back from the current turn.
-        coordinated: joined to the mention before it ("the first and the last picture"), so a
-            phrase without a noun of its own shares that mention's.
-        again: "do it again": the edit may be applied to its own result.
-    """
-
-    kind: MentionKind
-    span: tuple[int, int]
-    text: str
-    modality: Modality | None = None
-    turn: int | None = None
-    turns_ago: int | None = None
-    index: int | None = None
-    scope: Scope = "log"
-    words: tuple[str, ...] = ()
-    optional: tuple[str, ...] = ()  # words of a trailing phrase that may be the change instead
-    head: str | None = None
-    token: str | None = None
-    role: Literal["input", "output"] | None = None
-    other: bool = False
-    earlier: bool = False  # "the earlier one": the older of two, else the one before the latest
-    deictic: bool = False  # "this dog": when no dog is known, it still points at the medium at hand
-    coordinated: bool = False
-    again: bool = False
-    inner: Mention | None = None
-    clause_start: bool = False  # the phrase opens its clause ("the one in the snow, make it blue")
-
-    @property
-    def generic(self) -> bool:
-        """The phrase names no content of its own ("the picture", "the one before that")."""
-        return not self.words
-
-    @property
-    def removable(self) -> bool:
-        """Pure references, replaced by "it" in the instruction the model reads."""
-        if self.kind in ("explicit", "turn", "position", "edit_of"):
-            return True
-        return self.kind == "description" and (
-            self.generic or self.head in GENERIC_HEADS or self.clause_start
-        )
-
-
 class _Parser:
     """One pass over the tokens, longest phrase first at each place."""
 
