@@ -21,6 +21,8 @@ from codi2_agent.backends import Backend, GenerateRequest, GenerateResult, Promp
 from codi2_agent.media import OutputKind
 from codi2_agent.messages import inline_block, prompt_turns, ref_block
 
+from ._streaming import StopCut, cut_at_stops, iterate_in_thread
+
 __all__ = ["ChatCoDi2"]
 
 MODEL_ENV = "CODI2_AGENT_MODEL"
@@ -70,7 +72,7 @@ class ChatCoDi2(BaseChatModel):
     Stream:
         .. code-block:: python
 
-            for chunk in llm.stream("describe this sound."):   # text first, media in the last chunk
+            for chunk in llm.stream("describe this sound."):   # text as it is decoded, media last
                 print(chunk.text, end="")
 
     Async:
@@ -215,10 +217,7 @@ class ChatCoDi2(BaseChatModel):
         )
 
     def _message_content(self, result: GenerateResult, stop: list[str] | None) -> tuple[str, list[dict]]:
-        text = result.text
-        for s in stop or self.stop or []:
-            if s and s in text:
-                text = text[: text.index(s)]
+        text = cut_at_stops(result.text, stop or self.stop or [])
         store = self.backend.artifacts
         media = [
             inline_block(r, store) if self.media_format == "base64" else ref_block(r) for r in result.media
@@ -250,21 +249,36 @@ class ChatCoDi2(BaseChatModel):
         message = AIMessage(content=content, response_metadata=self._metadata(result))
         return ChatResult(generations=[ChatGeneration(message=message)])
 
-    def _chunks(self, result: GenerateResult, stop: list[str] | None) -> Iterator[ChatGenerationChunk]:
-        """Text word by word, then one chunk with the media and the metadata."""
-        text, media = self._message_content(result, stop)
-        words = text.split(" ")
-        for i, word in enumerate(words):
-            piece = word if i == len(words) - 1 else word + " "
-            if piece:
-                block = {"type": "text", "text": piece, "index": 0}
-                yield ChatGenerationChunk(message=AIMessageChunk(content=[block]), text=piece)
-        last: list[str | dict[Any, Any]] = [{**block, "index": i + 1} for i, block in enumerate(media)]
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content=last, response_metadata=self._metadata(result), chunk_position="last"
-            )
+    def _chunks(
+        self, messages: Sequence[BaseMessage], stop: list[str] | None, **kwargs: Any
+    ) -> Iterator[ChatGenerationChunk]:
+        """Text chunks as the model decodes them (cut at the stop strings), then one chunk with the
+        media and the metadata. A backend without `stream` gives its text in one chunk."""
+        request = self._request(messages, **kwargs)
+        backend = self.backend
+        stream = getattr(backend, "stream", None)
+        items: Iterator[str | GenerateResult] = (
+            stream(request) if callable(stream) else iter([backend.generate(request)])
         )
+        cut = StopCut(stop or self.stop or [])
+        try:
+            for item in items:
+                piece = cut.push(item) if isinstance(item, str) else cut.finish(item.text)
+                if piece:
+                    block = {"type": "text", "text": piece, "index": 0}
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=[block]), text=piece)
+                if isinstance(item, GenerateResult):
+                    _, media = self._message_content(item, stop)
+                    last: list[str | dict[Any, Any]] = [{**b, "index": i + 1} for i, b in enumerate(media)]
+                    yield ChatGenerationChunk(
+                        message=AIMessageChunk(
+                            content=last, response_metadata=self._metadata(item), chunk_position="last"
+                        )
+                    )
+        finally:  # a consumer that stops early releases the model now, not when this is collected
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     def _stream(
         self,
@@ -273,11 +287,8 @@ class ChatCoDi2(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        result = self._run(messages, run_manager, **kwargs)
-        for chunk in self._chunks(result, stop):
-            if run_manager is not None and chunk.text:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        # No on_llm_new_token here: BaseChatModel.stream reports every chunk we yield itself.
+        yield from self._chunks(messages, stop, **kwargs)
 
     async def _agenerate(
         self,
@@ -297,9 +308,6 @@ class ChatCoDi2(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        sync_manager = run_manager.get_sync() if run_manager is not None else None
-        result = await run_in_executor(None, self._run, messages, sync_manager, **kwargs)
-        for chunk in self._chunks(result, stop):
-            if run_manager is not None and chunk.text:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        # The model is CPU-bound and its stream blocking: one worker thread runs it, chunks come here.
+        async for chunk in iterate_in_thread(lambda: self._chunks(messages, stop, **kwargs)):
+            yield chunk  # reported to the callbacks by BaseChatModel.astream
