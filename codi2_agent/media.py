@@ -19,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import io
+import struct
 import warnings
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -326,11 +327,7 @@ class Media:
             self.image.save(buf, format="PNG", optimize=False)
             return buf.getvalue(), "image/png"
         if self.modality is Modality.AUDIO:
-            import soundfile as sf
-
-            buf = io.BytesIO()
-            sf.write(buf, self.audio, int(self.sample_rate or 0), format="WAV", subtype="FLOAT")
-            return buf.getvalue(), "audio/wav"
+            return _float_wav(self.audio, int(self.sample_rate or 0)), "audio/wav"
         return self.text.encode("utf-8"), "text/plain"
 
     def sha256(self) -> str:
@@ -423,6 +420,18 @@ class Media:
 
 
 # --- decoding helpers ---------------------------------------------------------------------------
+def _float_wav(samples: np.ndarray, sample_rate: int) -> bytes:
+    """Mono 32-bit float WAV, written byte by byte: libsndfile adds a PEAK chunk with the time of
+    writing, so the same sound written a second later would hash to another artifact id."""
+    data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, sample_rate, sample_rate * 4, 4, 32)  # 3: IEEE float
+    size = 4 + (8 + len(fmt)) + (8 + len(data))
+    return b"".join(
+        [b"RIFF", struct.pack("<I", size), b"WAVE", b"fmt ", struct.pack("<I", len(fmt)), fmt,
+         b"data", struct.pack("<I", len(data)), data]
+    )  # fmt: skip
+
+
 def _check_sample_rate(sample_rate: int | None, limits: MediaLimits) -> None:
     if sample_rate is None:
         raise SampleRateError("audio needs a sample_rate (Hz); none was given")

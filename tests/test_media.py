@@ -285,3 +285,18 @@ def test_a_named_pipe_is_refused_without_blocking(tmp_path):
 def test_a_device_is_refused():
     with pytest.raises(MediaPathError, match="character device"):
         Media.open("/dev/zero")  # endless bytes: it must not be read at all
+
+
+def test_audio_bytes_are_canonical_over_time() -> None:
+    """The same sound encodes to the same bytes whenever it is written (no timestamped chunks)."""
+    import time
+
+    import soundfile as sf
+
+    tone = Media.from_audio(np.sin(np.linspace(0, 200, 16000)).astype(np.float32), 16000)
+    first, mime = tone.to_bytes()
+    time.sleep(1.1)
+    assert tone.to_bytes()[0] == first and mime == "audio/wav"
+    decoded, rate = sf.read(io.BytesIO(first), dtype="float32")
+    assert rate == 16000 and np.array_equal(decoded, tone.audio)
+    assert Media.open(first) == tone
