@@ -513,7 +513,8 @@ class CoDi2Model(nn.Module):
         # 1. Check inputs and build the prompt
         kind = _output_kind(output)
         check_sampling_arguments(num_inference_steps, guidance_scale)  # not a ZeroDivisionError later
-        self.eval()
+        if self.training:  # eval() walks every submodule: a measurable share of a short text turn
+            self.eval()
         prompt_ids, feats = self._prompt(inputs)
         return self._decode_steps(
             prompt_ids,
@@ -631,7 +632,8 @@ class CoDi2Model(nn.Module):
             check_sampling_arguments(steps, scale)
         if n == 0:
             return []
-        self.eval()
+        if self.training:  # eval() walks every submodule: a measurable share of a short text turn
+            self.eval()
         prompts = [self._prompt(c) for c in conversations]
         rules = [self._text_rules(k, m) for k, m in zip(kinds, row_budgets, strict=True)]
         texts, targets, c_mllm = self._decode_texts_together(prompts, rules)
@@ -835,7 +837,8 @@ class CoDi2Model(nn.Module):
         the stored media embeddings are comparable.
         """
         modality = Modality.parse(modality)
-        self.eval()
+        if self.training:  # eval() walks every submodule: a measurable share of a short text turn
+            self.eval()
         device = self.lm.get_input_embeddings().weight.device
         out = []
         for text in texts:
