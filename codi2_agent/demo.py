@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from codi2_agent.media import Media
+from codi2_agent.media import Media, OutputKind
 from codi2_agent.model import CoDi2Model, Turn
-from codi2_agent.model.modeling_codi2 import OutputKind
 
 __all__ = ["DemoTurn", "run_demo"]
 

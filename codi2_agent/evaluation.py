@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from codi2_agent.media import Media
+from codi2_agent.media import Media, OutputKind
 from codi2_agent.model import CoDi2Model, Turn
-from codi2_agent.model.modeling_codi2 import OutputKind
 
 __all__ = ["EvalRow", "evaluate", "format_columns", "format_row", "format_table", "write_results"]
 

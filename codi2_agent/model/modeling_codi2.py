@@ -1,8 +1,9 @@
 """`CoDi2Model`: encoders -> projector -> causal LM -> output head -> diffusion decoders.
 
 Reading order: projector and output head, the output type, then the model — embedding
-(placeholder check + `masked_scatter`), `forward` (the paper's loss), `generate`, and
-`save_pretrained` / `from_pretrained`.
+(placeholder check + `masked_scatter`), `forward` (the paper's loss), and `save_pretrained` /
+`from_pretrained`. Generation (`generate`, `generate_batch`, `generate_stream`) is mixed in from
+`codi2_agent.model.generation`.
 
 On-disk layout (both presets; the same loading code):
     config.json              CoDi2Config
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -25,10 +26,11 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from codi2_agent.media import Media, MediaError, Modality, OutputKind
-from codi2_agent.model.configuration_codi2 import CONFIG_NAME, CoDi2Config, check_sampling_arguments
-from codi2_agent.model.decoders import MediaDecoder, ProgressCallback, TinyDiffusionDecoder
+from codi2_agent.media import Media, MediaError, Modality
+from codi2_agent.model.configuration_codi2 import CONFIG_NAME, CoDi2Config
+from codi2_agent.model.decoders import MediaDecoder, TinyDiffusionDecoder
 from codi2_agent.model.encoders import MediaEncoder, build_encoder
+from codi2_agent.model.generation import MAX_REPLY_TOKENS, GenerationMixin, GenerationOutput
 from codi2_agent.model.integrity import (
     CorruptWeightsError,
     WeightsNotFoundError,
@@ -39,14 +41,12 @@ from codi2_agent.model.loading_bars import loading_bars_on_terminal_only
 from codi2_agent.model.placement import Placement, cast_floating
 from codi2_agent.model.processing_codi2 import (
     GEN,
-    MARKER,
     PLACEHOLDER,
     SPECIAL_TOKENS,
     CoDi2Processor,
     Turn,
     build_tokenizer,
 )
-from codi2_agent.model.streaming import TextPieceDecoder
 from codi2_agent.model.vocabulary import Vocabulary
 
 __all__ = [
@@ -63,7 +63,6 @@ TOKENIZER_FOLDER = "tokenizer"
 MODALITIES = (Modality.IMAGE, Modality.AUDIO)
 # Text allowed before a forced medium's marker: replies in the tiny world are under 20 tokens, and an
 # untrained model that never writes the marker must not spend `max_new_tokens` LM steps first.
-MAX_REPLY_TOKENS = 32
 # Encoder features (C_x) kept per stored medium: a turn reads each medium several times (memory,
 # prompt, caption), and at paper scale one C_x is a CLIP/CLAP forward pass.
 FEATURE_CACHE_SIZE = 64
@@ -71,37 +70,6 @@ FEATURE_CACHE_SIZE = 64
 
 class PlaceholderMismatchError(ValueError):
     """The number of media placeholder tokens does not match the media given."""
-
-
-@dataclass(frozen=True)
-class _TextRules:
-    """How one answer's text is decoded (`CoDi2Model._text_rules`)."""
-
-    target: Modality | None  # the medium the answer must end in (None: the model decides, or text only)
-    banned: list[int]  # token ids never chosen
-    budget: int  # most text tokens
-
-
-def _output_kind(output: OutputKind | Modality) -> str:
-    kind = str(output.value if isinstance(output, Modality) else output)
-    if kind not in ("auto", "text", "image", "audio"):
-        raise ValueError(f"output must be 'auto', 'text', 'image' or 'audio', got {output!r}")
-    return kind
-
-
-def _seeded_generator(seed: int | None) -> torch.Generator | None:
-    """A CPU generator seeded with `seed` (None: the global RNG), as `generate` draws its noise."""
-    return torch.Generator().manual_seed(seed) if seed is not None else None
-
-
-def _per_row(value: Any, n: int, name: str) -> list[Any]:
-    """`generate_batch`'s arguments: one value for every row, or a sequence of exactly one per row."""
-    if value is None or isinstance(value, (str, Modality, int, float)):
-        return [value] * n
-    if not isinstance(value, Sequence) or len(value) != n:
-        got = f"{len(value)} values" if isinstance(value, Sequence) else repr(value)
-        raise ValueError(f"{name} must be one value or one per conversation ({n}), got {got}")
-    return list(value)
 
 
 # --- small modules ----------------------------------------------------------------------------------
@@ -139,26 +107,7 @@ class CoDi2Output:
     features: dict[Modality, torch.Tensor] = field(default_factory=dict)  # c_MLLM per output modality
 
 
-@dataclass
-class GenerationOutput:
-    """`generate`'s result: the text answer and any generated media (with its c_MLLM features)."""
-
-    text: str
-    media: list[Media] = field(default_factory=list)
-    features: torch.Tensor | None = None  # (K, D) c_MLLM of the generated medium
-    modality: Modality = Modality.TEXT
-    media_features: list[torch.Tensor] = field(default_factory=list)  # (K, D) C_x of each medium, if asked
-
-    @property
-    def image(self) -> Media | None:
-        return next((m for m in self.media if m.modality is Modality.IMAGE), None)
-
-    @property
-    def audio(self) -> Media | None:
-        return next((m for m in self.media if m.modality is Modality.AUDIO), None)
-
-
-class CoDi2Model(nn.Module):
+class CoDi2Model(GenerationMixin, nn.Module):
     """CoDi-2 as one module. Build with `from_config` (random weights) or `from_pretrained` (a folder)."""
 
     def __init__(
@@ -397,427 +346,6 @@ class CoDi2Model(nn.Module):
             self.config.alpha * loss_feature + self.config.diffusion_loss_weight * loss_diffusion + loss_text
         )
         return CoDi2Output(loss, loss_text, loss_feature, loss_diffusion, out.logits, features)
-
-    # --- generation -------------------------------------------------------------------------------
-    def _turns(self, inputs: Sequence[Any]) -> list[Any]:
-        if not inputs:
-            raise ValueError("generate needs at least one input (text or media)")
-        if all(hasattr(x, "role") and hasattr(x, "content") for x in inputs):
-            return list(inputs)  # already a conversation
-        return [Turn("user", list(inputs))]
-
-    @torch.no_grad()
-    def generate(
-        self,
-        inputs: Sequence[str | Media] | Sequence[Any],
-        output: OutputKind | Modality = "auto",
-        *,
-        seed: int | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        max_new_tokens: int = 64,
-        callback: ProgressCallback | None = None,
-        return_media_features: bool = False,
-    ) -> GenerationOutput:
-        """Answer an interleaved prompt (or a conversation of turns) with text and/or media.
-
-        `output="auto"` follows the model: it writes text and, if it emits a generation marker
-        (`<boi>` / `<boa>`), the medium that follows. `"text"` forbids markers; `"image"` /
-        `"audio"` make the answer end in that medium: the model's reply text comes first (at most
-        `MAX_REPLY_TOKENS`), then the marker, forced if the model does not write it. Decoding is
-        greedy; `seed` fixes the diffusion noise, so equal inputs and seed give equal outputs.
-        `return_media_features` also encodes each produced medium once (C_x, for memory and captions).
-        `generate_stream` gives the same answer with its text as it is decoded; `generate_batch`
-        answers several prompts at once.
-
-        Example:
-            >>> model = CoDi2Model.from_config(CoDi2Config.tiny(), seed=0)
-            >>> model.generate(["draw a red star"], output="image", num_inference_steps=2).image.image.size
-            (32, 32)
-        """
-        steps = self._generation_steps(
-            inputs,
-            output,
-            seed=seed,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            max_new_tokens=max_new_tokens,
-            callback=callback,
-            return_media_features=return_media_features,
-        )
-        return next(step for step in steps if isinstance(step, GenerationOutput))
-
-    def generate_stream(
-        self,
-        inputs: Sequence[str | Media] | Sequence[Any],
-        output: OutputKind | Modality = "auto",
-        *,
-        seed: int | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        max_new_tokens: int = 64,
-        callback: ProgressCallback | None = None,
-        return_media_features: bool = False,
-    ) -> Iterator[str | GenerationOutput]:
-        """`generate`, streamed: text pieces (`str`) as the LM decodes them, then the `GenerationOutput`.
-
-        The pieces join to the output's `text`, and all of them come before the medium (if any) is
-        decoded, which is most of a turn's time. The arguments are checked and the prompt's media
-        encoded when this is called; the answer is generated as the iterator is consumed.
-
-        Example:
-            >>> model = CoDi2Model.from_config(CoDi2Config.tiny(), seed=0)
-            >>> *pieces, out = model.generate_stream(["draw"], output="image", num_inference_steps=2)
-            >>> "".join(pieces) == out.text and out.image is not None
-            True
-        """
-        steps = self._generation_steps(
-            inputs,
-            output,
-            seed=seed,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            max_new_tokens=max_new_tokens,
-            callback=callback,
-            return_media_features=return_media_features,
-        )
-        return self._text_pieces(steps)
-
-    def _text_pieces(
-        self, steps: Iterator[int | GenerationOutput | None]
-    ) -> Iterator[str | GenerationOutput]:
-        pieces = TextPieceDecoder(self.processor.decode)
-        for step in steps:
-            if isinstance(step, GenerationOutput):
-                yield step
-                return
-            piece = pieces.push(step) if step is not None else pieces.finish()  # None: the text is complete
-            if piece:
-                yield piece
-
-    def _generation_steps(
-        self,
-        inputs: Sequence[str | Media] | Sequence[Any],
-        output: OutputKind | Modality,
-        *,
-        seed: int | None,
-        num_inference_steps: int | None,
-        guidance_scale: float | None,
-        max_new_tokens: int,
-        callback: ProgressCallback | None,
-        return_media_features: bool,
-    ) -> Iterator[int | GenerationOutput | None]:
-        """`generate` step by step. The arguments are checked and the prompt read now; the iterator
-        then yields each text token id as it is chosen, None once the text is complete, and last the
-        `GenerationOutput`."""
-        # 1. Check inputs and build the prompt
-        kind = _output_kind(output)
-        check_sampling_arguments(num_inference_steps, guidance_scale)  # not a ZeroDivisionError later
-        if self.training:  # eval() walks every submodule: a measurable share of a short text turn
-            self.eval()
-        prompt_ids, feats = self._prompt(inputs)
-        return self._decode_steps(
-            prompt_ids,
-            feats,
-            self._text_rules(kind, max_new_tokens),
-            seed=seed,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            callback=callback,
-            return_media_features=return_media_features,
-        )
-
-    @torch.no_grad()
-    def _decode_steps(
-        self,
-        prompt_ids: torch.Tensor,
-        feats: dict[Modality, torch.Tensor],
-        rules: _TextRules,
-        *,
-        seed: int | None,
-        num_inference_steps: int | None,
-        guidance_scale: float | None,
-        callback: ProgressCallback | None,
-        return_media_features: bool,
-    ) -> Iterator[int | GenerationOutput | None]:
-        # 2. Read the prompt
-        ids = prompt_ids[None].to(self._input_device)  # (1, T)
-        target = rules.target
-        out = self.lm(inputs_embeds=self.embed(ids, media_features=feats), use_cache=True)
-        past, logits = out.cache, out.logits[:, -1].float()  # greedy choice in fp32: no bf16 ties
-        # 3. Decode text greedily until </s>, a generation marker or the budget (see `_text_rules`)
-        eos = self.tokenizer.eos_token_id
-        text_ids: list[int] = []
-        marker: Modality | None = None
-        for _ in range(rules.budget):
-            logits[:, rules.banned] = float("-inf")
-            nxt = int(logits.argmax(-1))
-            if nxt == eos:
-                break
-            marker = self._marker(nxt)
-            step = self.lm(input_ids=ids.new_tensor([[nxt]]), cache=past, use_cache=True)
-            past, logits = step.cache, step.logits[:, -1].float()
-            if marker is not None:
-                target = marker
-                break
-            text_ids.append(nxt)
-            yield nxt
-        yield None
-        if target is not None and marker is None:  # a forced modality whose reply ran out of budget
-            past = self.lm(
-                input_ids=ids.new_tensor([[self._ids[MARKER[target]]]]), cache=past, use_cache=True
-            ).cache
-        text = self.processor.decode(text_ids)
-        if target is None:
-            yield GenerationOutput(text=text)
-            return
-        # 4. Feed the K gen tokens; their last hidden states are c_MLLM's source
-        k = self.encoder(target).num_feature_tokens
-        gen_ids = ids.new_full((1, k), self._ids[GEN[target]])
-        step = self.lm(input_ids=gen_ids, cache=past, use_cache=True, output_hidden_states=True)
-        c_mllm = self._c_mllm(target, step.hidden_states[-1])  # (1, K, D)
-        # 5. Decode the medium
-        generator = _seeded_generator(seed)
-        media = self.decoder(target).decode(
-            c_mllm,
-            generator=generator,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            callback=callback,
-            prompt=text or None,
-        )
-        # 6. C_x of the result, once: what the memory stores and a caption reads
-        media_features = self._output_features(target, media) if return_media_features else []
-        yield GenerationOutput(
-            text=text, media=media, features=c_mllm[0], modality=target, media_features=media_features
-        )
-
-    @torch.no_grad()
-    def generate_batch(
-        self,
-        conversations: Sequence[Sequence[str | Media] | Sequence[Any]],
-        output: OutputKind | Modality | Sequence[OutputKind | Modality] = "auto",
-        *,
-        seeds: int | Sequence[int | None] | None = None,
-        num_inference_steps: int | Sequence[int | None] | None = None,
-        guidance_scale: float | Sequence[float | None] | None = None,
-        max_new_tokens: int | Sequence[int] = 64,
-        return_media_features: bool = False,
-    ) -> list[GenerationOutput]:
-        """`generate` for several prompts at once: result i is `generate(conversations[i], output[i],
-        seed=seeds[i], ...)`, up to float rounding in the media.
-
-        Each argument but `conversations` is one value for every row or a sequence of one per row.
-        The prompts are left-padded and read together, then decoded together with one KV cache (one
-        LM step per token for the batch; a row that has stopped is fed pads that nothing attends to).
-        The media are decoded one batch per modality (and per steps/guidance pair), each row with its
-        own seeded generator, so each row's noise is the noise it gets alone. Texts equal the
-        unbatched ones; the media differ only by the float rounding of batched matrix products
-        (tests/model/test_batch_generate.py bounds it).
-
-        Example:
-            >>> model = CoDi2Model.from_config(CoDi2Config.tiny(), seed=0)
-            >>> outs = model.generate_batch([["draw"], ["play a tone"]], ["image", "audio"], seeds=[0, 1],
-            ...                             num_inference_steps=2)
-            >>> [o.modality.value for o in outs]
-            ['image', 'audio']
-        """
-        n = len(conversations)
-        kinds = [_output_kind(o) for o in _per_row(output, n, "output")]
-        row_seeds = _per_row(seeds, n, "seeds")
-        row_steps = _per_row(num_inference_steps, n, "num_inference_steps")
-        row_scales = _per_row(guidance_scale, n, "guidance_scale")
-        row_budgets = _per_row(max_new_tokens, n, "max_new_tokens")
-        for steps, scale in zip(row_steps, row_scales, strict=True):
-            check_sampling_arguments(steps, scale)
-        if n == 0:
-            return []
-        if self.training:  # eval() walks every submodule: a measurable share of a short text turn
-            self.eval()
-        prompts = [self._prompt(c) for c in conversations]
-        rules = [self._text_rules(k, m) for k, m in zip(kinds, row_budgets, strict=True)]
-        texts, targets, c_mllm = self._decode_texts_together(prompts, rules)
-        results = [GenerationOutput(text=text) for text in texts]
-        # Decode the media, one batch per (modality, steps, guidance)
-        groups: dict[tuple[Modality, int | None, float | None], list[int]] = {}
-        for i, target in enumerate(targets):
-            if target is not None:
-                groups.setdefault((target, row_steps[i], row_scales[i]), []).append(i)
-        for (modality, steps, scale), rows in groups.items():
-            media = self.decoder(modality).decode_batch(
-                torch.stack([c_mllm[i] for i in rows]),
-                generators=[_seeded_generator(row_seeds[i]) for i in rows],
-                prompts=[texts[i] or None for i in rows],
-                num_inference_steps=steps,
-                guidance_scale=scale,
-            )
-            features = self._output_features(modality, media) if return_media_features else []
-            for j, i in enumerate(rows):
-                results[i] = GenerationOutput(
-                    text=texts[i],
-                    media=[media[j]],
-                    features=c_mllm[i],
-                    modality=modality,
-                    media_features=[features[j]] if features else [],
-                )
-        return results
-
-    def _decode_texts_together(
-        self,
-        prompts: Sequence[tuple[torch.Tensor, dict[Modality, torch.Tensor]]],
-        rules: Sequence[_TextRules],
-    ) -> tuple[list[str], list[Modality | None], dict[int, torch.Tensor]]:
-        """`generate`'s steps 2-4 for a batch: each row's text, its medium (None: text only) and, for
-        rows with a medium, c_MLLM (K, D)."""
-        n, device = len(prompts), self._input_device
-        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
-        # 2. Read the prompts, left-padded so that every row's next token goes in the last column
-        width = max(len(ids) for ids, _ in prompts)
-        ids = torch.full((n, width), pad, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, (row, _) in enumerate(prompts):
-            ids[i, width - len(row) :], mask[i, width - len(row) :] = row, 1
-        ids, mask = ids.to(device), mask.to(device)
-        feats = {  # row-major, the order `embed` scatters placeholders in
-            m: torch.cat([f[m] for _, f in prompts if m in f])
-            for m in MODALITIES
-            if any(m in f for _, f in prompts)
-        }
-        out = self.lm(
-            inputs_embeds=self.embed(ids, media_features=feats),
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            use_cache=True,
-        )
-        past, logits = out.cache, out.logits[:, -1].float()
-        next_position = mask.sum(-1)  # (n,): real tokens so far = the next token's position
-        # 3. Decode greedily, each row by its own rules (see `_decode_steps`)
-        banned = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
-        for i, r in enumerate(rules):
-            banned[i, r.banned] = True
-        targets = [r.target for r in rules]
-        text_ids: list[list[int]] = [[] for _ in range(n)]
-        marker_fed = [False] * n
-        active = [r.budget > 0 for r in rules]
-        while any(active):
-            choices = logits.masked_fill(banned, float("-inf")).argmax(-1).tolist()
-            feed, fed = [pad] * n, [False] * n
-            for i in (i for i in range(n) if active[i]):
-                nxt = choices[i]
-                if nxt == eos:
-                    active[i] = False
-                    continue
-                feed[i], fed[i] = nxt, True
-                marker = self._marker(nxt)
-                if marker is not None:
-                    targets[i], marker_fed[i], active[i] = marker, True, False
-                    continue
-                text_ids[i].append(nxt)
-                active[i] = len(text_ids[i]) < rules[i].budget
-            if not any(fed):
-                break
-            past, logits, mask, next_position = self._feed(
-                [[t] for t in feed], [[f] for f in fed], past, mask, next_position
-            )
-            logits = logits[:, -1]
-        texts = [self.processor.decode(t) for t in text_ids]
-        # 4. Feed each medium's marker (where the budget ran out first) and K gen tokens, all rows at once
-        tails = {
-            i: [self._ids[MARKER[t]]] * (not marker_fed[i]) + [self._ids[GEN[t]]] * self._num_gen(t)
-            for i, t in enumerate(targets)
-            if t is not None
-        }
-        if not tails:
-            return texts, targets, {}
-        longest = max(len(tail) for tail in tails.values())
-        feed_rows = [tails.get(i, []) + [pad] * (longest - len(tails.get(i, []))) for i in range(n)]
-        fed_rows = [[j < len(tails.get(i, [])) for j in range(longest)] for i in range(n)]
-        hidden = self._feed(feed_rows, fed_rows, past, mask, next_position, output_hidden_states=True)[1]
-        c_mllm: dict[int, torch.Tensor] = {}
-        for modality in MODALITIES:
-            rows = [i for i in tails if targets[i] is modality]
-            if rows:
-                k = self._num_gen(modality)
-                gen_hidden = torch.stack([hidden[i, len(tails[i]) - k : len(tails[i])] for i in rows])
-                c_mllm.update(zip(rows, self._c_mllm(modality, gen_hidden), strict=True))  # (K, D) each
-        return texts, targets, c_mllm
-
-    def _feed(
-        self,
-        tokens: list[list[int]],
-        real: list[list[bool]],
-        past: Any,
-        mask: torch.Tensor,
-        next_position: torch.Tensor,
-        *,
-        output_hidden_states: bool = False,
-    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One LM step of a batch on its KV cache: `tokens` (n, L), of which only `real` ones are
-        attended to later and take positions. Returns the cache, the fp32 logits (or, with
-        `output_hidden_states`, the last hidden states) (n, L, ·), the mask and the next positions."""
-        device = mask.device
-        real_t = torch.tensor(real, dtype=torch.long, device=device)
-        positions = next_position[:, None] + (real_t.cumsum(-1) - real_t).clamp(min=0)
-        mask = torch.cat([mask, real_t], dim=-1)
-        step = self.lm(
-            input_ids=torch.tensor(tokens, dtype=torch.long, device=device),
-            attention_mask=mask,
-            position_ids=positions,
-            cache=past,
-            use_cache=True,
-            output_hidden_states=output_hidden_states,
-        )
-        out = step.hidden_states[-1] if output_hidden_states else step.logits.float()
-        return step.cache, out, mask, next_position + real_t.sum(-1)
-
-    # --- the steps generate and generate_batch share ------------------------------------------------
-    @property
-    def _input_device(self) -> torch.device:
-        return cast(torch.device, self.lm.get_input_embeddings().weight.device)
-
-    def _prompt(self, inputs: Sequence[Any]) -> tuple[torch.Tensor, dict[Modality, torch.Tensor]]:
-        """A prompt's token ids (T,) and the C_x features (N, K, D) of its media, per modality."""
-        enc = self.processor.encode(self._turns(inputs))
-        return enc.input_ids, {m: self.media_features(m, media) for m, media in enc.input_media.items()}
-
-    def _text_rules(self, kind: str, max_new_tokens: int) -> _TextRules:
-        """How the answer's text is decoded for `output=kind`.
-
-        Greedy until </s> or a generation marker. A forced modality keeps the answer's text (a reply
-        that may state what the medium will be, e.g. the edit an analogy implies) but must end in its
-        marker: </s> and the other markers are banned, and the marker is fed when the reply budget
-        runs out.
-        """
-        if kind in ("auto", "text"):
-            return _TextRules(None, self._banned_ids(MODALITIES if kind == "auto" else ()), max_new_tokens)
-        target = Modality(kind)
-        banned = [*self._banned_ids((target,)), self.tokenizer.eos_token_id]
-        return _TextRules(target, banned, min(max_new_tokens, MAX_REPLY_TOKENS))
-
-    def _marker(self, token_id: int) -> Modality | None:
-        """The modality whose generation marker `token_id` is, if it is one."""
-        return next((m for m in MODALITIES if token_id == self._ids[MARKER[m]]), None)
-
-    def _num_gen(self, modality: Modality) -> int:
-        return int(self.encoder(modality).num_feature_tokens)
-
-    def _c_mllm(self, modality: Modality, hidden: torch.Tensor) -> torch.Tensor:
-        """Last hidden states at the gen positions (B, K, H) -> c_MLLM (B, K, D)."""
-        head = self.output_heads[modality.value]
-        # with a device map the LM's last layer may sit on another device than the head
-        return cast(torch.Tensor, head(hidden.to(next(head.parameters()).device)))
-
-    def _output_features(self, modality: Modality, media: Sequence[Media]) -> list[torch.Tensor]:
-        """C_x (K, D) of each produced medium, in one encoder pass."""
-        values = self.processor.media_tensor(modality, media).to(self._input_device)
-        self.encoder_calls += len(media)
-        return list(self.encode_media(modality, values))
-
-    def _banned_ids(self, allowed_markers: Sequence[Modality]) -> list[int]:
-        banned = [self._ids[t] for t in (*PLACEHOLDER.values(), *GEN.values())]
-        banned += [self.tokenizer.pad_token_id, self.tokenizer.bos_token_id]
-        banned += [self._ids[MARKER[m]] for m in MODALITIES if m not in allowed_markers]
-        return banned
 
     @torch.no_grad()
     def embed_media(self, media: Sequence[Media]) -> torch.Tensor:
