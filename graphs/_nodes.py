@@ -261,7 +261,9 @@ class SessionNodes(RetrieveStep):
             example=options.example,
             example_fallback=self.memory is not None and self.settings.context == "memory",
             vocabulary=self.vocabulary,
-            similar=lambda words: self._similar(tenant, words),
+            # Embedding similarity only for an open vocabulary: a closed one's captions hold every
+            # word the model knows, and nearest neighbours always exist ("the dragon" would match).
+            similar=(lambda words: self._similar(tenant, words)) if self.vocabulary.open else None,
             turn=turn,
         )
         if res.clarification is not None:

@@ -180,14 +180,21 @@ def thread_ids(checkpointer: Any, tenant: str | None = None) -> list[str]:
 
 
 def recover_thread(graph: Any, config: dict[str, Any], snapshot: Any = None) -> bool:
-    """Put a thread whose last turn was cut short (a crash between steps) back to its last answered
-    turn. A turn waiting for a review is not cut short and is left alone. Returns True when the
-    thread was changed. `snapshot`: the thread's current state, when the caller has just read it."""
+    """Put a thread whose last turn was cut short by a crash back to its last answered turn.
+
+    Cut short means: the checkpoint stopped between steps, or it is at rest but the thread log has no
+    answer for its turn (the process died between the log and the checkpoint writes). A turn waiting
+    for a review is not cut short and is left alone. Returns True when the thread was changed.
+    `snapshot`: the thread's current state, when the caller has just read it.
+    """
     snapshot = snapshot if snapshot is not None else graph.get_state(config)
-    if not snapshot.next or any(task.interrupts for task in snapshot.tasks):
+    if any(task.interrupts for task in snapshot.tasks):
         return False
     log, tenant, key = _log(graph, config)
     log.adopt(tenant, key, dict(snapshot.values))
-    answered = log.last_answered(tenant, key, int(snapshot.values.get("turn") or 0))
+    turn = int(snapshot.values.get("turn") or 0)
+    answered = log.last_answered(tenant, key, turn)
+    if not snapshot.next and answered == turn:
+        return False
     _write(graph, config, state_after(graph, config, answered))
     return True
