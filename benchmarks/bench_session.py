@@ -199,9 +199,9 @@ def run_session(model: Any, probes: Any, script: list[Step], policy: str, args: 
 
     from codi2_agent.artifacts import ArtifactStore
     from codi2_agent.graphs import build_session_graph
-    from codi2_agent.messages import message_parts
     from codi2_agent.media import MediaRef
     from codi2_agent.memory import ExemplarMemory
+    from codi2_agent.messages import message_parts
 
     root = Path(tempfile.mkdtemp(prefix=f"bench-session-{policy}-"))
     store = ArtifactStore(root / "artifacts")
