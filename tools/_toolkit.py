@@ -297,12 +297,18 @@ class CoDi2Toolkit(BaseToolkit):
             made.content    # 'Made image @m:4a8d5d3261e8 showing … (turn 1). Refer to it later by …'
             made.artifact   # [{'type': 'image', 'url': 'artifact://4a8d…', 'mime_type': 'image/png', …}]
 
+    One writer per thread: the tools' calls run one at a time, and a call that finds the thread held
+    by another process waits (`Session` ``lock_timeout``), then returns a tool error ("thread … is
+    busy; try again shortly") instead of interleaving with it.
+
     Args:
         model: ``"tiny"``, a model folder, a `CoDi2Model` or a `Backend` (ignored with `session`).
         session: an existing `codi2_agent.Session` to run the tools in (shares its thread).
         root: the session folder when no `session` is given (default ``./codi2-agent``).
-        thread_id: the thread the tools' calls form.
-        tenant: whose memory the tools read and write.
+        thread_id: the thread the tools' calls form (its key includes the tenant: two tenants'
+            "agent" threads are two threads).
+        tenant: whose thread, media and memory the tools read and write; another tenant's ids are
+            unknown here.
         media_roots: folders whose files the tools may read (none by default).
         allow_urls: fetch ``http(s)://`` media (off by default).
         graph_options: passed to `build_session_graph` (e.g. ``num_inference_steps=``).
