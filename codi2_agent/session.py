@@ -231,6 +231,7 @@ class Session:
         self._parts = parts
         self._artifacts = parts.artifacts.for_tenant(tenant)
         self._owns_parts = owner
+        self._reconciled = False  # memory trimmed to the thread log (once per opened session)
 
     def open_thread(self, thread: str, *, tenant: str | None = None) -> Session:
         """Another thread of this session's folder, sharing its model, store, memory and checkpoints
@@ -314,7 +315,7 @@ class Session:
             if recover_thread(self.graph, self.config, snapshot):
                 logger.warning("thread %r: dropped a turn that a crash cut short", self.thread)
                 self._reconciled = False
-            if not getattr(self, "_reconciled", False):
+            if not self._reconciled:
                 self._reconcile_memory()
             yield
 
