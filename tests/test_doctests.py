@@ -6,9 +6,7 @@ distribution declares (``[tool.setuptools] packages`` in pyproject.toml, which m
 are located with `importlib.util.find_spec`, and each one's modules are listed from there. Nothing is
 imported by its folder name: a top-level ``tools`` or ``memory`` module must never exist.
 
-A module whose import needs an optional extra that is not installed (``codi2-agent[paper]`` or
-``[serve]``) is skipped with the missing distribution and the extra named; any other import error
-fails its test.
+Every module must import with the test command's dependencies; an import error fails its test.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import importlib
 import importlib.util
 import io
 import pkgutil
-import re
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -59,40 +56,12 @@ def _walk() -> tuple[list[str], list[str]]:
     return sorted(modules), sorted(packages)
 
 
-def _optional_distributions() -> dict[str, str]:
-    """Import name -> extra, for every distribution listed only under an optional extra."""
-    project = _pyproject()["project"]
-
-    def import_name(requirement: str) -> str:
-        dist = re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0]
-        return dist.lower().replace("-", "_")
-
-    core = {import_name(r) for r in project["dependencies"]}
-    optional: dict[str, str] = {}
-    for extra, requirements in project["optional-dependencies"].items():
-        for requirement in requirements:
-            name = import_name(requirement)
-            if name not in core:
-                optional.setdefault(name, extra)
-    return optional
-
-
 MODULES, PACKAGES = _walk()
 
 
 def _import(name: str) -> ModuleType:
-    """Import `name`, or skip (naming the extra) when it needs an optional extra that is missing."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        missing = (e.name or "").split(".")[0].lower()
-        optional = _optional_distributions()
-        if missing in optional:
-            pytest.skip(
-                f"{name} needs {missing!r}, from the optional extra "
-                f"'{optional[missing]}' (pip install 'codi2-agent[{optional[missing]}]')"
-            )
-        raise
+    """Import `name`: every module must import with the test command's dependencies (the dev extra)."""
+    return importlib.import_module(name)
 
 
 def _examples(module: ModuleType) -> list[doctest.DocTest]:
