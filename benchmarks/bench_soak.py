@@ -20,7 +20,6 @@ import argparse
 import os
 import platform
 import resource
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -30,6 +29,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
+from bench_session import _db_bytes  # checkpoint + write-log bytes, measured the same way
+
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.txt"
 SCRIPT = (
     "draw a small red star in the snow",
@@ -38,13 +39,6 @@ SCRIPT = (
     "make it large",
     "make it green",
 )
-
-
-def _db_bytes(path: Path) -> int:
-    with sqlite3.connect(path) as conn:
-        a = conn.execute("select coalesce(sum(length(checkpoint) + length(metadata)), 0) from checkpoints")
-        b = conn.execute("select coalesce(sum(length(value)), 0) from writes")
-        return int(a.fetchone()[0]) + int(b.fetchone()[0])
 
 
 def _rss_mb() -> float:

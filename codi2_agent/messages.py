@@ -16,7 +16,7 @@ cannot read the store.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -122,6 +122,13 @@ def inline_block(ref: MediaRef, artifacts: ArtifactStore) -> dict[str, Any]:
 
 def message_parts(message: BaseMessage, artifacts: ArtifactStore | None = None) -> list[str | MediaRef]:
     """Text and media of a message whose media are artifact references (after ingest), in order."""
+    return _parts(message, lambda block: _stored_ref(block, artifacts), strict=False)
+
+
+def _parts(
+    message: BaseMessage, media: Callable[[Mapping[str, Any]], MediaRef | None], *, strict: bool
+) -> list[str | MediaRef]:
+    """A message's text and media parts; `strict` refuses block types CoDi-2 does not read."""
     parts: list[str | MediaRef] = []
     for block in message.content_blocks:
         kind = block.get("type")
@@ -130,9 +137,11 @@ def message_parts(message: BaseMessage, artifacts: ArtifactStore | None = None) 
             if text:
                 parts.append(text)
         elif kind in MEDIA_BLOCK_TYPES:
-            ref = _stored_ref(block, artifacts)
+            ref = media(block)
             if ref is not None:
                 parts.append(ref)
+        elif strict and kind not in _SKIPPED_BLOCKS:
+            raise ValueError(f"CoDi-2 reads text, image and audio blocks, not {kind!r}")
     return parts
 
 
@@ -196,7 +205,11 @@ def prompt_turns(messages: Iterable[BaseMessage], artifacts: ArtifactStore | Non
     turns: list[PromptTurn] = []
     system: list[str | MediaRef] = []
     for message in messages:
-        parts = _strict_parts(message, artifacts) if artifacts is not None else message_parts(message)
+        parts = (
+            _parts(message, lambda block: block_ref(block, artifacts), strict=True)  # stores inline bytes
+            if artifacts is not None
+            else message_parts(message)
+        )
         if isinstance(message, SystemMessage):
             system += parts
             continue
@@ -210,18 +223,3 @@ def prompt_turns(messages: Iterable[BaseMessage], artifacts: ArtifactStore | Non
         else:
             turns.append(PromptTurn(role=role, parts=tuple(parts)))
     return turns
-
-
-def _strict_parts(message: BaseMessage, artifacts: ArtifactStore) -> list[str | MediaRef]:
-    parts: list[str | MediaRef] = []
-    for block in message.content_blocks:
-        kind = block.get("type")
-        if kind == "text":
-            text = str(block.get("text", "")).strip()
-            if text:
-                parts.append(text)
-        elif kind in MEDIA_BLOCK_TYPES:
-            parts.append(block_ref(block, artifacts))  # refuses remote urls; stores inline bytes
-        elif kind not in _SKIPPED_BLOCKS:
-            raise ValueError(f"CoDi-2 reads text, image and audio blocks, not {kind!r}")
-    return parts

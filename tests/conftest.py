@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -37,3 +39,17 @@ def model_arg(tmp_path_factory: pytest.TempPathFactory) -> str:
 def model(model_arg: str) -> CoDi2Model:
     """The same model, loaded in this process."""
     return load_model(model_arg)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random tiny model, saved once, so subprocesses load the very same weights."""
+    folder = tmp_path_factory.mktemp("tiny-random")
+    CoDi2Model.from_config(CoDi2Config.tiny(), seed=0).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: Path) -> CoDi2Model:
+    """That model, loaded in this process."""
+    return CoDi2Model.from_pretrained(tiny_model_dir)

@@ -14,19 +14,14 @@ import numpy as np
 import pytest
 
 from codi2_agent import Media, Session
-from codi2_agent.model import CoDi2Config, CoDi2Model
+from codi2_agent.model import CoDi2Model
 
 STEPS = 2
 
 
-@pytest.fixture(scope="module")
-def model() -> CoDi2Model:
-    return CoDi2Model.from_config(CoDi2Config.tiny(), seed=0)
-
-
 @pytest.fixture
-def session(model: CoDi2Model, tmp_path: Path) -> Iterator[Session]:
-    s = Session(model, thread="main", root=tmp_path, num_inference_steps=STEPS, progress=False)
+def session(tiny_model: CoDi2Model, tmp_path: Path) -> Iterator[Session]:
+    s = Session(tiny_model, thread="main", root=tmp_path, num_inference_steps=STEPS, progress=False)
     yield s
     s.close()
 
@@ -38,11 +33,11 @@ def _photo(value: int) -> Media:
 
 
 # --- one pass per turn ---------------------------------------------------------------------------
-def test_each_medium_is_read_and_encoded_once_per_turn(session: Session, model: CoDi2Model) -> None:
+def test_each_medium_is_read_and_encoded_once_per_turn(session: Session, tiny_model: CoDi2Model) -> None:
     store = session.artifacts
     ref = store.put(_photo(40))
     store._cache.clear()  # as if the medium had been stored by another process
-    reads, calls = store.reads, model.encoder_calls
+    reads, calls = store.reads, tiny_model.encoder_calls
 
     result = session.say("make it blue", ref)
 
@@ -51,18 +46,18 @@ def test_each_medium_is_read_and_encoded_once_per_turn(session: Session, model: 
     assert store.reads - reads == 1
     # Two media in the turn — the input and the output — two encoder passes: the input's embedding,
     # prompt and memory share one, the output's caption and memory embedding share the other.
-    assert model.encoder_calls - calls == 2
+    assert tiny_model.encoder_calls - calls == 2
     # The caption came from reading the output back, and the memory holds both media.
     items = session.memory.items("default", thread="main")
     assert {i.artifact_id for i in items} == {ref.id, result.refs[0].id}
 
 
-def test_a_later_turn_reuses_features_of_earlier_media(session: Session, model: CoDi2Model) -> None:
+def test_a_later_turn_reuses_features_of_earlier_media(session: Session, tiny_model: CoDi2Model) -> None:
     first = session.say("draw a small red star in the snow")
-    calls, reads = model.encoder_calls, session.artifacts.reads
+    calls, reads = tiny_model.encoder_calls, session.artifacts.reads
     session.say("make it blue")
     # Only the new output is encoded; the star's features and pixels are cached from turn 1.
-    assert model.encoder_calls - calls == 1
+    assert tiny_model.encoder_calls - calls == 1
     assert session.artifacts.reads == reads
     assert first.refs[0].id in {r.id for r in session.media_log()}
 
@@ -156,9 +151,9 @@ def test_where_names_every_part(session: Session, tmp_path: Path) -> None:
     assert (where["thread"], where["tenant"]) == ("main", "default")
 
 
-def test_progress_bars_only_on_a_terminal(model: CoDi2Model, tmp_path: Path) -> None:
+def test_progress_bars_only_on_a_terminal(tiny_model: CoDi2Model, tmp_path: Path) -> None:
     # pytest captures stderr (not a terminal): the default shows no bar.
-    s = Session(model, root=tmp_path, num_inference_steps=STEPS)
+    s = Session(tiny_model, root=tmp_path, num_inference_steps=STEPS)
     try:
         assert s.progress is False
     finally:

@@ -13,22 +13,9 @@ from typing import Any
 import pytest
 
 from codi2_agent.artifacts import ArtifactStore
-from codi2_agent.model import CoDi2Config, CoDi2Model
+from codi2_agent.model import CoDi2Model
 
 STEPS = 2  # diffusion steps in tests: enough to exercise the decoder and its progress events
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The seeded random tiny model, saved once, so subprocesses load the very same weights."""
-    folder = tmp_path_factory.mktemp("tiny-random")
-    CoDi2Model.from_config(CoDi2Config.tiny(), seed=0).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tiny_model_dir: Path) -> CoDi2Model:
-    return CoDi2Model.from_pretrained(tiny_model_dir)
 
 
 @pytest.fixture(autouse=True)
