@@ -182,9 +182,11 @@ def thread_ids(checkpointer: Any, tenant: str | None = None) -> list[str]:
 def recover_thread(graph: Any, config: dict[str, Any], snapshot: Any = None) -> bool:
     """Put a thread whose last turn was cut short by a crash back to its last answered turn.
 
-    Cut short means: the checkpoint stopped between steps, or it is at rest but the thread log has no
-    answer for its turn (the process died between the log and the checkpoint writes). A turn waiting
-    for a review is not cut short and is left alone. Returns True when the thread was changed.
+    Cut short means: a task is still due (the checkpoint stopped between steps — including a step
+    whose writes were saved but whose checkpoint was not, a task LangGraph then leaves out of
+    ``next``), or it is at rest but the thread log has no answer for its turn (the process died
+    between the log and the checkpoint writes). A turn waiting for a review is not cut short and is
+    left alone. Returns True when the thread was changed.
     `snapshot`: the thread's current state, when the caller has just read it.
     """
     snapshot = snapshot if snapshot is not None else graph.get_state(config)
@@ -194,7 +196,7 @@ def recover_thread(graph: Any, config: dict[str, Any], snapshot: Any = None) -> 
     log.adopt(tenant, key, dict(snapshot.values))
     turn = int(snapshot.values.get("turn") or 0)
     answered = log.last_answered(tenant, key, turn)
-    if not snapshot.next and answered == turn:
+    if not snapshot.tasks and answered == turn:
         return False
     _write(graph, config, state_after(graph, config, answered))
     return True

@@ -119,3 +119,58 @@ def test_a_turn_killed_at_any_instant_is_whole_or_absent(
             assert kinds == ["human", "ai"] * (len(kinds) // 2)
         finally:
             s.close()
+
+
+@pytest.mark.parametrize("last_task", ["ingest", "respond"])
+def test_a_step_whose_writes_were_saved_but_not_its_checkpoint_is_cut_short(
+    tiny_model: Any, tmp_path: Path, last_task: str
+) -> None:
+    """The crash a random kill under ``durability="async"`` found: a task's writes reach the database,
+    the checkpoint after its step does not. LangGraph then leaves that task out of ``next`` (it has
+    writes), so "no next node" must not be read as "at rest"."""
+    import sqlite3
+
+    from langchain_core.messages import HumanMessage
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from codi2_agent.artifacts import ArtifactStore
+    from codi2_agent.graphs import build_session_graph, recover_thread
+    from codi2_agent.graphs._checkpoint import session_serializer
+
+    class DiesBeforeCheckpoint(SqliteSaver):
+        """Saves `last_task`'s writes, then dies writing the checkpoint of its step."""
+
+        armed = False
+        wrote = False
+
+        def put_writes(self, config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
+            super().put_writes(config, writes, task_id, task_path)
+            self.wrote = self.wrote or (self.armed and task_path.endswith(last_task))
+
+        def put(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+            if self.wrote:
+                raise SystemExit("killed")
+            return super().put(config, checkpoint, metadata, new_versions)
+
+    conn = sqlite3.connect(tmp_path / "checkpoints.sqlite", check_same_thread=False)
+    saver = DiesBeforeCheckpoint(conn, serde=session_serializer())
+    graph = build_session_graph(tiny_model, None, ArtifactStore(tmp_path / "artifacts"),
+                                checkpointer=saver, num_inference_steps=STEPS, caption_outputs=False)  # fmt: skip
+    config = {"configurable": {"thread_id": "t"}}
+    graph.invoke({"messages": [HumanMessage("draw a small red star in the snow")]}, config)
+    saver.armed = True
+    with pytest.raises(SystemExit):
+        graph.invoke({"messages": [HumanMessage("make it blue")]}, config, durability="sync")
+    saver.armed = saver.wrote = False
+
+    snapshot = graph.get_state(config)
+    assert snapshot.tasks and not snapshot.next  # the trap: a task is due, yet nothing is "next"
+    assert recover_thread(graph, config) is True
+    assert not graph.get_state(config).tasks and recover_thread(graph, config) is False
+    graph.invoke({"messages": [HumanMessage("draw a large blue circle at night")]}, config)
+    kinds = [m.type for m in graph.get_state(config).values["messages"]]
+    assert kinds == ["human", "ai"] * (len(kinds) // 2)
+    turns = [m.response_metadata["turn"] for m in graph.get_state(config).values["messages"] if m.type == "ai"]
+    # The answer was logged before the crash in respond, so that turn stands; a turn cut in ingest goes.
+    assert turns == ([1, 2, 3] if last_task == "respond" else [1, 2])
+    conn.close()
