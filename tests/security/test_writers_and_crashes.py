@@ -154,8 +154,10 @@ def test_a_step_whose_writes_were_saved_but_not_its_checkpoint_is_cut_short(
 
     conn = sqlite3.connect(tmp_path / "checkpoints.sqlite", check_same_thread=False)
     saver = DiesBeforeCheckpoint(conn, serde=session_serializer())
-    graph = build_session_graph(tiny_model, None, ArtifactStore(tmp_path / "artifacts"),
-                                checkpointer=saver, num_inference_steps=STEPS, caption_outputs=False)  # fmt: skip
+    store = ArtifactStore(tmp_path / "artifacts")
+    graph = build_session_graph(
+        tiny_model, None, store, checkpointer=saver, num_inference_steps=STEPS, caption_outputs=False
+    )
     config = {"configurable": {"thread_id": "t"}}
     graph.invoke({"messages": [HumanMessage("draw a small red star in the snow")]}, config)
     saver.armed = True
@@ -168,9 +170,9 @@ def test_a_step_whose_writes_were_saved_but_not_its_checkpoint_is_cut_short(
     assert recover_thread(graph, config) is True
     assert not graph.get_state(config).tasks and recover_thread(graph, config) is False
     graph.invoke({"messages": [HumanMessage("draw a large blue circle at night")]}, config)
-    kinds = [m.type for m in graph.get_state(config).values["messages"]]
-    assert kinds == ["human", "ai"] * (len(kinds) // 2)
-    turns = [m.response_metadata["turn"] for m in graph.get_state(config).values["messages"] if m.type == "ai"]
+    messages = graph.get_state(config).values["messages"]
+    assert [m.type for m in messages] == ["human", "ai"] * (len(messages) // 2)
+    turns = [m.response_metadata["turn"] for m in messages if m.type == "ai"]
     # The answer was logged before the crash in respond, so that turn stands; a turn cut in ingest goes.
     assert turns == ([1, 2, 3] if last_task == "respond" else [1, 2])
     conn.close()
