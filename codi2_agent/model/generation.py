@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from codi2_agent.media import Media, Modality, OutputKind
+from codi2_agent.model._lm_cache import cache_kwargs, cache_of
 from codi2_agent.model.configuration_codi2 import check_sampling_arguments
 from codi2_agent.model.decoders import ProgressCallback
 from codi2_agent.model.processing_codi2 import GEN, MARKER, PLACEHOLDER, Turn
@@ -255,7 +256,7 @@ class GenerationMixin:
         ids = prompt_ids[None].to(self._input_device)  # (1, T)
         target = rules.target
         out = self.lm(inputs_embeds=self.embed(ids, media_features=feats), use_cache=True)
-        past, logits = out.cache, out.logits[:, -1].float()  # greedy choice in fp32: no bf16 ties
+        past, logits = cache_of(out), out.logits[:, -1].float()  # greedy choice in fp32: no bf16 ties
         # 3. Decode text greedily until </s>, a generation marker or the budget (see `_text_rules`)
         eos = self.tokenizer.eos_token_id
         text_ids: list[int] = []
@@ -266,8 +267,8 @@ class GenerationMixin:
             if nxt == eos:
                 break
             marker = self._marker(nxt)
-            step = self.lm(input_ids=ids.new_tensor([[nxt]]), cache=past, use_cache=True)
-            past, logits = step.cache, step.logits[:, -1].float()
+            step = self.lm(input_ids=ids.new_tensor([[nxt]]), **cache_kwargs(past), use_cache=True)
+            past, logits = cache_of(step), step.logits[:, -1].float()
             if marker is not None:
                 target = marker
                 break
@@ -275,9 +276,8 @@ class GenerationMixin:
             yield nxt
         yield None
         if target is not None and marker is None:  # a forced modality whose reply ran out of budget
-            past = self.lm(
-                input_ids=ids.new_tensor([[self._ids[MARKER[target]]]]), cache=past, use_cache=True
-            ).cache
+            marker_ids = ids.new_tensor([[self._ids[MARKER[target]]]])
+            past = cache_of(self.lm(input_ids=marker_ids, **cache_kwargs(past), use_cache=True))
         text = self.processor.decode(text_ids)
         if target is None:
             yield GenerationOutput(text=text)
@@ -285,7 +285,7 @@ class GenerationMixin:
         # 4. Feed the K gen tokens; their last hidden states are c_MLLM's source
         k = self.encoder(target).num_feature_tokens
         gen_ids = ids.new_full((1, k), self._ids[GEN[target]])
-        step = self.lm(input_ids=gen_ids, cache=past, use_cache=True, output_hidden_states=True)
+        step = self.lm(input_ids=gen_ids, **cache_kwargs(past), use_cache=True, output_hidden_states=True)
         c_mllm = self._c_mllm(target, step.hidden_states[-1])  # (1, K, D)
         # 5. Decode the medium
         generator = _seeded_generator(seed)
@@ -401,7 +401,7 @@ class GenerationMixin:
             position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
             use_cache=True,
         )
-        past, logits = out.cache, out.logits[:, -1].float()
+        past, logits = cache_of(out), out.logits[:, -1].float()
         next_position = mask.sum(-1)  # (n,): real tokens so far = the next token's position
         # 3. Decode greedily, each row by its own rules (see `_decode_steps`)
         banned = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
@@ -475,12 +475,12 @@ class GenerationMixin:
             input_ids=torch.tensor(tokens, dtype=torch.long, device=device),
             attention_mask=mask,
             position_ids=positions,
-            cache=past,
+            **cache_kwargs(past),
             use_cache=True,
             output_hidden_states=output_hidden_states,
         )
         out = step.hidden_states[-1] if output_hidden_states else step.logits.float()
-        return step.cache, out, mask, next_position + real_t.sum(-1)
+        return cache_of(step), out, mask, next_position + real_t.sum(-1)
 
     # --- the steps generate and generate_batch share ------------------------------------------------
     @property
