@@ -4,18 +4,22 @@
 script can read one thread's checkpoints at once and a writer waits instead of failing with
 "database is locked". It refuses a damaged file with `CorruptCheckpointError` instead of letting
 SQLite open it as an empty database (a thread would then silently start again from nothing). Any
-other saver (`PostgresSaver` for scale) works too: `register_types` adds our state types to its
-msgpack allowlist, so ``LANGGRAPH_STRICT_MSGPACK=true`` deployments revive them instead of refusing
-them.
+other saver a user constructs (`InMemorySaver`, `SqliteSaver`, `PostgresSaver` for scale) works too:
+`register_types` gives the graph a clone of it whose serializer lists our state types, so strict
+deployments (``LANGGRAPH_STRICT_MSGPACK=true``) revive them instead of refusing them and LangGraph's
+permissive default loads them without a "Deserializing unregistered type" warning.
 """
 
 from __future__ import annotations
 
+import copy
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.serde.base import maybe_add_typed_methods
+from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from ._state import SERDE_ALLOWLIST
@@ -60,10 +64,42 @@ def session_serializer() -> JsonPlusSerializer:
 
 
 def register_types(checkpointer: BaseCheckpointSaver[Any]) -> BaseCheckpointSaver[Any]:
-    """`checkpointer`, with our state types added to its serializer's allowlist (a no-op when it
-    already allows everything)."""
-    with_allowlist = getattr(checkpointer, "with_allowlist", None)
-    return with_allowlist(allowlist()) if callable(with_allowlist) else checkpointer
+    """`checkpointer` (a shallow clone of it), reviving our state types without a warning.
+
+    Works for any saver whose serializer is LangGraph's `JsonPlusSerializer`, bare or inside an
+    `EncryptedSerializer` (InMemorySaver, SqliteSaver, PostgresSaver, ...):
+
+    - an explicit allowlist (``LANGGRAPH_STRICT_MSGPACK=true``, or one the user passed) gets our
+      types added, so they revive instead of being blocked;
+    - LangGraph's permissive default (allow everything, log "Deserializing unregistered type" for
+      each type not on a list) becomes an explicit list of LangGraph's safe types plus ours. Our
+      graph's state holds nothing else, and a permissive serializer cannot be told which types
+      are expected, so listing them is the only way to load without the warning.
+
+    Any other serializer is returned as is.
+    """
+    serde = checkpointer.serde
+    if isinstance(serde, EncryptedSerializer):
+        inner = _with_our_types(serde.serde)
+        registered: Any = serde if inner is serde.serde else EncryptedSerializer(serde.cipher, inner)
+    else:
+        registered = _with_our_types(serde)
+    if registered is serde:
+        return checkpointer
+    clone = copy.copy(checkpointer)
+    clone.serde = maybe_add_typed_methods(registered)
+    return clone
+
+
+def _with_our_types(serde: Any) -> Any:
+    if not isinstance(serde, JsonPlusSerializer):
+        return serde
+    # LangGraph keeps the allowlist private; True is its permissive default (see its constructor).
+    if getattr(serde, "_allowed_msgpack_modules", None) is True:
+        explicit = copy.copy(serde)
+        explicit._allowed_msgpack_modules = set()  # only LangGraph's safe types, then ours below
+        return explicit.with_msgpack_allowlist(allowlist())
+    return serde.with_msgpack_allowlist(allowlist())
 
 
 def sqlite_store(path: str | Path, *, busy_timeout_s: float = 30.0) -> Any:
