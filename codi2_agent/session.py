@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from codi2_agent.artifacts import ArtifactStore
-from codi2_agent.locking import ThreadBusyError, thread_lock
+from codi2_agent.locking import LOCKS_FOLDER, FileThreadLocks, ThreadBusyError
 from codi2_agent.media import Media, MediaRef, Modality
 
 if TYPE_CHECKING:
@@ -60,7 +60,6 @@ logger = logging.getLogger(__name__)
 
 Durability = Literal["sync", "async", "exit"]
 DEFAULT_ROOT = "codi2-session"
-LOCKS_FOLDER = "locks"
 
 
 class ReviewPendingError(RuntimeError):
@@ -305,7 +304,8 @@ class Session:
         crash cut short — all from one read of the thread's state."""
         from codi2_agent.graphs import recover_thread
 
-        with thread_lock(self.root / LOCKS_FOLDER, self.key, timeout=self.lock_timeout, name=self.thread):
+        locks = self._parts.locks or FileThreadLocks(self.root / LOCKS_FOLDER)
+        with locks.hold(self.key, timeout=self.lock_timeout, name=self.thread):
             snapshot = self.graph.get_state(self.config)
             waiting = any(task.interrupts for task in snapshot.tasks)
             if review == "refuse" and waiting:

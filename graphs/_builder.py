@@ -15,6 +15,7 @@ from codi2_agent.backends import Backend, LocalBackend, TransientBackendError
 
 from ._checkpoint import register_types, sqlite_checkpointer, sqlite_store
 from ._nodes import NodeSettings, SessionNodes
+from ._postgres import is_postgres_saver, is_postgres_url, open_postgres, postgres_store_for
 from ._prompt import ContextPolicy
 from ._state import SessionInput, SessionState
 
@@ -113,8 +114,10 @@ def build_session_graph(
         memory: an `ExemplarMemory` (its embedder should be the model's `ModelEmbedder`), or None to
             run without one (references resolve within the thread only; no exemplars).
         artifacts: the `ArtifactStore` (or its root); defaults to the backend's store.
-        checkpointer: a LangGraph saver, or a path for a SQLite one; None puts SQLite (WAL, busy
-            timeout) beside the artifact store. Our state types are added to its serializer allowlist.
+        checkpointer: a LangGraph saver, a path for a SQLite one, or a ``postgresql://`` URL (a
+            `PostgresSaver`, and a `PostgresStore` for the thread log, tables set up); None puts SQLite
+            (WAL, busy timeout) beside the artifact store. Our state types are added to its
+            serializer allowlist.
         store: the LangGraph `BaseStore` holding the thread log (each thread's media log and
             transcript: what grows with a thread stays out of its checkpoints). None picks one that
             lives where the checkpoints do: SQLite in the same database file, in memory with an
@@ -213,6 +216,9 @@ def build_session_graph(
     # 3. Compile with a checkpointer that knows our types
     if checkpointer is None:
         checkpointer = sqlite_checkpointer(Path(artifacts.root).parent / CHECKPOINT_FILE)
+    elif is_postgres_url(checkpointer):
+        postgres = open_postgres(str(checkpointer))
+        checkpointer, store = postgres.saver, store or postgres.store
     elif isinstance(checkpointer, (str, Path)):
         checkpointer = sqlite_checkpointer(checkpointer)
     if store is None:
@@ -232,6 +238,8 @@ def default_store(checkpointer: BaseCheckpointSaver[Any]) -> BaseStore:
         return sqlite_store(path) if path else InMemoryStore()
     if isinstance(checkpointer, InMemorySaver):
         return InMemoryStore()
+    if is_postgres_saver(checkpointer):
+        return postgres_store_for(checkpointer)
     raise ValueError(
         f"pass store= for a {type(checkpointer).__name__}: the session graph keeps each thread's media "
         "log and transcript in a LangGraph store beside the checkpoints (e.g. PostgresStore)"

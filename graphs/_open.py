@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from codi2_agent.artifacts import ArtifactStore
 from codi2_agent.backends import Backend, as_backend
+from codi2_agent.locking import LOCKS_FOLDER, FileThreadLocks, ThreadLocks
 
 from ._builder import CHECKPOINT_FILE, build_session_graph
+from ._postgres import PostgresParts, is_postgres_url, open_postgres
 
 if TYPE_CHECKING:
     from langgraph.graph.state import CompiledStateGraph
@@ -34,11 +36,20 @@ class SessionParts:
     memory: Memory | None
     artifacts: ArtifactStore
     root: Path
+    locks: ThreadLocks | None = None  # the one-writer locks; None: file locks under root/locks
+    postgres: PostgresParts | None = None  # opened from a postgresql:// checkpointer URL
+
+    def __post_init__(self) -> None:
+        if self.locks is None:
+            self.locks = FileThreadLocks(self.root / LOCKS_FOLDER)
 
     def close(self) -> None:
         """Release the memory's Chroma client and the checkpoint database."""
         if self.memory is not None and hasattr(self.memory, "close"):
             self.memory.close()
+        if self.postgres is not None:
+            self.postgres.close()
+            return
         conn = getattr(self.graph.checkpointer, "conn", None)
         if conn is not None:
             conn.close()
@@ -60,6 +71,9 @@ def open_session_graph(
         memory: an `ExemplarMemory` to use instead of ``root/memory``.
         use_memory: False runs without exemplar memory.
         graph_options: passed to `build_session_graph` (``review=``, ``context=``, ``tenant=``, …).
+            ``checkpointer="postgresql://…"`` keeps checkpoints and the thread log in Postgres and
+            makes the one-writer locks Postgres advisory locks, so workers on several hosts can
+            share threads (with a ``chroma run`` server as `memory` and a shared artifact folder).
     """
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
@@ -70,5 +84,16 @@ def open_session_graph(
 
         memory = ExemplarMemory(root / "memory", embedder=backend.embedder, artifacts=artifacts)
     graph_options.setdefault("checkpointer", root / CHECKPOINT_FILE)
-    graph = build_session_graph(backend, memory, **graph_options)
-    return SessionParts(graph=graph, backend=backend, memory=memory, artifacts=artifacts, root=root)
+    postgres = None
+    if is_postgres_url(graph_options["checkpointer"]):  # checkpoints, thread log and locks in Postgres
+        postgres = open_postgres(graph_options["checkpointer"])
+        graph_options["checkpointer"] = postgres.saver
+        graph_options.setdefault("store", postgres.store)
+    try:
+        graph = build_session_graph(backend, memory, **graph_options)
+    except BaseException:
+        if postgres is not None:
+            postgres.close()
+        raise
+    return SessionParts(graph=graph, backend=backend, memory=memory, artifacts=artifacts, root=root,
+                        locks=postgres.locks if postgres else None, postgres=postgres)  # fmt: skip
