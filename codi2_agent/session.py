@@ -36,7 +36,7 @@ import base64
 import html
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -381,11 +381,22 @@ class Session:
             return self.artifacts.put(Media.open(item))
         raise TypeError(f"media must be Media, MediaRef or a path, not {type(item).__name__}")
 
-    def run(self, message: HumanMessage, options: TurnOptions | None = None) -> TurnResult:
-        """Run one turn from a ready message (its media as artifact refs or inline data)."""
+    def run(
+        self,
+        message: HumanMessage,
+        options: TurnOptions | None = None,
+        *,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> TurnResult:
+        """Run one turn from a ready message (its media as artifact refs or inline data).
+
+        `on_event` receives the turn's progress events as they stream (``start``, ``progress`` with
+        step/total, ``end``): how a tool passes them on to the agent run that called it.
+        """
         from codi2_agent.messages import message_text
 
-        return self._drive({"messages": [message], "options": options}, request=message_text(message))
+        graph_input = {"messages": [message], "options": options}
+        return self._drive(graph_input, request=message_text(message), on_event=on_event)
 
     def accept(self) -> TurnResult:
         """Keep the output awaiting review (it becomes usable as an exemplar)."""
@@ -401,7 +412,12 @@ class Session:
         return self._drive(Command(resume=answer), request=None, review="require")
 
     def _drive(
-        self, graph_input: Any, *, request: str | None, review: Literal["refuse", "require"] = "refuse"
+        self,
+        graph_input: Any,
+        *,
+        request: str | None,
+        review: Literal["refuse", "require"] = "refuse",
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> TurnResult:
         """Run the graph and read the turn's answer from the stream itself (no history rebuild)."""
         bar = None
@@ -414,6 +430,8 @@ class Session:
                 ):
                     if mode == "custom":
                         bar = self._progress(bar, chunk)
+                        if on_event is not None and isinstance(chunk, dict):
+                            on_event(chunk)
                     elif "__interrupt__" in chunk:
                         interrupted = True
                     elif "respond" in chunk:

@@ -1,5 +1,5 @@
-"""Streaming helpers for `ChatCoDi2`: stop sequences cut mid-stream, and a blocking iterator consumed
-from an event loop.
+"""Streaming helpers: stop sequences cut mid-stream and a blocking iterator consumed from an event loop
+(`ChatCoDi2`), and where the tools' progress events go (`tool_event_sink`).
 
 Example:
     >>> cut = StopCut(["!!"])
@@ -10,11 +10,15 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["StopCut", "cut_at_stops", "iterate_in_thread"]
+__all__ = ["StopCut", "cut_at_stops", "iterate_in_thread", "listening_to_tools", "tool_event_sink"]
+
+ToolEvent = dict[str, Any]
 
 T = TypeVar("T")
 
@@ -107,3 +111,47 @@ async def iterate_in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]
         await worker
     finally:
         stopped.set()
+
+
+# --- tool progress -------------------------------------------------------------------------------
+_listener: contextvars.ContextVar[Callable[[ToolEvent], None] | None] = contextvars.ContextVar(
+    "codi2_tool_listener", default=None
+)
+
+
+@contextlib.contextmanager
+def listening_to_tools(listener: Callable[[ToolEvent], None]) -> Iterator[None]:
+    """Send the events of the tool calls made inside this block (and the tasks and threads it starts
+    with a copied context) to `listener` too: how a server outside LangGraph (MCP) hears progress."""
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)
+
+
+def _langgraph_writer() -> Callable[[ToolEvent], None] | None:
+    """The custom-stream writer of the LangGraph run calling the tool, or None outside one."""
+    from langgraph.config import get_stream_writer
+
+    try:
+        return get_stream_writer()
+    except (RuntimeError, KeyError):  # not in a runnable context / a runnable that is not a graph
+        return None
+
+
+def tool_event_sink(**tags: Any) -> Callable[[ToolEvent], None] | None:
+    """Where a tool call's events go, each tagged with `tags` (tool name, tool call id): the calling
+    agent's ``stream_mode="custom"`` and any `listening_to_tools` listener. Call it in the tool's own
+    context (the writer is looked up there, not in the thread that later runs the turn). None when
+    nobody listens."""
+    sinks = [s for s in (_langgraph_writer(), _listener.get()) if s is not None]
+    if not sinks:
+        return None
+
+    def send(event: ToolEvent) -> None:
+        tagged = {**event, **tags}
+        for sink in sinks:
+            sink(tagged)
+
+    return send

@@ -7,11 +7,14 @@ same edit to this one" finds the edit it means.
 
 from __future__ import annotations
 
+import contextvars
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.callbacks import CallbackManagerForToolRun
+from langchain_core.messages import ToolMessage
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool, BaseToolkit, ToolException
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -22,6 +25,8 @@ from codi2_agent.media import MediaRef, Modality
 from codi2_agent.messages import ref_block, user_message
 
 from ._access import MediaAccess
+from ._preview import MIN_PREVIEW_BYTES, preview_block
+from ._streaming import tool_event_sink
 
 if TYPE_CHECKING:
     from codi2_agent.backends import Backend
@@ -41,6 +46,8 @@ __all__ = [
     "GenerateInput",
     "RecallInput",
 ]
+
+DEFAULT_PREVIEW_BYTES = 64 * 1024  # a 256x256 PNG of a simple scene, or 2 s of 16 kHz audio
 
 _MEDIA_HELP = (
     "The medium: an id returned by an earlier call ('@m:4a8d5d3261e8'), an artifact:// url, words such as "
@@ -97,9 +104,10 @@ class RecallInput(BaseModel):
 class _Runner:
     """The session all of a toolkit's tools share, one call at a time (a thread is sequential)."""
 
-    def __init__(self, session: Session, access: MediaAccess) -> None:
+    def __init__(self, session: Session, access: MediaAccess, preview_max_bytes: int | None = None) -> None:
         self.session = session
         self.access = access
+        self.preview_max_bytes = preview_max_bytes  # None: results carry references only
         self.lock = threading.Lock()
 
     def source(self, phrase: str, attachments: list[MediaRef]) -> str:
@@ -110,10 +118,16 @@ class _Runner:
         attachments.append(ref)
         return ref.uri
 
-    def turn(self, text: str, options: TurnOptions, attachments: list[MediaRef]) -> TurnResult:
+    def turn(
+        self,
+        text: str,
+        options: TurnOptions,
+        attachments: list[MediaRef],
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> TurnResult:
         with self.lock:
             try:
-                result = self.session.run(user_message(text, attachments), options)
+                result = self.session.run(user_message(text, attachments), options, on_event=on_event)
             except ValueError as e:  # bad media or arguments: the agent can fix its call
                 raise ToolException(str(e)) from e
             except ThreadBusyError as e:  # another writer holds the thread: the agent may retry later
@@ -135,6 +149,28 @@ def _summary(result: TurnResult, verb: str, reply: str) -> str:
     return " ".join(lines) or "CoDi-2 returned nothing."
 
 
+def _with_previews(summary: str, refs: list[MediaRef], runner: _Runner) -> str | list[dict[str, Any]]:
+    """The summary, followed by a capped preview of each medium when the toolkit shows media."""
+    if runner.preview_max_bytes is None or not refs:
+        return summary
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": summary}]
+    for ref in refs:
+        found = preview_block(runner.session.artifacts.get(ref), runner.preview_max_bytes)
+        if found is None:
+            blocks.append({"type": "text", "text": f"(@m:{ref.short_id} is too large to preview)"})
+            continue
+        block, note = found
+        blocks += [{"type": "text", "text": f"Preview of @m:{ref.short_id} ({note}):"}, block]
+    return blocks
+
+
+# What a tool returns: the content the LLM reads (text, or text and previews) and the references.
+_Result = tuple[str | list[dict[str, Any]] | ToolMessage, list[dict[str, Any]]]
+
+# The id of the tool call being run: LangChain hands it to `BaseTool.run`, not to `_run`.
+_tool_call_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("codi2_tool_call_id", default=None)
+
+
 class _CoDi2Tool(BaseTool):
     """Shared plumbing: content-and-artifact results, errors as error ToolMessages, async in a thread."""
 
@@ -145,10 +181,44 @@ class _CoDi2Tool(BaseTool):
     handle_tool_error: bool = True
     handle_validation_error: bool = True
 
-    def _answer(self, result: TurnResult, verb: str) -> tuple[str, list[dict[str, Any]]]:
-        # The artifact carries references, not bytes: agents checkpoint their messages too.
+    def _answer(self, result: TurnResult, verb: str) -> _Result:
+        # The artifact carries references, not bytes: agents checkpoint their messages too. Previews
+        # (opt-in, capped) go in the content, the part an LLM reads.
         reply = self.runner.session.backend.vocabulary.reply
-        return _summary(result, verb, reply), [ref_block(r) for r in result.refs]
+        return self._reply(
+            _with_previews(_summary(result, verb, reply), result.refs, self.runner), result.refs
+        )
+
+    def _reply(self, content: str | list[dict[str, Any]], refs: list[MediaRef]) -> _Result:
+        artifact = [ref_block(r) for r in refs]
+        call_id = _tool_call_id.get()
+        if isinstance(content, list) and call_id is not None:
+            # LangChain turns tool content into a string when it holds a block type it does not list
+            # for tool messages (audio is one); a ready ToolMessage keeps the preview blocks as they are.
+            blocks: list[str | dict[Any, Any]] = list(content)
+            message = ToolMessage(content=blocks, artifact=artifact, tool_call_id=call_id, name=self.name)
+            return message, artifact
+        return content, artifact
+
+    def _turn(self, text: str, options: TurnOptions, attachments: list[MediaRef]) -> TurnResult:
+        """Run the call's turn; its progress events go to whoever streams the calling run."""
+        sink = tool_event_sink(tool=self.name, tool_call_id=_tool_call_id.get())
+        runner: _Runner = self.runner
+        return runner.turn(text, options, attachments, on_event=sink)
+
+    def run(self, tool_input: Any, *args: Any, tool_call_id: str | None = None, **kwargs: Any) -> Any:
+        token = _tool_call_id.set(tool_call_id)
+        try:
+            return super().run(tool_input, *args, tool_call_id=tool_call_id, **kwargs)
+        finally:
+            _tool_call_id.reset(token)
+
+    async def arun(self, tool_input: Any, *args: Any, tool_call_id: str | None = None, **kwargs: Any) -> Any:
+        token = _tool_call_id.set(tool_call_id)
+        try:
+            return await super().arun(tool_input, *args, tool_call_id=tool_call_id, **kwargs)
+        finally:
+            _tool_call_id.reset(token)
 
     async def _arun(self, *args: Any, run_manager: Any = None, **kwargs: Any) -> Any:
         # The model is CPU-bound and the checkpointer may be sync-only (SQLite): run in a worker thread.
@@ -172,10 +242,10 @@ class CoDi2GenerateTool(_CoDi2Tool):
         modality: Literal["image", "audio"] = "image",
         seed: int | None = None,
         run_manager: CallbackManagerForToolRun | None = None,
-    ) -> tuple[str, list[dict[str, Any]]]:
+    ) -> _Result:
         # The graph phrases the request as the model learned it ("draw …" / "play …").
         options = TurnOptions(task="generate", output=modality, seed=seed)
-        return self._answer(self.runner.turn(prompt.strip(), options, []), "Made")
+        return self._answer(self._turn(prompt.strip(), options, []), "Made")
 
 
 class CoDi2EditTool(_CoDi2Tool):
@@ -190,11 +260,11 @@ class CoDi2EditTool(_CoDi2Tool):
 
     def _run(
         self, media: str, instruction: str, run_manager: CallbackManagerForToolRun | None = None
-    ) -> tuple[str, list[dict[str, Any]]]:
+    ) -> _Result:
         attachments: list[MediaRef] = []
         source = self.runner.source(media, attachments)
         options = TurnOptions(task="edit", sources=(source,), instruction=instruction)
-        return self._answer(self.runner.turn(instruction, options, attachments), "Edited into")
+        return self._answer(self._turn(instruction, options, attachments), "Edited into")
 
 
 class CoDi2ApplyExampleEditTool(_CoDi2Tool):
@@ -213,14 +283,14 @@ class CoDi2ApplyExampleEditTool(_CoDi2Tool):
         target: str,
         example_before: str | None = None,
         run_manager: CallbackManagerForToolRun | None = None,
-    ) -> tuple[str, list[dict[str, Any]]]:
+    ) -> _Result:
         attachments: list[MediaRef] = []
         after = self.runner.source(example_after, attachments)
         before = self.runner.source(example_before, attachments) if example_before else None
         goal = self.runner.source(target, attachments)
         example = (before, after) if before else (after,)
         options = TurnOptions(task="analogy", sources=(goal,), example=example)
-        return self._answer(self.runner.turn("do the same edit to this one", options, attachments), "Made")
+        return self._answer(self._turn("do the same edit to this one", options, attachments), "Made")
 
 
 class CoDi2DescribeTool(_CoDi2Tool):
@@ -236,7 +306,7 @@ class CoDi2DescribeTool(_CoDi2Tool):
         attachments: list[MediaRef] = []
         source = self.runner.source(media, attachments)
         options = TurnOptions(task="describe", sources=(source,), instruction=question)
-        result = self.runner.turn(question or "describe this.", options, attachments)
+        result = self._turn(question or "describe this.", options, attachments)
         return result.text or "(no description)", []
 
 
@@ -256,12 +326,12 @@ class CoDi2RecallTool(_CoDi2Tool):
         modality: Literal["image", "audio"] | None = None,
         k: int = 3,
         run_manager: CallbackManagerForToolRun | None = None,
-    ) -> tuple[str, list[dict[str, Any]]]:
+    ) -> _Result:
         options = TurnOptions(
             task="recall", query=query, k=k, modality=Modality(modality) if modality else None
         )
-        result = self.runner.turn(f"find {query}", options, [])
-        return (result.text, [ref_block(r) for r in result.refs])
+        result = self._turn(f"find {query}", options, [])
+        return self._reply(_with_previews(result.text, result.refs, self.runner), result.refs)
 
 
 # --- the toolkit ---------------------------------------------------------------------------------
@@ -301,6 +371,10 @@ class CoDi2Toolkit(BaseToolkit):
     by another process waits (`Session` ``lock_timeout``), then returns a tool error ("thread … is
     busy; try again shortly") instead of interleaving with it.
 
+    Progress: inside a LangGraph run (``create_agent``), each call's diffusion events (``start``,
+    ``progress`` with ``step``/``total``, ``end``), tagged with ``tool`` and ``tool_call_id``, go to
+    the run's ``stream_mode="custom"``.
+
     Args:
         model: ``"tiny"``, a model folder, a `CoDi2Model` or a `Backend` (ignored with `session`).
         session: an existing `codi2_agent.Session` to run the tools in (shares its thread).
@@ -311,6 +385,12 @@ class CoDi2Toolkit(BaseToolkit):
             unknown here.
         media_roots: folders whose files the tools may read (none by default).
         allow_urls: fetch ``http(s)://`` media (off by default).
+        preview_media: also put each produced (or recalled) image or sound in the tool result's
+            content as a v1 ``image`` / ``audio`` block, so a multimodal LLM sees what it made (off by
+            default: results then carry ``artifact://`` references only).
+        preview_max_bytes: the cap on each preview's file size: larger images are downscaled, sounds
+            resampled and cut (see `codi2_agent.tools._preview`). Previews are checkpointed with
+            the agent's messages, so keep it small.
         graph_options: passed to `build_session_graph` (e.g. ``num_inference_steps=``).
     """
 
@@ -330,10 +410,16 @@ class CoDi2Toolkit(BaseToolkit):
         tenant: str = "default",
         media_roots: list[str | Path] | tuple[str | Path, ...] = (),
         allow_urls: bool = False,
+        preview_media: bool = False,
+        preview_max_bytes: int = DEFAULT_PREVIEW_BYTES,
         **graph_options: Any,
     ) -> None:
         from codi2_agent.session import Session
 
+        if preview_media and preview_max_bytes < MIN_PREVIEW_BYTES:
+            raise ValueError(
+                f"preview_max_bytes must be at least {MIN_PREVIEW_BYTES}, got {preview_max_bytes}"
+            )
         if graph_options.get("review"):
             raise ValueError("tools cannot wait for a human review; use a Session with review=True instead")
         if session is None:
@@ -344,7 +430,7 @@ class CoDi2Toolkit(BaseToolkit):
             raise ValueError(f"graph options {sorted(graph_options)} need a new session, but session= is set")
         access = MediaAccess(roots=tuple(Path(r) for r in media_roots), allow_urls=allow_urls)
         super().__init__(session=session, access=access)  # type: ignore[call-arg]
-        self._runner = _Runner(session, self.access)
+        self._runner = _Runner(session, self.access, preview_max_bytes if preview_media else None)
 
     def get_tools(self) -> list[BaseTool]:
         """The five tools, sharing this toolkit's session."""
