@@ -1,0 +1,66 @@
+"""`check_dataset`: read a whole dataset folder once and say what is in it and what is wrong.
+
+Every record is read and its media decoded exactly as training would read them, leniently, so one
+report lists every problem (with its file and line) and counts the samples per format and task.
+`codi2-agent data check DIR` prints it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from codi2_agent.training.datasets._errors import ProblemLog
+from codi2_agent.training.datasets._source import DatasetRoot, ReadOptions
+from codi2_agent.training.datasets.formats import Source, find_sources
+
+__all__ = ["CheckReport", "check_dataset"]
+
+
+@dataclass
+class CheckReport:
+    """What `check_dataset` found: the sources, samples per (format, task), and the problems."""
+
+    folder: Path
+    sources: list[Source]
+    samples: Counter[tuple[str, str]] = field(default_factory=Counter)
+    problems: ProblemLog = field(default_factory=ProblemLog)
+
+    @property
+    def ok(self) -> bool:
+        return self.problems.total == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "folder": str(self.folder),
+            "sources": [{"format": s.format, "path": _name(self.folder, s.path)} for s in self.sources],
+            "samples": [{"format": f, "task": t, "count": n} for (f, t), n in sorted(self.samples.items())],
+            "problem_counts": dict(sorted(self.problems.counts.items())),
+            "problems": [
+                {"file": p.file, "line": p.line, "kind": p.kind, "message": p.message}
+                for p in self.problems.problems
+            ],
+        }
+
+
+def check_dataset(
+    path: str | Path, format: str = "auto", *, options: ReadOptions | None = None
+) -> CheckReport:
+    """Read every sample of the dataset at `path` and report counts and problems (never raises
+    for a bad record; a folder with nothing readable raises `DatasetFormatError`)."""
+    folder, sources = find_sources(path, format)
+    report = CheckReport(folder.resolve(), sources)
+    root = DatasetRoot(folder, options or ReadOptions())
+    for source in sources:
+        for sample in source.read(root, report.problems):
+            report.samples[(source.format, sample.task)] += 1
+    return report
+
+
+def _name(folder: Path, path: Path) -> str:
+    path = path.resolve()
+    return (
+        "." if path == folder else str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
+    )
