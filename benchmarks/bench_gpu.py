@@ -9,7 +9,8 @@ prints an error row; the others still run):
            built on the device directly in `--dtype` (or loaded from `--paper-folder` when real weights
            are there): build/load time, seconds per text / image / audio turn at `--paper-steps`
            diffusion steps, peak memory.
-- batched: batched throughput is not available yet (`generate` takes one prompt): a row says so.
+- batched: `generate_batch` of N image (and N audio) turns vs N sequential `generate` calls, for tiny
+           and the paper preset (batch sizes `--batch-sizes`): turns/s each way and the ratio.
 
 Run on a GPU host:   python benchmarks/bench_gpu.py            (table -> benchmarks/results/gpu.txt)
 Smoke test on a CPU: python benchmarks/bench_gpu.py --dry-run  (= --device cpu --small, 2 steps, 1 repeat;
@@ -206,27 +207,89 @@ def run_tiny(rec: Recorder, args: argparse.Namespace) -> None:
 def run_paper(rec: Recorder, args: argparse.Namespace) -> None:
     import torch
 
-    from codi2_agent.model import Placement, load_model
-    from codi2_agent.model.paper_architecture import PUBLISHED, TINY, build_random_paper_model
+    from codi2_agent.model import Placement
 
     device = Placement.resolve(device=args.device, dtype=args.dtype).device or torch.device("cpu")
     _reset_peak(device)
-    if args.paper_folder and Path(args.paper_folder, "config.json").is_file():
-        seconds, model = _timed(
-            device, lambda: load_model(args.paper_folder, device=device, dtype=args.dtype)
-        )
-        rec.row("load paper model", f"{seconds:.3f} s", f"weights from {args.paper_folder}")
-    else:
-        arch, label = (TINY, "TINY test sizes") if args.small else (PUBLISHED, "published sizes")
-        seconds, model = _timed(
-            device, lambda: build_random_paper_model(arch, device=device, dtype=args.dtype, seed=0)
-        )
-        rec.row("build paper model", f"{seconds:.3f} s", f"random weights at {label}, made on {device}")
+    model = _paper_model(rec, args, device)
     rec.row("parameters", f"{model.num_parameters() / 1e9:.3f} B", f"dtype {model.lm.dtype}")
     rec.row("peak memory (build)", _memory(device))
     _reset_peak(device)
     _turns(rec, model, device, args, args.paper_steps)
     rec.row("peak memory (turns)", _memory(device))
+
+
+def _paper_model(rec: Recorder, args: argparse.Namespace, device: Any) -> Any:
+    from codi2_agent.model import load_model
+    from codi2_agent.model.paper_architecture import PUBLISHED, TINY, build_random_paper_model
+
+    if args.paper_folder and Path(args.paper_folder, "config.json").is_file():
+        seconds, model = _timed(
+            device, lambda: load_model(args.paper_folder, device=device, dtype=args.dtype)
+        )
+        rec.row("load paper model", f"{seconds:.3f} s", f"weights from {args.paper_folder}")
+        return model
+    arch, label = (TINY, "TINY test sizes") if args.small else (PUBLISHED, "published sizes")
+    seconds, model = _timed(
+        device, lambda: build_random_paper_model(arch, device=device, dtype=args.dtype, seed=0)
+    )
+    rec.row("build paper model", f"{seconds:.3f} s", f"random weights at {label}, made on {device}")
+    return model
+
+
+def _throughput(
+    rec: Recorder, label: str, model: Any, device: Any, output: str, sizes: list[int], steps: int | None
+) -> None:
+    """N `output` turns as one `generate_batch` vs N `generate` calls: turns/s each way."""
+    prompts = {
+        "image": [f"draw a {c} star" for c in ("red", "green", "blue", "yellow", "purple", "white")],
+        "audio": [f"play a {s} tone with {a}" for s in ("sine", "saw", "pluck") for a in ("wind", "rain")],
+    }[output]
+    model.generate_batch([[prompts[0]]], output, seeds=[0], num_inference_steps=steps)  # warm-up
+
+    for n in sizes:
+        convs = [[prompts[i % len(prompts)]] for i in range(n)]
+
+        def both(convs: list[list[str]] = convs, n: int = n) -> tuple[str, str]:
+            _reset_peak(device)
+            batched, outs = _timed(
+                device,
+                lambda: model.generate_batch(convs, output, seeds=list(range(n)), num_inference_steps=steps),
+            )
+            if len(outs) != n:
+                raise ValueError(f"generate_batch returned {len(outs)} results for {n} prompts")
+            peak = _memory(device)
+            sequential, _ = _timed(
+                device,
+                lambda: [
+                    model.generate(c, output=output, seed=i, num_inference_steps=steps)
+                    for i, c in enumerate(convs)
+                ],
+            )
+            return (
+                f"{n / batched:.2f} turns/s",
+                f"sequential {n / sequential:.2f} turns/s, ratio {sequential / batched:.2f}x; peak {peak}",
+            )
+
+        rec.measure(f"{label} {output} x{n}", both)
+
+
+def run_batched(rec: Recorder, args: argparse.Namespace) -> None:
+    import torch
+
+    from codi2_agent.model import Placement, load_model
+
+    device = Placement.resolve(device=args.device, dtype=args.dtype).device or torch.device("cpu")
+    sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+    tiny = load_model("tiny", device=device, dtype=args.dtype)
+    for output in ("image", "audio"):
+        _throughput(rec, "tiny", tiny, device, output, sizes, args.tiny_steps)
+    del tiny
+    paper = _paper_model(rec, args, device)
+    for output in ("image", "audio"):
+        _throughput(
+            rec, "paper", paper, device, output, sizes[:2] if not args.small else sizes, args.paper_steps
+        )
 
 
 def child(args: argparse.Namespace) -> None:
@@ -236,7 +299,7 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     if args.device.startswith("cuda") and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
-    {"tiny": run_tiny, "paper": run_paper}[args.part](rec, args)
+    {"tiny": run_tiny, "paper": run_paper, "batched": run_batched}[args.part](rec, args)
 
 
 # --- parent side: run the parts, bound them in time, print and write the table -------------------------
@@ -301,6 +364,7 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
     ]
     if args.tiny_steps is not None:
         out += ["--tiny-steps", str(args.tiny_steps)]
+    out += ["--batch-sizes", args.batch_sizes]
     if args.small:
         out.append("--small")
     if args.paper_folder:
@@ -318,15 +382,10 @@ def _table(rows: list[Row], header: list[str]) -> str:
 
 def parent(args: argparse.Namespace) -> int:
     deadline = time.perf_counter() + args.budget_s
-    limits = {"tiny": args.tiny_limit_s, "paper": args.paper_limit_s}
+    limits = {"tiny": args.tiny_limit_s, "paper": args.paper_limit_s, "batched": args.batched_limit_s}
     rows: list[Row] = []
     all_ok = True
     for part in args.parts:
-        if part == "batched":
-            rows.append(
-                Row("batched", "batched throughput", "n/a", "not available yet: generate takes one prompt")
-            )
-            continue
         remaining = deadline - time.perf_counter()
         if remaining < 5:
             rows.append(Row(part, "skipped", "ERROR", f"the {args.budget_s:.0f} s budget was spent"))
@@ -370,10 +429,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paper-steps", type=int, default=10, help="diffusion steps per paper image/audio turn")
     p.add_argument("--audio-s", type=float, default=2.0, help="length of the input audio clip")
     p.add_argument("--paper-folder", default=None, help="a real paper model folder, if this host has one")
-    p.add_argument("--budget-s", type=float, default=330.0, help="whole-run limit (parts share it)")
+    p.add_argument("--budget-s", type=float, default=480.0, help="whole-run limit (parts share it)")
     p.add_argument("--tiny-limit-s", type=float, default=100.0)
     p.add_argument("--paper-limit-s", type=float, default=240.0)
-    p.add_argument("--part", choices=("tiny", "paper"), help=argparse.SUPPRESS)  # child mode
+    p.add_argument("--batched-limit-s", type=float, default=200.0)
+    p.add_argument(
+        "--batch-sizes", default="4,16,64", help="batch sizes of the batched part (paper: first two)"
+    )
+    p.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)  # child mode
     p.add_argument("--rows", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.part:
@@ -381,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.dry_run:
         args.device, args.small, args.repeats, args.warmup = "cpu", True, 1, 0
-        args.tiny_steps, args.paper_steps = 2, 2
+        args.tiny_steps, args.paper_steps, args.batch_sizes = 2, 2, "2"
         args.out = args.out or Path(tempfile.mkdtemp(prefix="codi2-bench-gpu-")) / "gpu.txt"
     args.out = args.out or RESULTS
     args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]

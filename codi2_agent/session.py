@@ -171,6 +171,9 @@ class Session:
             stderr is a terminal (or in a notebook).
         lock_timeout: seconds a turn waits for another writer of the same thread before
             `ThreadBusyError`.
+        device, dtype, device_map, offload: where the model runs and in what precision
+            (``dtype="bfloat16"``), when it is loaded here from a name or folder; see `load_model`.
+            Unset ones come from ``CODI2_DEVICE``, ``CODI2_DTYPE``, … (`codi2_agent.settings`).
         graph_options: passed to `build_session_graph` (``context=``, ``num_inference_steps=``, …).
 
     Tenancy: a thread belongs to its tenant (its checkpoint key includes the tenant), and the tenant
@@ -198,12 +201,18 @@ class Session:
         durability: Durability = "exit",
         progress: bool | None = None,
         lock_timeout: float = 30.0,
+        device: str | None = None,
+        dtype: str | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        offload: bool | None = None,
         **graph_options: Any,
     ) -> None:
+        from codi2_agent._placing import load_placed
         from codi2_agent.graphs import open_session_graph, thread_key
 
         thread_key(tenant, thread)  # refuse a bad name before opening anything
         folder = Path(root) if root is not None else Path.cwd() / DEFAULT_ROOT
+        model = load_placed(model, device=device, dtype=dtype, device_map=device_map, offload=offload)
         parts = open_session_graph(model, folder, tenant=tenant, review=review, **graph_options)
         self.lock_timeout = lock_timeout
         self._bind(parts, thread=thread, tenant=tenant, durability=durability, progress=progress, owner=True)

@@ -45,6 +45,7 @@ def build_session_graph(
     *,
     checkpointer: BaseCheckpointSaver[Any] | str | Path | None = None,
     store: BaseStore | None = None,
+    server_persistence: bool = False,
     review: bool = False,
     tenant: str = "default",
     context: ContextPolicy = "memory",
@@ -122,6 +123,10 @@ def build_session_graph(
             transcript: what grows with a thread stays out of its checkpoints). None picks one that
             lives where the checkpoints do: SQLite in the same database file, in memory with an
             in-memory saver; other savers (Postgres) need it given (``PostgresStore``).
+        server_persistence: compile without a checkpointer or store of its own: the LangGraph Agent
+            Server (``langgraph dev`` / ``langgraph up``) gives every run its checkpointer and its
+            store, and the thread log then lives in the server's store. Excludes `checkpointer` and
+            `store`.
         review: pause after each generated medium with ``interrupt()`` until a person resumes with
             ``Command(resume="accept" | "reject")``; rejected media never become exemplars.
         tenant: whose memory turns read and write; ``config["configurable"]["tenant"]`` overrides it.
@@ -214,6 +219,10 @@ def build_session_graph(
     builder.add_edge("respond", END)
 
     # 3. Compile with a checkpointer that knows our types
+    if server_persistence:
+        if checkpointer is not None or store is not None:
+            raise ValueError("server_persistence=True: the server provides the checkpointer and the store")
+        return builder.compile(name=name)
     if checkpointer is None:
         checkpointer = sqlite_checkpointer(Path(artifacts.root).parent / CHECKPOINT_FILE)
     elif is_postgres_url(checkpointer):

@@ -391,7 +391,10 @@ class CoDi2Toolkit(BaseToolkit):
         preview_max_bytes: the cap on each preview's file size: larger images are downscaled, sounds
             resampled and cut (see `codi2_agent.tools._preview`). Previews are checkpointed with
             the agent's messages, so keep it small.
-        graph_options: passed to `build_session_graph` (e.g. ``num_inference_steps=``).
+        graph_options: passed to the `Session`: its ``device=``, ``dtype=``, ``device_map=`` and
+            ``offload=`` (where the model runs and in what precision, e.g. ``dtype="bfloat16"``; unset
+            ones from ``CODI2_DEVICE`` / ``CODI2_DTYPE``) and `build_session_graph`'s options (e.g.
+            ``num_inference_steps=``).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)

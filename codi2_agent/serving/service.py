@@ -1,0 +1,272 @@
+"""The model server's work, free of HTTP and Ray: one `LocalBackend` over the server's `ArtifactStore`.
+
+`ModelService` turns wire requests (`codi2_agent.serving.wire`) into `GenerateRequest`s — storing
+media sent by value, checking that media sent by reference are held — and answers them alone, in a
+batch or as a stream. The Ray Serve deployment (`codi2_agent.serving.deployment`) is a thin HTTP
+layer over it, so everything here also runs (and is tested) in a plain process.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from codi2_agent._media_errors import CorruptMediaError, MediaTooLargeError
+from codi2_agent.artifacts import ArtifactNotFoundError, ArtifactStore
+from codi2_agent.backends import GenerateRequest, GenerateResult, LocalBackend, PromptTurn
+from codi2_agent.media import Media, MediaRef
+
+__all__ = ["BadRequestError", "BatchSettings", "ModelService", "Outcome", "ServerSettings"]
+
+logger = logging.getLogger(__name__)
+TEXT_MIME = "text/plain"
+
+
+class BadRequestError(ValueError):
+    """A request the server cannot read: a malformed prompt part, an unknown field."""
+
+
+class BatchSettings(BaseModel):
+    """How requests are grouped into one model call (a deployment's ``user_config``, which Ray Serve
+    applies to running replicas without restarting them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=8, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.02, ge=0)
+
+
+class ServerSettings(BatchSettings):
+    """The application's arguments (``args:`` of an application in a Ray Serve config file).
+
+    Args:
+        model: ``"tiny"`` or a model folder (as `load_model` takes it), on the replica's machine.
+        artifacts: the server's artifact store folder (absolute on a cluster: every replica of one
+            deployment must see the same folder, e.g. a shared volume).
+        num_inference_steps: diffusion steps for requests that do not say (None: the model's).
+        device, dtype: placement, as `load_model` takes them (None: ``CODI2_*`` settings, then CPU).
+        threads: torch CPU threads per replica (None: Ray's default, the replica's ``num_cpus``).
+        max_batch_size, batch_wait_timeout_s: dynamic batching defaults (`BatchSettings`); the
+            deployment's ``user_config`` overrides them.
+        warm_up: run one short generate when a replica starts, so no request pays for lazy loading.
+    """
+
+    model: str = "tiny"
+    artifacts: str = "codi2-serve/artifacts"
+    num_inference_steps: int | None = Field(default=None, ge=1)
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = Field(default=None, ge=1)
+    warm_up: bool = True
+
+
+@dataclass
+class Outcome:
+    """One request's share of a batch: its result, or the error only it caused."""
+
+    result: GenerateResult | None = None
+    error: Exception | None = None
+
+    def unwrap(self) -> GenerateResult:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+@dataclass
+class BatchStats:
+    """How requests were grouped, for operators and the benchmark (``GET /v1/stats``)."""
+
+    batches: int = 0
+    requests: int = 0
+    sizes: Counter[int] = field(default_factory=Counter)
+    uploads: int = 0  # media received by value (uploads and inline parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "requests": self.requests,
+            "uploads": self.uploads,
+            "largest_batch": max(self.sizes, default=0),
+            "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+        }
+
+
+class ModelService:
+    """The served model: request parsing, media in and out, generation alone, batched or streamed."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        from codi2_agent.model import load_model
+
+        if settings.threads is not None:
+            import torch
+
+            torch.set_num_threads(settings.threads)
+        self.settings = settings
+        t0 = time.perf_counter()
+        placement = {k: v for k, v in {"device": settings.device, "dtype": settings.dtype}.items() if v}
+        model = load_model(settings.model, **placement)
+        self.store = ArtifactStore(Path(settings.artifacts))
+        self.backend = LocalBackend(model, self.store)
+        self.stats = BatchStats()
+        self._stats_lock = threading.Lock()
+        if settings.warm_up:
+            self.backend.generate(
+                GenerateRequest(prompt=(PromptTurn(role="user", parts=("hello",)),), output="text",
+                                max_new_tokens=2)  # fmt: skip
+            )
+        self.load_seconds = time.perf_counter() - t0
+        logger.info("model %s ready in %.1f s (store %s)", settings.model, self.load_seconds, self.store.root)
+
+    # --- what the model is ------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        embedder = self.backend.embedder
+        return {
+            "name": self.backend.name,
+            "context_limit": self.backend.context_limit,
+            "vocabulary": self.backend.vocabulary.to_dict(),
+            "embedder": {"name": embedder.name, "dim": embedder.dim},
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+    def count_tokens(self, body: dict[str, Any]) -> int:
+        # Counting reads only each medium's modality, so references need not be held here.
+        turns = _field(body, "prompt", list)
+        try:
+            prompt = [PromptTurn.model_validate(turn) for turn in turns]
+        except ValueError as e:
+            raise BadRequestError(f"prompt: {e}") from None
+        return self.backend.count_tokens(prompt)
+
+    # --- media --------------------------------------------------------------------------------------
+    def upload(self, data: bytes, content_type: str | None) -> MediaRef:
+        """Store one medium sent as its encoded bytes (validated and re-encoded canonically)."""
+        with self._stats_lock:
+            self.stats.uploads += 1
+        if len(data) > self.store.limits.max_bytes:
+            raise MediaTooLargeError(f"upload is {len(data)} bytes; the limit is {self.store.limits.max_bytes}")
+        if (content_type or "").split(";")[0].strip() == TEXT_MIME:
+            try:
+                return self.store.put(Media.from_text(data.decode("utf-8")))
+            except UnicodeDecodeError:
+                raise CorruptMediaError("text upload is not UTF-8") from None
+        return self.store.put_bytes(data)
+
+    def missing(self, ids: Sequence[str]) -> list[str]:
+        """Which of `ids` this server does not hold (a client uploads those, and only those)."""
+        return [i for i in (ArtifactStore.parse_id(raw) for raw in ids) if i not in self.store]
+
+    def artifact(self, artifact_id: str) -> tuple[Path, str]:
+        """The file of a held artifact and its mime type."""
+        ref = self.store.ref(artifact_id)
+        return self.store.path(ref), ref.mime
+
+    def embed_media(self, ids: Sequence[str]) -> Any:
+        media = [self.store.get(self._held(raw)) for raw in ids]
+        return self.backend.embedder.embed_media(media)
+
+    def embed_text(self, texts: Sequence[str]) -> Any:
+        return self.backend.embedder.embed_text(list(texts))
+
+    def _held(self, raw: str) -> MediaRef:
+        artifact_id = ArtifactStore.parse_id(raw)
+        if artifact_id not in self.store:
+            raise ArtifactNotFoundError(
+                f"unknown artifact {artifact_id}: the server does not hold it (upload it first)"
+            )
+        return self.store.ref(artifact_id)
+
+    # --- requests -----------------------------------------------------------------------------------
+    def request(self, body: dict[str, Any]) -> GenerateRequest:
+        """A wire request as a `GenerateRequest`: inline media stored, references checked, sampling
+        arguments validated — so a bad request fails alone, before it can join a batch."""
+        from codi2_agent.model.configuration_codi2 import check_sampling_arguments
+
+        unknown = sorted(set(body) - set(GenerateRequest.model_fields))
+        if unknown:
+            raise BadRequestError(
+                f"unknown request field(s) {unknown}; expected some of {sorted(GenerateRequest.model_fields)}"
+            )
+        turns = []
+        for i, turn in enumerate(_field(body, "prompt", list)):
+            if not isinstance(turn, dict):
+                raise BadRequestError(f"prompt[{i}] must be an object with 'role' and 'parts'")
+            parts = [self._part(part, f"prompt[{i}].parts[{j}]") for j, part in enumerate(turn.get("parts") or [])]
+            turns.append({"role": turn.get("role"), "parts": parts})
+        fields = {**body, "prompt": turns}
+        if fields.get("num_inference_steps") is None:
+            fields["num_inference_steps"] = self.settings.num_inference_steps
+        try:
+            request = GenerateRequest.model_validate(fields)
+        except ValueError as e:
+            raise BadRequestError(str(e)) from None
+        check_sampling_arguments(request.num_inference_steps, request.guidance_scale)
+        return request
+
+    def _part(self, part: Any, where: str) -> str | MediaRef:
+        if isinstance(part, str):
+            return part
+        if not isinstance(part, dict):
+            raise BadRequestError(f"{where}: a part is a string or an object, got {type(part).__name__}")
+        if "artifact" in part or "id" in part:
+            raw = part.get("artifact", part.get("id"))
+            return self._held(str(raw))
+        if "base64" in part:
+            try:
+                data = base64.b64decode(str(part["base64"]), validate=True)
+            except (binascii.Error, ValueError):
+                raise CorruptMediaError(f"{where}: 'base64' is not valid base64") from None
+            return self.upload(data, part.get("mime_type"))
+        raise BadRequestError(
+            f"{where}: expected a string, {{'artifact': id}} or {{'type', 'base64', 'mime_type'}}; "
+            f"got keys {sorted(part)}"
+        )
+
+    def generate(self, request: GenerateRequest) -> GenerateResult:
+        self._count(1)
+        return self.backend.generate(request)
+
+    def generate_many(self, requests: Sequence[GenerateRequest]) -> list[Outcome]:
+        """Answer requests in one model call; if that call fails, each alone, so an error stays with
+        the request that caused it."""
+        self._count(len(requests))
+        try:
+            return [Outcome(result=r) for r in self.backend.generate_batch(requests)]
+        except Exception:
+            if len(requests) == 1:
+                raise
+            logger.warning("a batch of %d failed; answering its requests one by one", len(requests))
+        outcomes = []
+        for request in requests:
+            try:
+                outcomes.append(Outcome(result=self.backend.generate(request)))
+            except Exception as e:  # handed to that request's caller
+                outcomes.append(Outcome(error=e))
+        return outcomes
+
+    def stream(self, request: GenerateRequest) -> Iterator[str | GenerateResult]:
+        self._count(1)
+        return self.backend.stream(request)
+
+    def _count(self, size: int) -> None:
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.requests += size
+            self.stats.sizes[size] += 1
+
+
+def _field(body: Any, name: str, kind: type) -> Any:
+    if not isinstance(body, dict) or not isinstance(body.get(name), kind):
+        raise BadRequestError(f"the request needs {name!r} ({kind.__name__})")
+    return body[name]

@@ -1,0 +1,73 @@
+"""`RemoteBackend` without a server: bounded retries, configs and `as_backend`'s url case."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from served_model import free_port
+
+from codi2_agent.backends import TransientBackendError, as_backend
+from codi2_agent.serving import BackendUnavailableError, RemoteBackend, ServeConfigError, load_config
+from codi2_agent.serving.launch import APP_IMPORT_PATH, default_config, with_overrides
+from codi2_agent.serving.service import ServerSettings
+
+EXAMPLE_CONFIG = Path(__file__).parents[2] / "codi2_agent" / "serving" / "serve_config.yaml"
+
+
+def test_connection_refused_is_retried_a_bounded_number_of_times(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="codi2_agent.serving.client"), pytest.raises(
+        BackendUnavailableError, match="after 3 attempt"
+    ) as caught:
+        RemoteBackend(url, artifacts=tmp_path, retries=2, backoff=0.05)
+    elapsed = time.monotonic() - started
+    assert isinstance(caught.value, TransientBackendError) and isinstance(caught.value, ConnectionError)
+    assert url in str(caught.value)
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == 2  # 3 attempts: 2 retries, waiting 0.05 then 0.1 s
+    assert 0.15 <= elapsed < 10
+
+
+def test_a_url_model_becomes_a_remote_backend(tmp_path: Path) -> None:
+    from codi2_agent.artifacts import ArtifactStore
+
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(BackendUnavailableError):  # it was tried as a server, not as a folder
+        as_backend(url, ArtifactStore(tmp_path))
+    with pytest.raises(ValueError, match="http://"):
+        RemoteBackend("127.0.0.1:8000")
+
+
+def test_the_example_config_is_a_valid_serve_config() -> None:
+    config = load_config(EXAMPLE_CONFIG)
+    (app,) = config.applications
+    assert app.import_path == APP_IMPORT_PATH
+    ServerSettings.model_validate(app.args)  # our arguments, every one known
+    (deployment,) = app.deployments
+    assert deployment.name == "CoDi2Server" and deployment.num_replicas == 1
+    assert deployment.user_config == {"max_batch_size": 8, "batch_wait_timeout_s": 0.02}
+    assert config.http_options.port == default_config().http_options.port == 8000
+
+
+def test_overrides_set_the_address_and_make_paths_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = with_overrides(load_config(EXAMPLE_CONFIG), port=9123, num_inference_steps=3)
+    assert config.http_options.port == 9123 and config.http_options.host == "127.0.0.1"
+    args = config.applications[0].args
+    assert args["artifacts"] == str(tmp_path / "codi2-serve" / "artifacts")
+    assert args["num_inference_steps"] == 3 and args["model"] == "tiny"
+
+
+def test_a_bad_config_file_names_the_file_and_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "serve.yaml"
+    bad.write_text("applications:\n  - import_path: 3\n    num_replicas: two\n", encoding="utf-8")
+    with pytest.raises(ServeConfigError, match="serve.yaml"):
+        load_config(bad)
+    with pytest.raises(ServeConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
