@@ -1,5 +1,7 @@
 """Process-wide defaults read from the environment (`CODI2_*`), validated by pydantic-settings.
 
+- `CODI2_MODEL` (tiny): the model servers load (the LangGraph Agent Server's graph): `tiny` (the
+  shipped weights), `paper`, or a model folder.
 - `CODI2_DEVICE` (unset): where the model runs: `cpu`, `cuda`, `cuda:N`, `mps` or `auto`. Unset means
   `cpu`, or, with a device map, the LM's first device.
 - `CODI2_DTYPE` (float32): `float32`, `bfloat16`, `float16` (or `fp32` / `bf16` / `fp16`), or `auto`
@@ -73,14 +75,22 @@ def check_device_name(value: str) -> str:
 
 
 class CoDi2Settings(BaseSettings):
-    """Placement defaults for `load_model`, read from `CODI2_*` variables."""
+    """Placement defaults for `load_model` and the model servers load, read from `CODI2_*` variables."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
+    model: str = "tiny"
     device: str | None = None
     dtype: str = "float32"
     device_map: str | None = None
     offload: bool = False
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("expected 'tiny', 'paper' or a model folder, got an empty value")
+        return value.strip()
 
     @field_validator("device")
     @classmethod
