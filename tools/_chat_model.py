@@ -14,12 +14,14 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables.config import run_in_executor
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
+from codi2_agent._placing import load_placed
 from codi2_agent.artifacts import ArtifactStore
 from codi2_agent.backends import Backend, GenerateRequest, GenerateResult, PromptTurn
 from codi2_agent.media import OutputKind
 from codi2_agent.messages import inline_block, prompt_turns, ref_block
+from codi2_agent.settings import check_device_name, check_dtype_name
 
 from ._streaming import StopCut, cut_at_stops, iterate_in_thread
 
@@ -94,6 +96,10 @@ class ChatCoDi2(BaseChatModel):
         temperature, timeout, max_retries: accepted for interface compatibility; the model runs
             locally and decodes greedily, so they change nothing (an ``api_key`` is ignored likewise).
         stop: cut the text at the first of these strings.
+        device, dtype, device_map, offload: where a model named by ``model`` (a name or folder) runs
+            and in what precision, e.g. ``dtype="bfloat16"`` (see `load_model`); unset ones come from
+            ``CODI2_DEVICE``, ``CODI2_DTYPE``, … A `CoDi2Model` or `Backend` given as ``model`` is
+            already placed, so setting them then is an error.
     """
 
     model: Any = Field(default_factory=_default_model)
@@ -109,6 +115,20 @@ class ChatCoDi2(BaseChatModel):
     timeout: float | None = None
     max_retries: int | None = None
     streaming: bool = False
+    device: str | None = None
+    dtype: str | None = None
+    device_map: str | dict[str, Any] | None = None
+    offload: bool | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str | None) -> str | None:
+        return None if value is None else check_device_name(value)  # refused now, not at first use
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str | None) -> str | None:
+        return None if value is None else check_dtype_name(value)
 
     _backend: Backend | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -166,7 +186,11 @@ class ChatCoDi2(BaseChatModel):
             if self._backend is None:
                 from codi2_agent.backends import as_backend
 
-                self._backend = as_backend(self.model, self._store())
+                model = load_placed(
+                    self.model, device=self.device, dtype=self.dtype, device_map=self.device_map,
+                    offload=self.offload,
+                )  # fmt: skip
+                self._backend = as_backend(model, self._store())
             return self._backend
 
     def _store(self) -> ArtifactStore:

@@ -23,9 +23,13 @@ _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 MODEL_HELP = "'tiny' (the shipped weights) or a model folder."
 STEPS_HELP = "Diffusion steps (default: the model's)."
+DEVICE_HELP = "Where the model runs: cpu, cuda, cuda:N, mps or auto (default: $CODI2_DEVICE, else cpu)."
+DTYPE_HELP = "Precision of every part: float32, bfloat16, float16 (default: $CODI2_DTYPE, else float32)."
 # Options several commands share, declared once.
 ModelOption = Annotated[str, typer.Option(help=MODEL_HELP)]
 StepsOption = Annotated[int | None, typer.Option(help=STEPS_HELP, min=1)]
+DeviceOption = Annotated[str | None, typer.Option(help=DEVICE_HELP, show_default=False)]
+DtypeOption = Annotated[str | None, typer.Option(help=DTYPE_HELP, show_default=False)]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -80,15 +84,23 @@ def _progress(description: str, total: float | None = None) -> Iterator[Callable
         yield update
 
 
-def _load(model: str) -> CoDi2Model:
-    """Load a model with a spinner; a missing or broken model is a one-line error."""
+def _load(model: str, *, device: str | None = None, dtype: str | None = None) -> CoDi2Model:
+    """Load a model with a spinner, placed as `--device` / `--dtype` (or `CODI2_*`) say; a missing or
+    broken model, or a placement this machine cannot give, is a one-line error."""
     import torch
 
     from codi2_agent.model import WeightsNotFoundError, load_model
+    from codi2_agent.model.placement import DeviceUnavailableError
 
     torch.set_num_threads(_threads())
     with _progress(f"loading model {model}"):
         try:
-            return load_model(model)
-        except (WeightsNotFoundError, ValueError, OSError) as e:
+            return load_model(model, device=device, dtype=dtype)
+        except (WeightsNotFoundError, DeviceUnavailableError, ValueError, OSError) as e:
             raise _fail(str(e)) from None
+
+
+def _placement(model: CoDi2Model) -> str:
+    """Where a loaded model's weights are and in what precision, e.g. "cpu, bfloat16"."""
+    weight = next(model.parameters())
+    return f"{weight.device}, {str(weight.dtype).removeprefix('torch.')}"

@@ -9,7 +9,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from codi2_agent.cli._common import ModelOption, StepsOption, _fail, _load, _out, _progress, _say
+from codi2_agent.cli._common import (
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    StepsOption,
+    _fail,
+    _load,
+    _out,
+    _placement,
+    _progress,
+    _say,
+)
 
 if TYPE_CHECKING:
     from codi2_agent.session import Session, TurnResult
@@ -39,6 +50,8 @@ def chat(
     ] = Path("outputs/chat"),
     steps: StepsOption = None,
     seed: Annotated[int | None, typer.Option(help="Seed for every turn (default: varies).")] = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Talk to CoDi-2 turn by turn in the terminal; attach media with /image and /audio.
 
@@ -50,7 +63,7 @@ def chat(
     """
     from codi2_agent.session import Session
 
-    loaded = _load(model)
+    loaded = _load(model, device=device, dtype=dtype)
     with _progress(f"opening session {root}"):
         try:
             session = Session(
@@ -59,6 +72,7 @@ def chat(
         except (ValueError, OSError) as e:
             raise _fail(f"cannot open the session in {root}: {e}") from None
     try:
+        _say(f"model {model} ({_placement(loaded)})")
         _chat_loop(session, out)
     finally:
         session.close()

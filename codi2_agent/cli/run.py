@@ -7,7 +7,17 @@ from typing import Annotated, Any
 
 import typer
 
-from codi2_agent.cli._common import MODEL_HELP, ModelOption, StepsOption, _fail, _load, _progress, _say
+from codi2_agent.cli._common import (
+    MODEL_HELP,
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    StepsOption,
+    _fail,
+    _load,
+    _progress,
+    _say,
+)
 
 
 def demo(
@@ -17,11 +27,13 @@ def demo(
     model: ModelOption = "tiny",
     steps: StepsOption = None,
     seed: Annotated[int, typer.Option(help="Seed for the diffusion noise.")] = 0,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Run the scripted multi-round session and write its outputs to OUT."""
     from codi2_agent.demo import run_demo
 
-    loaded = _load(model)
+    loaded = _load(model, device=device, dtype=dtype)
     with _progress("demo", total=7) as update:
 
         def log(line: str) -> None:
@@ -51,6 +63,8 @@ def run_cmd(
         int | None, typer.Option(help="Run at most this many turns now; the next run resumes.", min=0)
     ] = None,
     check: Annotated[bool, typer.Option(help="Only validate the file and print the plan.")] = False,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Run a YAML pipeline of turns (and loops over files); re-running resumes where it stopped.
 
@@ -80,7 +94,7 @@ def run_cmd(
     # 2. Run, with a bar over the planned turns
     where = out or plan.default_out()
     model = model or plan.model
-    loaded = _load(model)
+    loaded = _load(model, device=device, dtype=dtype)
     counts = {"reused": 0, "done": 0}
     with _progress(plan.name, total=len(plan.turns)) as update:
 

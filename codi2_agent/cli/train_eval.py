@@ -11,7 +11,17 @@ from typing import Annotated
 
 import typer
 
-from codi2_agent.cli._common import ModelOption, StepsOption, _fail, _load, _progress, _say, _threads
+from codi2_agent.cli._common import (
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    StepsOption,
+    _fail,
+    _load,
+    _progress,
+    _say,
+    _threads,
+)
 
 
 def train_cmd(
@@ -56,13 +66,15 @@ def eval_cmd(
     split: Annotated[
         str, typer.Option(help="'test' (held-out combinations) or 'train' (seen ones).")
     ] = "test",
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Score a model on the tiny world's held-out split (unseen seeds and attribute combinations)."""
     if split not in ("test", "train"):
         raise _fail(f"--split must be 'test' or 'train', not {split!r}")
     from codi2_agent.evaluation import evaluate, format_columns, write_results
 
-    loaded = _load(model)
+    loaded = _load(model, device=device, dtype=dtype)
     setting = f"# codi2-agent eval: model={model}, {split} split, {per_task} samples/task, seed {seed}"
     _say(setting)
     _say(format_columns())
