@@ -31,6 +31,7 @@ _LAZY = {
     "CoDi2Model": "codi2_agent.model",
     "load_model": "codi2_agent.model",
     "Session": "codi2_agent.session",
+    "RemoteBackend": "codi2_agent.serving.remote",
 }
 
 

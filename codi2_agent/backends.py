@@ -154,9 +154,14 @@ class Backend(Protocol):
 
 
 def as_backend(model: str | Path | CoDi2Model | Backend, artifacts: ArtifactStore) -> Backend:
-    """A `Backend` for a shipped model name (``"tiny"``), a model folder, a `CoDi2Model` or a backend."""
+    """A `Backend` for a shipped model name (``"tiny"``), a model folder, a `CoDi2Model`, a model
+    server's url (``"http://127.0.0.1:8000"``: a `RemoteBackend`) or a backend."""
     if isinstance(model, Backend):
         return model
+    if isinstance(model, str) and model.startswith(("http://", "https://")):
+        from codi2_agent.serving.remote import RemoteBackend
+
+        return RemoteBackend(model, artifacts)
     if isinstance(model, (str, Path)):
         from codi2_agent.model import load_model
 

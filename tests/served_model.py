@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +67,12 @@ def write_config(folder: Path, model_dir: Path, port: int) -> Path:
                 "name": "codi2",
                 "route_prefix": "/",
                 "import_path": "codi2_agent.serving.app:app_builder",
-                "args": {"model": str(model_dir), "artifacts": str(folder / "server-artifacts"),
-                         "num_inference_steps": STEPS, "threads": 1},  # fmt: skip
+                "args": {
+                    "model": str(model_dir),
+                    "artifacts": str(folder / "server-artifacts"),
+                    "num_inference_steps": STEPS,
+                    "threads": 1,
+                },
                 "deployments": [
                     {
                         "name": "CoDi2Server",
@@ -97,8 +100,11 @@ def start_server(folder: Path, model_dir: Path) -> Server:
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "codi2_agent.cli", "serve", "--config", str(config), "--num-cpus", "2"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=folder,
-        )  # fmt: skip
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=folder,
+        )
     served = Server(f"http://127.0.0.1:{port}", port, folder / "server-artifacts", process, log)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:

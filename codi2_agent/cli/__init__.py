@@ -1,11 +1,13 @@
 """`codi2-agent`: the command line. Bad input exits non-zero with a one-line reason, never a traceback.
 
 Commands: ``demo`` (the scripted session), ``chat`` (talk to the model in the terminal), ``run``
-(a YAML pipeline; see `codi2_agent.pipelines`), ``train``, ``eval``, ``bench`` and ``info``.
+(a YAML pipeline; see `codi2_agent.pipelines`), ``train``, ``eval``, ``bench``, ``info`` and
+``serve`` (the model over HTTP on Ray Serve).
 Results go to stdout; progress bars and spinners go to the terminal only (nothing when piped).
 
 Each command lives in a module of this package (``run``: demo and run; ``chat``; ``train_eval``:
-train, eval and bench; ``info``) and is registered on `app` below, in the order ``--help`` lists them.
+train, eval and bench; ``info``; ``serve``) and is registered on `app` below, in the order
+``--help`` lists them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import typer
 from codi2_agent.cli.chat import chat
 from codi2_agent.cli.info import info
 from codi2_agent.cli.run import demo, run_cmd
+from codi2_agent.cli.serve import serve
 from codi2_agent.cli.train_eval import bench, eval_cmd, train_cmd
 
 app = typer.Typer(
@@ -35,6 +38,7 @@ app.command("train")(train_cmd)
 app.command("eval")(eval_cmd)
 app.command()(bench)
 app.command()(info)
+app.command()(serve)
 
 
 def _show_version(value: bool) -> None:

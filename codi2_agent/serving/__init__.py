@@ -34,6 +34,24 @@ if TYPE_CHECKING:
     )
     from codi2_agent.serving.remote import RemoteBackend, RemoteEmbedder, is_server_url
 
+__all__ = [
+    "BackendTimeoutError",
+    "BackendUnavailableError",
+    "RemoteBackend",
+    "RemoteEmbedder",
+    "RemoteRequestError",
+    "RemoteServerError",
+    "ServeConfigError",
+    "ServeStartError",
+    "app_builder",
+    "default_config",
+    "is_server_url",
+    "load_config",
+    "serve_until_signalled",
+    "start_server",
+    "stop_server",
+]
+
 _LAZY = {
     "RemoteBackend": "codi2_agent.serving.remote",
     "RemoteEmbedder": "codi2_agent.serving.remote",
@@ -51,7 +69,6 @@ _LAZY = {
     "start_server": "codi2_agent.serving.launch",
     "stop_server": "codi2_agent.serving.launch",
 }
-__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

@@ -23,4 +23,5 @@ def app_builder(args: dict[str, Any]) -> Application:
     which Ray Serve reports as the application's deploy failure)."""
     settings = ServerSettings.model_validate(args or {})
     batching = settings.model_dump(include=set(BatchSettings.model_fields))
-    return CoDi2Server.options(user_config=batching).bind(settings.model_dump())
+    deployment: Any = CoDi2Server  # @serve.deployment made the class a Deployment
+    return deployment.options(user_config=batching).bind(settings.model_dump())

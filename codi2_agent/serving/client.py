@@ -191,8 +191,9 @@ class _Attempt:
         if self.last:
             raise BackendUnavailableError(f"{problem}; gave up after {attempts} attempt(s)") from None
         wait = min(self.client.max_backoff, self.client.backoff * (2**self.number))
-        logger.warning("%s; retrying in %.2f s (attempt %d of %d)", problem, wait, attempts + 1,
-                       self.client.retries + 1)  # fmt: skip
+        logger.warning(
+            "%s; retrying in %.2f s (attempt %d of %d)", problem, wait, attempts + 1, self.client.retries + 1
+        )
         time.sleep(wait)
         return True
 

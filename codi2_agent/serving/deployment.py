@@ -88,10 +88,14 @@ class CoDi2Server:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Ray Serve's ``user_config``: batch size and wait, applied to a running replica."""
         batching = BatchSettings.model_validate(user_config or {})
-        self._generate_batched.set_max_batch_size(batching.max_batch_size)
-        self._generate_batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
-        logger.info("batching: up to %d requests, waiting %.3f s", batching.max_batch_size,
-                    batching.batch_wait_timeout_s)  # fmt: skip
+        batched: Any = self._generate_batched  # @serve.batch's handle has the setters
+        batched.set_max_batch_size(batching.max_batch_size)
+        batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        logger.info(
+            "batching: up to %d requests, waiting %.3f s",
+            batching.max_batch_size,
+            batching.batch_wait_timeout_s,
+        )
 
     def check_health(self) -> None:
         """Ray Serve's periodic health check: a replica whose model is gone is restarted."""
@@ -183,7 +187,9 @@ class CoDi2Server:
     async def upload(self, request: Request) -> JSONResponse:
         size = int(request.headers.get("content-length") or 0)
         if size > self.service.store.limits.max_bytes:  # refused before the body is read
-            raise MediaTooLargeError(f"upload is {size} bytes; the limit is {self.service.store.limits.max_bytes}")
+            raise MediaTooLargeError(
+                f"upload is {size} bytes; the limit is {self.service.store.limits.max_bytes}"
+            )
         data = await request.body()
         ref = await asyncio.to_thread(self.service.upload, data, request.headers.get("content-type"))
         return JSONResponse(ref.model_dump(mode="json"), headers={ARTIFACT_HEADER: ref.id})

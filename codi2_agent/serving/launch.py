@@ -49,7 +49,9 @@ class ServeStartError(RuntimeError):
     """The server did not come up: an application failed to deploy, or it was not ready in time."""
 
 
-def default_config(model: str = "tiny", *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> ServeDeploySchema:
+def default_config(
+    model: str = "tiny", *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+) -> ServeDeploySchema:
     """One application, one replica on one CPU, batches of up to 8 (as ``serve_config.yaml``)."""
     from ray.serve.schema import ServeDeploySchema
 
@@ -129,9 +131,7 @@ def server_url(config: ServeDeploySchema) -> str:
     return f"http://{host}:{http.port}"
 
 
-def start_server(
-    config: ServeDeploySchema, *, num_cpus: int | None = None, timeout: float = 300.0
-) -> str:
+def start_server(config: ServeDeploySchema, *, num_cpus: int | None = None, timeout: float = 300.0) -> str:
     """Start Ray (locally, unless this process is already connected), Serve's proxy on the config's
     host and port, and every application of `config`; wait until they run and answer ``/ready``.
 
@@ -216,8 +216,11 @@ def _wait_running(names: list[str], deadline: float) -> None:
 
     while True:
         apps = serve.status().applications
-        failed = [(n, apps[n].message) for n in names if n in apps and apps[n].status in
-                  (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY)]  # fmt: skip
+        failed = [
+            (n, apps[n].message)
+            for n in names
+            if n in apps and apps[n].status in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY)
+        ]
         if failed:
             raise ServeStartError("; ".join(f"application {n!r} failed: {m}" for n, m in failed))
         if all(n in apps and apps[n].status == ApplicationStatus.RUNNING for n in names):

@@ -34,7 +34,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,7 +190,7 @@ class RemoteBackend:
     # --- media, each way once ---------------------------------------------------------------------
     def _ensure_on_server(self, refs: Sequence[MediaRef]) -> None:
         """Upload the stored media the server lacks (it is asked first, by id)."""
-        self._send_missing({r.id: lambda r=r: self._stored_bytes(r) for r in refs})
+        self._send_missing({r.id: partial(self._stored_bytes, r) for r in refs})
 
     def _send_missing(self, sources: dict[str, Callable[[], tuple[bytes, str]]]) -> None:
         """`sources`: id -> its bytes and mime, read only if the server lacks that id."""
@@ -223,8 +223,10 @@ class RemoteBackend:
             if ref.id in self.artifacts:
                 continue
             data = self.client.request("GET", f"/v1/artifacts/{ref.id}").content
-            media = Media.from_text(data.decode("utf-8")) if ref.mime == TEXT_MIME else Media.open(
-                data, limits=self.artifacts.limits
+            media = (
+                Media.from_text(data.decode("utf-8"))
+                if ref.mime == TEXT_MIME
+                else Media.open(data, limits=self.artifacts.limits)
             )
             stored = self.artifacts.put(media)
             if stored.id != ref.id:
@@ -283,12 +285,12 @@ class RemoteEmbedder:
 
 def _sse_events(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
     """(event, JSON data) pairs of a server-sent event stream."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     for line in lines:
         if not line:
             if data:
                 yield event, json.loads("\n".join(data))
-            event, data = "message", []
+            event, data = "message", list[str]()
         elif line.startswith("event:"):
             event = line[6:].strip()
         elif line.startswith("data:"):

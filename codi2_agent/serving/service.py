@@ -115,17 +115,14 @@ class ModelService:
             torch.set_num_threads(settings.threads)
         self.settings = settings
         t0 = time.perf_counter()
-        placement = {k: v for k, v in {"device": settings.device, "dtype": settings.dtype}.items() if v}
-        model = load_model(settings.model, **placement)
+        model = load_model(settings.model, device=settings.device, dtype=settings.dtype)
         self.store = ArtifactStore(Path(settings.artifacts))
         self.backend = LocalBackend(model, self.store)
         self.stats = BatchStats()
         self._stats_lock = threading.Lock()
         if settings.warm_up:
-            self.backend.generate(
-                GenerateRequest(prompt=(PromptTurn(role="user", parts=("hello",)),), output="text",
-                                max_new_tokens=2)  # fmt: skip
-            )
+            hello = PromptTurn(role="user", parts=("hello",))
+            self.backend.generate(GenerateRequest(prompt=(hello,), output="text", max_new_tokens=2))
         self.load_seconds = time.perf_counter() - t0
         logger.info("model %s ready in %.1f s (store %s)", settings.model, self.load_seconds, self.store.root)
 
@@ -155,7 +152,9 @@ class ModelService:
         with self._stats_lock:
             self.stats.uploads += 1
         if len(data) > self.store.limits.max_bytes:
-            raise MediaTooLargeError(f"upload is {len(data)} bytes; the limit is {self.store.limits.max_bytes}")
+            raise MediaTooLargeError(
+                f"upload is {len(data)} bytes; the limit is {self.store.limits.max_bytes}"
+            )
         if (content_type or "").split(";")[0].strip() == TEXT_MIME:
             try:
                 return self.store.put(Media.from_text(data.decode("utf-8")))
@@ -202,7 +201,9 @@ class ModelService:
         for i, turn in enumerate(_field(body, "prompt", list)):
             if not isinstance(turn, dict):
                 raise BadRequestError(f"prompt[{i}] must be an object with 'role' and 'parts'")
-            parts = [self._part(part, f"prompt[{i}].parts[{j}]") for j, part in enumerate(turn.get("parts") or [])]
+            parts = [
+                self._part(part, f"prompt[{i}].parts[{j}]") for j, part in enumerate(turn.get("parts") or [])
+            ]
             turns.append({"role": turn.get("role"), "parts": parts})
         fields = {**body, "prompt": turns}
         if fields.get("num_inference_steps") is None:

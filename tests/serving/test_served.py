@@ -23,8 +23,9 @@ COLOURS = ["red", "green", "blue", "yellow"]
 
 
 def request(text: str, *, output: str = "image", seed: int = 0, **options: object) -> GenerateRequest:
-    return GenerateRequest(prompt=(PromptTurn(role="user", parts=(text,)),), output=output, seed=seed,
-                           **options)  # fmt: skip
+    return GenerateRequest(
+        prompt=(PromptTurn(role="user", parts=(text,)),), output=output, seed=seed, **options
+    )
 
 
 def stats(server: Server) -> dict:
@@ -134,7 +135,9 @@ def test_the_embedder_and_token_counts_come_from_the_server(remote: RemoteBacken
     assert texts.shape == (2, remote.embedder.dim) and not np.allclose(texts[0], texts[1])
     assert remote.embedder.name.startswith("codi2:")
     short = remote.count_tokens([PromptTurn(role="user", parts=("draw",))])
-    longer = remote.count_tokens([PromptTurn(role="user", parts=("draw a green square at night", result.media[0]))])
+    longer = remote.count_tokens(
+        [PromptTurn(role="user", parts=("draw a green square at night", result.media[0]))]
+    )
     assert 0 < short < longer <= remote.context_limit
 
 
