@@ -6,8 +6,8 @@ Commands: ``demo`` (the scripted session), ``chat`` (talk to the model in the te
 Results go to stdout; progress bars and spinners go to the terminal only (nothing when piped).
 
 Each command lives in a module of this package (``run``: demo and run; ``chat``; ``train_eval``:
-train, eval and bench; ``info``; ``serve``) and is registered on `app` below, in the order
-``--help`` lists them.
+train, eval and bench; ``info``; ``serve``; ``data``: data check) and is registered on `app`
+below, in the order ``--help`` lists them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from codi2_agent.cli.chat import chat
+from codi2_agent.cli.data import data_app
 from codi2_agent.cli.info import info
 from codi2_agent.cli.run import demo, run_cmd
 from codi2_agent.cli.serve import serve
@@ -38,6 +39,7 @@ app.command("train")(train_cmd)
 app.command("eval")(eval_cmd)
 app.command()(bench)
 app.command()(info)
+app.add_typer(data_app, name="data")
 app.command()(serve)
 
 

@@ -66,11 +66,13 @@ class ProblemLog:
     """Problems met while reading: raised at once when `strict`, else counted, kept and skipped.
 
     Only the first `keep` problems are kept in full (a broken million-line file must not fill
-    memory); `counts` and `total` count them all.
+    memory); `counts` and `total` count them all. Each skipped problem is logged at `log_level`
+    (a warning by default; `check_dataset`, which reports them itself, logs them at debug level).
     """
 
     strict: bool = False
     keep: int = 1000
+    log_level: int = logging.WARNING
     problems: list[DatasetProblem] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
 
@@ -90,7 +92,7 @@ class ProblemLog:
         self.counts[problem.kind] += 1
         if len(self.problems) < self.keep:
             self.problems.append(problem)
-        logger.warning("skipped %s", problem)
+        logger.log(self.log_level, "skipped %s", problem)
 
 
 def _located(error: Exception, problem: DatasetProblem) -> Exception:

@@ -7,6 +7,7 @@ report lists every problem (with its file and line) and counts the samples per f
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ class CheckReport:
     folder: Path
     sources: list[Source]
     samples: Counter[tuple[str, str]] = field(default_factory=Counter)
-    problems: ProblemLog = field(default_factory=ProblemLog)
+    problems: ProblemLog = field(default_factory=lambda: ProblemLog(log_level=logging.DEBUG))
 
     @property
     def ok(self) -> bool:
