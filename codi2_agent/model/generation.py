@@ -18,6 +18,13 @@ from codi2_agent.model.configuration_codi2 import check_sampling_arguments
 from codi2_agent.model.decoders import ProgressCallback
 from codi2_agent.model.processing_codi2 import GEN, MARKER, PLACEHOLDER, Turn
 from codi2_agent.model.streaming import TextPieceDecoder
+from codi2_agent.model.verification import (
+    agreement,
+    candidate_seeds,
+    check_verify_arguments,
+    choose,
+    decode_verified,
+)
 
 if TYPE_CHECKING:
     from codi2_agent.model.decoders import MediaDecoder
@@ -71,6 +78,9 @@ class GenerationOutput:
     features: torch.Tensor | None = None  # (K, D) c_MLLM of the generated medium
     modality: Modality = Modality.TEXT
     media_features: list[torch.Tensor] = field(default_factory=list)  # (K, D) C_x of each medium, if asked
+    # With `verify=n`: cosine of the kept medium's C_x to c_MLLM, and of every decoded candidate's.
+    agreement: float | None = None
+    candidate_agreements: list[float] = field(default_factory=list)
 
     @property
     def image(self) -> Media | None:
@@ -128,6 +138,8 @@ class GenerationMixin:
         max_new_tokens: int = 64,
         callback: ProgressCallback | None = None,
         return_media_features: bool = False,
+        verify: int | None = None,
+        verify_threshold: float | None = None,
     ) -> GenerationOutput:
         """Answer an interleaved prompt (or a conversation of turns) with text and/or media.
 
@@ -137,6 +149,11 @@ class GenerationMixin:
         `MAX_REPLY_TOKENS`), then the marker, forced if the model does not write it. Decoding is
         greedy; `seed` fixes the diffusion noise, so equal inputs and seed give equal outputs.
         `return_media_features` also encodes each produced medium once (C_x, for memory and captions).
+        `verify=n` checks the medium against the model itself: up to n candidates are decoded from
+        the one c_MLLM (seeds derived from `seed`), re-encoded with C_x, and the one closest to c_MLLM
+        (cosine) is kept; `agreement` / `candidate_agreements` report the scores. `verify=1` is the
+        plain answer, scored. With `verify_threshold`, candidate 0 is kept without decoding the others
+        when its agreement reaches the threshold (`codi2_agent.model.verification`).
         `generate_stream` gives the same answer with its text as it is decoded; `generate_batch`
         answers several prompts at once.
 
@@ -155,6 +172,8 @@ class GenerationMixin:
             max_new_tokens=max_new_tokens,
             callback=callback,
             return_media_features=return_media_features,
+            verify=verify,
+            verify_threshold=verify_threshold,
         )
         return next(step for step in steps if isinstance(step, GenerationOutput))
 
@@ -169,6 +188,8 @@ class GenerationMixin:
         max_new_tokens: int = 64,
         callback: ProgressCallback | None = None,
         return_media_features: bool = False,
+        verify: int | None = None,
+        verify_threshold: float | None = None,
     ) -> Iterator[str | GenerationOutput]:
         """`generate`, streamed: text pieces (`str`) as the LM decodes them, then the `GenerationOutput`.
 
@@ -192,6 +213,8 @@ class GenerationMixin:
             max_new_tokens=max_new_tokens,
             callback=callback,
             return_media_features=return_media_features,
+            verify=verify,
+            verify_threshold=verify_threshold,
         )
         return self._text_pieces(steps)
 
@@ -218,6 +241,8 @@ class GenerationMixin:
         max_new_tokens: int,
         callback: ProgressCallback | None,
         return_media_features: bool,
+        verify: int | None,
+        verify_threshold: float | None,
     ) -> Iterator[int | GenerationOutput | None]:
         """`generate` step by step. The arguments are checked and the prompt read now; the iterator
         then yields each text token id as it is chosen, None once the text is complete, and last the
@@ -225,6 +250,7 @@ class GenerationMixin:
         # 1. Check inputs and build the prompt
         kind = _output_kind(output)
         check_sampling_arguments(num_inference_steps, guidance_scale)  # not a ZeroDivisionError later
+        check_verify_arguments(verify, verify_threshold)
         if self.training:  # eval() walks every submodule: a measurable share of a short text turn
             self.eval()
         prompt_ids, feats = self._prompt(inputs)
@@ -237,6 +263,8 @@ class GenerationMixin:
             guidance_scale=guidance_scale,
             callback=callback,
             return_media_features=return_media_features,
+            verify=verify,
+            verify_threshold=verify_threshold,
         )
 
     @torch.no_grad()
@@ -251,6 +279,8 @@ class GenerationMixin:
         guidance_scale: float | None,
         callback: ProgressCallback | None,
         return_media_features: bool,
+        verify: int | None = None,
+        verify_threshold: float | None = None,
     ) -> Iterator[int | GenerationOutput | None]:
         # 2. Read the prompt
         ids = prompt_ids[None].to(self._input_device)  # (1, T)
@@ -287,11 +317,33 @@ class GenerationMixin:
         gen_ids = ids.new_full((1, k), self._ids[GEN[target]])
         step = self.lm(input_ids=gen_ids, **cache_kwargs(past), use_cache=True, output_hidden_states=True)
         c_mllm = self._c_mllm(target, step.hidden_states[-1])  # (1, K, D)
-        # 5. Decode the medium
-        generator = _seeded_generator(seed)
+        # 5. Decode the medium (with `verify`: the candidate the model agrees with most)
+        if verify is not None:
+            kept = decode_verified(
+                self.decoder(target),
+                self._output_features,
+                c_mllm[0],
+                n=verify,
+                seed=seed,
+                threshold=verify_threshold,
+                prompt=text or None,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                callback=callback,
+            )
+            yield GenerationOutput(
+                text=text,
+                media=[kept.media],
+                features=c_mllm[0],
+                modality=target,
+                media_features=[kept.features] if return_media_features else [],  # encoded by the check
+                agreement=kept.agreement,
+                candidate_agreements=kept.agreements,
+            )
+            return
         media = self.decoder(target).decode(
             c_mllm,
-            generator=generator,
+            generator=_seeded_generator(seed),
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             callback=callback,
@@ -314,6 +366,8 @@ class GenerationMixin:
         guidance_scale: float | Sequence[float | None] | None = None,
         max_new_tokens: int | Sequence[int] = 64,
         return_media_features: bool = False,
+        verify: int | Sequence[int | None] | None = None,
+        verify_threshold: float | Sequence[float | None] | None = None,
     ) -> list[GenerationOutput]:
         """`generate` for several prompts at once: result i is `generate(conversations[i], output[i],
         seed=seeds[i], ...)`, up to float rounding in the media.
@@ -324,7 +378,9 @@ class GenerationMixin:
         The media are decoded one batch per modality (and per steps/guidance pair), each row with its
         own seeded generator, so each row's noise is the noise it gets alone. Texts equal the
         unbatched ones; the media differ only by the float rounding of batched matrix products
-        (tests/model/test_batch_generate.py bounds it).
+        (tests/model/test_batch_generate.py bounds it). A row with `verify=n` adds its n candidates to
+        its modality's batch; with a threshold all n are decoded (one loop) and the kept one is the
+        one `generate` keeps: candidate 0 if it reaches the threshold, else the best.
 
         Example:
             >>> from codi2_agent.model import CoDi2Config, CoDi2Model
@@ -340,8 +396,12 @@ class GenerationMixin:
         row_steps = _per_row(num_inference_steps, n, "num_inference_steps")
         row_scales = _per_row(guidance_scale, n, "guidance_scale")
         row_budgets = _per_row(max_new_tokens, n, "max_new_tokens")
+        row_verify = _per_row(verify, n, "verify")
+        row_thresholds = _per_row(verify_threshold, n, "verify_threshold")
         for steps, scale in zip(row_steps, row_scales, strict=True):
             check_sampling_arguments(steps, scale)
+        for candidates, threshold in zip(row_verify, row_thresholds, strict=True):
+            check_verify_arguments(candidates, threshold)
         if n == 0:
             return []
         if self.training:  # eval() walks every submodule: a measurable share of a short text turn
@@ -356,22 +416,35 @@ class GenerationMixin:
             if target is not None:
                 groups.setdefault((target, row_steps[i], row_scales[i]), []).append(i)
         for (modality, steps, scale), rows in groups.items():
+            # each row's candidates (one unless it verifies), side by side in one decoder batch
+            seeds_of = {i: candidate_seeds(row_seeds[i], row_verify[i] or 1) for i in rows}
+            slots = [(i, s) for i in rows for s in seeds_of[i]]
             media = self.decoder(modality).decode_batch(
-                torch.stack([c_mllm[i] for i in rows]),
-                generators=[_seeded_generator(row_seeds[i]) for i in rows],
-                prompts=[texts[i] or None for i in rows],
+                torch.stack([c_mllm[i] for i, _ in slots]),
+                generators=[_seeded_generator(s) for _, s in slots],
+                prompts=[texts[i] or None for i, _ in slots],
                 num_inference_steps=steps,
                 guidance_scale=scale,
             )
-            features = self._output_features(modality, media) if return_media_features else []
-            for j, i in enumerate(rows):
+            verifying = any(row_verify[i] is not None for i in rows)
+            features = self._output_features(modality, media) if return_media_features or verifying else []
+            start = 0
+            for i in rows:
+                end = start + len(seeds_of[i])
+                kept, scores = start, None
+                if row_verify[i] is not None:
+                    scores = agreement(c_mllm[i], torch.stack(features[start:end])).tolist()
+                    kept = start + choose(scores, row_thresholds[i])
                 results[i] = GenerationOutput(
                     text=texts[i],
-                    media=[media[j]],
+                    media=[media[kept]],
                     features=c_mllm[i],
                     modality=modality,
-                    media_features=[features[j]] if features else [],
+                    media_features=[features[kept]] if return_media_features else [],
+                    agreement=scores[kept - start] if scores is not None else None,
+                    candidate_agreements=scores or [],
                 )
+                start = end
         return results
 
     def _decode_texts_together(
