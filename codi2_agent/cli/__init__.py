@@ -1,13 +1,14 @@
 """`codi2-agent`: the command line. Bad input exits non-zero with a one-line reason, never a traceback.
 
 Commands: ``demo`` (the scripted session), ``chat`` (talk to the model in the terminal), ``run``
-(a YAML pipeline; see `codi2_agent.pipelines`), ``train``, ``eval``, ``bench``, ``info`` and
+(a YAML pipeline; see `codi2_agent.pipelines`), ``train``, ``export`` (merge a paper training
+checkpoint into a standalone folder), ``eval``, ``bench``, ``info`` and
 ``serve`` (the model over HTTP on Ray Serve).
 Results go to stdout; progress bars and spinners go to the terminal only (nothing when piped).
 
 Each command lives in a module of this package (``run``: demo and run; ``chat``; ``train_eval``:
-train, eval and bench; ``info``; ``serve``; ``data``: data check) and is registered on `app`
-below, in the order ``--help`` lists them.
+train, export, eval and bench; ``info``; ``serve``; ``data``: data check) and is registered on
+`app` below, in the order ``--help`` lists them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from codi2_agent.cli.data import data_app
 from codi2_agent.cli.info import info
 from codi2_agent.cli.run import demo, run_cmd
 from codi2_agent.cli.serve import serve
-from codi2_agent.cli.train_eval import bench, eval_cmd, train_cmd
+from codi2_agent.cli.train_eval import bench, eval_cmd, export_cmd, train_cmd
 
 app = typer.Typer(
     help="CoDi-2-style any-to-any generation for agents, pipelines and notebooks.",
@@ -36,6 +37,7 @@ app.command()(demo)
 app.command()(chat)
 app.command("run")(run_cmd)
 app.command("train")(train_cmd)
+app.command("export")(export_cmd)
 app.command("eval")(eval_cmd)
 app.command()(bench)
 app.command()(info)

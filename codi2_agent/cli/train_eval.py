@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,33 +25,162 @@ from codi2_agent.cli._common import (
 
 
 def train_cmd(
-    out: Annotated[Path, typer.Option(help="Folder to write the trained model to.")],
-    preset: Annotated[str, typer.Option(help="Model preset (tiny).")] = "tiny",
-    workdir: Annotated[Path | None, typer.Option(help="Checkpoints and loss logs (resumable).")] = None,
+    out: Annotated[Path, typer.Option(help="Tiny: the model folder to write. Paper: the run folder.")],
+    preset: Annotated[
+        str, typer.Option(help="tiny (the embedded model) or paper (see --model-dir).")
+    ] = "tiny",
+    workdir: Annotated[Path | None, typer.Option(help="Tiny: checkpoints and loss logs (resumable).")] = None,
     stages: Annotated[
-        str, typer.Option(help="Comma-separated stages to run.")
-    ] = "encoders,image_decoder,audio_decoder,align,lm",  # training.STAGES (kept literal: fast --help)
-    smoke: Annotated[bool, typer.Option(help="Minutes-scale settings (a check, not a model).")] = False,
-    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+        str | None,
+        typer.Option(
+            help="Comma-separated stages to run. Tiny: encoders,image_decoder,audio_decoder,align,lm; "
+            "paper: align,instruct.",
+            show_default=False,
+        ),
+    ] = None,
+    smoke: Annotated[bool, typer.Option(help="Tiny: minutes-scale settings (a check, not a model).")] = False,
+    threads: Annotated[int, typer.Option(help="Tiny: torch CPU threads.")] = 2,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Paper: the assembled model folder (assemble_paper_model).")
+    ] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Paper: a dataset folder for both stages (repeat for several).", show_default=False
+        ),
+    ] = None,
+    align_data: Annotated[
+        list[Path] | None, typer.Option(help="Paper: dataset folder(s) for align only.", show_default=False)
+    ] = None,
+    instruct_data: Annotated[
+        list[Path] | None,
+        typer.Option(help="Paper: dataset folder(s) for instruct only.", show_default=False),
+    ] = None,
+    align_steps: Annotated[int, typer.Option(help="Paper: optimiser steps of align.", min=1)] = 2000,
+    instruct_steps: Annotated[int, typer.Option(help="Paper: optimiser steps of instruct.", min=1)] = 10000,
+    batch_size: Annotated[int, typer.Option(help="Paper: samples per device per micro-batch.", min=1)] = 4,
+    grad_accum: Annotated[int, typer.Option(help="Paper: micro-batches per optimiser step.", min=1)] = 8,
+    align_lr: Annotated[float, typer.Option(help="Paper: learning rate of align.")] = 1e-3,
+    instruct_lr: Annotated[float, typer.Option(help="Paper: learning rate of instruct.")] = 2e-4,
+    lora_rank: Annotated[int, typer.Option(help="Paper: LoRA rank.", min=1)] = 16,
+    lora_alpha: Annotated[int, typer.Option(help="Paper: LoRA alpha.", min=1)] = 32,
+    lora_dropout: Annotated[float, typer.Option(help="Paper: LoRA dropout.")] = 0.05,
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(
+            help="Paper: comma-separated LM module names (default: its attention projections).",
+            show_default=False,
+        ),
+    ] = None,
+    diffusion: Annotated[bool, typer.Option(help="Paper: add the decoders' diffusion loss L_DM.")] = False,
+    mixed_precision: Annotated[str, typer.Option(help="Paper: no, bf16 or fp16.")] = "bf16",
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Paper: recompute LM activations.")] = True,
+    save_every: Annotated[int, typer.Option(help="Paper: optimiser steps between checkpoints.", min=1)] = 500,
+    log_with: Annotated[
+        str | None,
+        typer.Option(help="Paper: accelerate trackers, e.g. tensorboard,wandb.", show_default=False),
+    ] = None,
+    text_only_p: Annotated[
+        float, typer.Option(help="Paper: share of instruct exemplars shown as captions.")
+    ] = 0.3,
+    seed: Annotated[int, typer.Option(help="Paper: seed of the data order and LoRA init.")] = 0,
 ) -> None:
-    """Train (or resume training) a model; the tiny preset reproduces the shipped weights."""
-    from codi2_agent.training import TinyRecipe, train
+    """Train (or resume) a model: the tiny preset reproduces the shipped weights; the paper preset
+    trains an assembled paper folder with LoRA (run it under `accelerate launch` for several GPUs)."""
+    chosen = _names(stages) if stages is not None else None
+    if preset == "paper":
+        _train_paper(
+            out, model_dir, chosen, data, align_data, instruct_data,
+            dict(
+                align_steps=align_steps, instruct_steps=instruct_steps, batch_size=batch_size,
+                grad_accum=grad_accum, align_lr=align_lr, instruct_lr=instruct_lr,
+                lora=dict(
+                    rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
+                    target_modules=_names(lora_targets) or None,
+                ),
+                diffusion=diffusion, mixed_precision=mixed_precision,
+                gradient_checkpointing=gradient_checkpointing, save_every=save_every,
+                log_with=_names(log_with), seed=seed,
+            ),
+            text_only_p,
+        )  # fmt: skip
+        return
+    from codi2_agent.training import STAGES, TinyRecipe, train
 
     recipe = TinyRecipe.smoke() if smoke else TinyRecipe()
     recipe.threads = threads
     try:
-        result = train(
-            out,
-            preset=preset,
-            workdir=workdir,
-            recipe=recipe,
-            stages=[s.strip() for s in stages.split(",") if s.strip()],
-        )
+        result = train(out, preset=preset, workdir=workdir, recipe=recipe, stages=chosen or list(STAGES))
     except (ValueError, RuntimeError) as e:
         raise _fail(str(e)) from None
     typer.echo(
         f"model written to {result}" if result else "stages done; run the remaining stages to assemble"
     )
+
+
+def _names(text: str | None) -> list[str]:
+    """"a, b," -> ["a", "b"]."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _train_paper(
+    out: Path,
+    model_dir: Path | None,
+    stages: list[str] | None,
+    data: list[Path] | None,
+    align_data: list[Path] | None,
+    instruct_data: list[Path] | None,
+    settings: dict[str, Any],
+    text_only_p: float,
+) -> None:
+    """`train --preset paper`: check the arguments and the data folders, then train."""
+    from codi2_agent.model import CoDi2Config, ModelLoadError
+    from codi2_agent.training.datasets import DatasetError
+    from codi2_agent.training.paper import PAPER_STAGES, PaperTrainingConfig, train_paper
+    from codi2_agent.training.paper.sources import dataset_sources
+
+    if model_dir is None:
+        raise _fail("--preset paper needs --model-dir: a folder made by assemble_paper_model", 2)
+    if not (model_dir / "config.json").is_file():
+        raise _fail(f"--model-dir {model_dir} is not a model folder (no config.json in it)", 2)
+    align, instruct = align_data or data or [], instruct_data or data or []
+    try:
+        config = PaperTrainingConfig.from_dict({**settings, "stages": stages or list(PAPER_STAGES)})
+        missing = [
+            s for s, paths in (("align", align), ("instruct", instruct)) if s in config.stages and not paths
+        ]
+        if missing:
+            raise ValueError(
+                f"no data for stage(s) {', '.join(missing)}: pass --data (or --{missing[0]}-data)"
+            )
+        sample_rate = CoDi2Config.from_json_file(model_dir / "config.json").sample_rate
+        sources = dataset_sources(
+            align, instruct, sample_rate=sample_rate, text_only_p=text_only_p, seed=config.seed
+        )
+        result = train_paper(model_dir, out, sources, config)
+    except (ValueError, FileNotFoundError, DatasetError, ModelLoadError) as e:
+        raise _fail(str(e), 2 if isinstance(e, ValueError) else 1) from None
+    typer.echo(f"checkpoint written to {result} (load it with load_model; merge it with codi2-agent export)")
+
+
+def export_cmd(
+    src: Annotated[
+        Path, typer.Argument(help="A paper training checkpoint (a folder with codi2_adapter.json).")
+    ],
+    dst: Annotated[Path, typer.Argument(help="The standalone model folder to write (new or empty).")],
+    dtype: Annotated[
+        str | None, typer.Option(help="Precision of the written weights: float32, bfloat16, float16.")
+    ] = None,
+) -> None:
+    """Merge a paper training checkpoint (LoRA adapter + heads) into a folder that loads without peft."""
+    from codi2_agent.model import ModelLoadError
+    from codi2_agent.training.paper import export_merged
+
+    try:
+        written = export_merged(src, dst, dtype=dtype)
+    except (ModelLoadError, FileExistsError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"model written to {written}")
 
 
 def eval_cmd(

@@ -73,8 +73,13 @@ def load_model(
     device_map: str | dict[str, Any] | None = None,
     offload: bool | None = None,
     verify: bool | Literal["strict"] = True,
+    merge_adapters: bool = False,
 ) -> CoDi2Model:
     """Load a shipped model by name (`"tiny"`) or a model folder by path. Never touches the network.
+
+    A training checkpoint of the paper preset (a folder with `codi2_adapter.json`, written by
+    `codi2_agent.training.paper`) loads its base model, then its LoRA adapter and trained modules:
+    attached (`model.lm` is a peft model), or merged into the LM with `merge_adapters=True`.
 
     Placement and precision apply to every component (LM, encoders, projectors, output heads,
     decoders and, for the paper preset, the diffusers pipelines and CLIP/CLAP):
@@ -100,6 +105,10 @@ def load_model(
             )
         return CoDi2Model.from_pretrained(path, **options)
     path = Path(name_or_path).expanduser()
+    if (path / "codi2_adapter.json").is_file():  # a paper training checkpoint: base model + adapter
+        from codi2_agent.training.paper.checkpoint import load_adapter_checkpoint
+
+        return load_adapter_checkpoint(path, merge_adapters=merge_adapters, **options)
     if not path.exists() and "/" not in str(name_or_path) and not str(name_or_path).startswith("."):
         raise WeightsNotFoundError(
             f"{name_or_path!r} is neither a shipped model {list(SHIPPED_MODELS)} nor a local folder "

@@ -225,13 +225,14 @@ def _load_clap(clap: Path | None, audio_pipe: Any) -> tuple[Any, Any]:
 
 
 def _load_language_model(path: Path) -> tuple[Any, Any]:
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logger.info("loading the language model from %s", path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        # the checkpoint's own dtype (fp16 for LLaMA-2): no fp32 copy of 7B weights in memory or on disk
-        lm = LlamaForCausalLM.from_pretrained(path, local_files_only=True, dtype="auto")
+        # the checkpoint's own dtype (fp16 for LLaMA-2): no fp32 copy of 7B weights in memory or on disk;
+        # any causal LM family (Llama, Mistral, Qwen2, ...): its config.json names the class
+        lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="auto")
     except OSError as e:
         raise WeightsNotFoundError(f"cannot load the language model from {path}: {e}") from None
     return tokenizer, lm

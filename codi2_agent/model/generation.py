@@ -600,6 +600,9 @@ class GenerationMixin:
 
     def _banned_ids(self, allowed_markers: Sequence[Modality]) -> list[int]:
         banned = [self._ids[t] for t in (*PLACEHOLDER.values(), *GEN.values())]
-        banned += [self.tokenizer.pad_token_id, self.tokenizer.bos_token_id]
+        # pad and BOS never start an answer; a tokenizer may lack BOS or pad with EOS (Qwen2), and EOS
+        # must stay allowed: it ends the answer
+        eos = self.tokenizer.eos_token_id
+        banned += [t for t in (self.tokenizer.pad_token_id, self.tokenizer.bos_token_id) if t not in (None, eos)]
         banned += [self._ids[MARKER[m]] for m in MODALITIES if m not in allowed_markers]
         return banned

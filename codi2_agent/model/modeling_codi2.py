@@ -8,7 +8,7 @@ Reading order: projector and output head, the output type, then the model — em
 On-disk layout (both presets; the same loading code):
     config.json              CoDi2Config
     tokenizer/               tokenizer files (with the CoDi-2 special tokens)
-    language_model/          transformers LlamaForCausalLM (config.json + model.safetensors)
+    language_model/          a transformers causal LM (config.json + model.safetensors)
     codi2.safetensors        projectors, output heads, and every non-pretrained encoder/decoder
     <subfolder>/             pretrained encoders/decoders (paper preset): CLIP, CLAP, unCLIP, AudioLDM-2
     manifest.json            sha256 and size of every file above (`codi2_agent.model.integrity`)
@@ -446,7 +446,7 @@ class CoDi2Model(GenerationMixin, nn.Module):
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
-        from transformers import AutoTokenizer, LlamaForCausalLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         placement = Placement.resolve(device, dtype, device_map, offload)  # bad requests fail first
         folder = Path(folder).expanduser()
@@ -468,7 +468,8 @@ class CoDi2Model(GenerationMixin, nn.Module):
         # 2. Build the components
         tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_FOLDER, local_files_only=True)
         try:
-            lm = LlamaForCausalLM.from_pretrained(
+            # any transformers causal LM (Llama, Mistral, Qwen2, ...): its config.json names the class
+            lm = AutoModelForCausalLM.from_pretrained(
                 folder / config.lm_subfolder, local_files_only=True, **placement.lm_kwargs()
             )
         except OSError as e:

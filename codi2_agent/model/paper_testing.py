@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from codi2_agent.model.paper_architecture import (
 )
 
 __all__ = [
+    "LM_FAMILIES",
     "TINY_ASSEMBLE_OVERRIDES",
     "TINY_PAPER_SIZES",
     "TinyPaperSources",
@@ -53,9 +54,11 @@ __all__ = [
     "tiny_audioldm2_pipeline",
     "tiny_clap",
     "tiny_clip_vision",
+    "tiny_language_model",
     "tiny_llama",
     "tiny_llama_tokenizer",
     "tiny_paper_config",
+    "tiny_qwen2_tokenizer",
     "tiny_unclip_pipeline",
 ]
 
@@ -90,10 +93,60 @@ def tiny_llama_tokenizer() -> Any:
     return LlamaTokenizer(vocab=vocab, merges=[], model_max_length=256)
 
 
+def tiny_qwen2_tokenizer() -> Any:
+    """A Qwen2-style byte-level BPE tokenizer as a Qwen2 folder ships it: no BOS token at all, and
+    `<|endoftext|>` as both EOS and pad (the cases a LLaMA-only processor gets wrong)."""
+    from tokenizers import pre_tokenizers
+    from transformers import Qwen2Tokenizer
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = len(vocab)
+    return Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=256)
+
+
+# The causal-LM families the paper preset is tested with, and the folder name each source LM gets.
+LM_FAMILIES = {
+    "llama": "Llama-2-7b-chat-hf",
+    "mistral": "Mistral-7B-Instruct-v0.2",
+    "qwen2": "Qwen2-7B-Instruct",
+}
+
+
 # --- components: the paper classes at `TINY` sizes -------------------------------------------------------
 def tiny_llama(tokenizer: Any) -> Any:
     """`LlamaForCausalLM` with untied input/output embeddings (as LLaMA-2), sized to `tokenizer`."""
     return build_llama(TINY, tokenizer)
+
+
+def tiny_language_model(family: str, tokenizer: Any, initializer_range: float | None = None) -> Any:
+    """A tiny random causal LM of `family` (see `LM_FAMILIES`), sized to `tokenizer`, at `TINY` width.
+
+    Mistral: grouped-query attention (2 query heads, 1 key/value head) and a sliding window, untied
+    embeddings; Qwen2: grouped-query attention, biased q/k/v projections and tied embeddings.
+    `initializer_range` (default: transformers' 0.02): at width 32 the default gives logits within
+    about +-0.6, a next-token distribution close to uniform that no adapter can sharpen much; a
+    larger one (0.3) makes the random LM as opinionated as a pretrained one, for training tests.
+    """
+    init = {} if initializer_range is None else {"initializer_range": initializer_range}
+    if family == "llama":
+        return build_llama(replace(TINY, llama={**TINY.llama, **init}), tokenizer)
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    shape = {k: TINY.llama[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers")}
+    shape.update(num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256, **init)
+    ids = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if family == "mistral":
+        return MistralForCausalLM(
+            MistralConfig(**shape, **ids, sliding_window=128, tie_word_embeddings=False)
+        )
+    if family == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**shape, **ids, tie_word_embeddings=True))
+    raise ValueError(f"unknown LM family {family!r}; expected one of {sorted(LM_FAMILIES)}")
 
 
 def tiny_clip_vision() -> Any:
@@ -136,22 +189,29 @@ class TinyPaperSources:
     audioldm2: Path  # as cvssp/audioldm2: model_index.json + one folder per component
 
 
-def build_tiny_paper_sources(folder: Path, seed: int = 0) -> TinyPaperSources:
+def build_tiny_paper_sources(
+    folder: Path, seed: int = 0, lm_family: str = "llama", initializer_range: float | None = None
+) -> TinyPaperSources:
     """Write tiny random upstream folders, in the layouts their hub repos have, under `folder`.
 
     Unlike `build_tiny_paper_model`, nothing here knows CoDi-2: the LLaMA tokenizer has no pad
     token and no CoDi-2 tokens, and there is no projector, output head or CLAP expansion.
+    `lm_family` picks the language model (`LM_FAMILIES`): a LLaMA-2-chat, Mistral or Qwen2 folder;
+    `initializer_range` its weights' spread (see `tiny_language_model`).
     """
     folder = Path(folder)
+    if lm_family not in LM_FAMILIES:
+        raise ValueError(f"unknown LM family {lm_family!r}; expected one of {sorted(LM_FAMILIES)}")
     torch.manual_seed(seed)
     sources = TinyPaperSources(
-        language_model=folder / "Llama-2-7b-chat-hf",
+        language_model=folder / LM_FAMILIES[lm_family],
         unclip=folder / "stable-diffusion-2-1-unclip",
         audioldm2=folder / "audioldm2",
     )
-    tokenizer = tiny_llama_tokenizer()
+    tokenizer = tiny_qwen2_tokenizer() if lm_family == "qwen2" else tiny_llama_tokenizer()
     # small shards, so the folder has LLaMA-2's model-0000i-of-0000n.safetensors + index layout
-    tiny_llama(tokenizer).save_pretrained(sources.language_model, max_shard_size="100KB")
+    lm = tiny_language_model(lm_family, tokenizer, initializer_range)
+    lm.save_pretrained(sources.language_model, max_shard_size="100KB")
     tokenizer.save_pretrained(sources.language_model)
     tiny_unclip_pipeline(tiny_clip_vision()).save_pretrained(sources.unclip)
     tiny_audioldm2_pipeline(*tiny_clap()).save_pretrained(sources.audioldm2)

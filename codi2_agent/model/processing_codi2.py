@@ -176,8 +176,8 @@ class CoDi2Processor:
         if not turns:
             raise ValueError("a conversation needs at least one turn")
         bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
-        ids: list[int] = [bos]
-        labels: list[int] = [IGNORE_INDEX]
+        ids: list[int] = [] if bos is None else [bos]  # Qwen2-style tokenizers have no BOS token
+        labels: list[int] = [IGNORE_INDEX] * len(ids)
         input_media: dict[Modality, list[Media]] = {}
         for turn in turns:
             if turn.role == "user":

@@ -1,0 +1,120 @@
+"""Training batches from any stream of `Sample`s: sharded over processes, cycled, resumable.
+
+A data source is anything iterable again and again in the same order (a list, a dataset reader
+object) or a callable returning a fresh iterator. Samples are numbered as the source yields them,
+epochs after one another; process `rank` of `world` takes the samples whose number is `rank` modulo
+`world`, so processes never see the same sample in a step. The position of a run is the number of
+samples the whole group has consumed: a resumed run skips exactly that many and continues with the
+very batches the interrupted run would have drawn.
+
+A sample that fails `Sample.check()` or does not encode (too long, a bad medium) is skipped and
+counted, not fatal: one bad record in a million must not end a multi-day run. A source that yields
+nothing usable at all is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from codi2_agent.data.samples import Sample
+from codi2_agent.media import MediaError
+from codi2_agent.model.processing_codi2 import CoDi2Processor, EncodedSample
+
+__all__ = ["BatchStream", "DataSource", "EmptyDataError"]
+
+logger = logging.getLogger(__name__)
+
+DataSource = Iterable[Sample] | Callable[[], Iterable[Sample]]
+
+
+# Consecutive unusable samples after which a source is declared unusable (a wrong folder, not bad luck).
+MAX_UNUSABLE = 10_000
+
+
+class EmptyDataError(ValueError):
+    """A data source that yields no usable sample (empty, or every sample skipped)."""
+
+
+def _iterate(source: DataSource) -> Iterator[Sample]:
+    return iter(source() if callable(source) else source)
+
+
+class BatchStream:
+    """Encoded, collated batches of `batch_size` samples for process `rank` of `world`.
+
+    `position`: samples of the whole group already consumed (from a checkpoint); `position` after
+    each `next_batch()` is what a checkpoint must store.
+    """
+
+    def __init__(
+        self,
+        source: DataSource,
+        processor: CoDi2Processor,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        position: int = 0,
+        name: str = "data",
+    ) -> None:
+        self.source, self.processor, self.batch_size = source, processor, batch_size
+        self.rank, self.world, self.name = rank, world, name
+        self.position = position
+        self.skipped: Counter[str] = Counter()
+        self.epoch = 0
+        self._samples = self._numbered()
+        for _ in range(position):  # the resumed run's skip: the same samples, not decoded again
+            next(self._samples)
+
+    def _numbered(self) -> Iterator[tuple[int, Any]]:
+        """(number, raw sample) over endless epochs; the raw sample is checked by the taker only."""
+        number = 0
+        while True:
+            before = number
+            for sample in _iterate(self.source):
+                yield number, sample
+                number += 1
+            if number == before:
+                raise EmptyDataError(f"{self.name}: the data source yielded no samples")
+            self.epoch += 1
+
+    def _encode(self, sample: Any) -> EncodedSample | None:
+        try:
+            if not isinstance(sample, Sample):
+                raise ValueError(f"expected a codi2_agent.data.samples.Sample, got {type(sample).__name__}")
+            return self.processor.encode_sample(sample.check())
+        except (ValueError, MediaError) as e:
+            kind = type(e).__name__
+            self.skipped[kind] += 1
+            if self.skipped[kind] in (1, 10, 100, 1000) or self.skipped[kind] % 10000 == 0:
+                logger.warning(
+                    "%s: skipped %d sample(s) (%s), e.g. %s", self.name, self.skipped[kind], kind, e
+                )
+            return None
+
+    def next_batch(self) -> dict[str, Any]:
+        """The next batch of this process: its share of the next `batch_size * world` samples.
+
+        Every batch consumes the same number of samples whatever was skipped (a batch with a skipped
+        sample is one smaller), so all processes stay at the same position; a round where every one
+        of this process's samples is skipped is followed by the next round.
+        """
+        group = self.batch_size * self.world
+        empty = 0
+        while True:
+            encoded: list[EncodedSample] = []
+            for _ in range(group):
+                number, sample = next(self._samples)
+                self.position += 1
+                if number % self.world == self.rank and (item := self._encode(sample)) is not None:
+                    encoded.append(item)
+            if encoded:
+                return self.processor.collate(encoded)
+            empty += group
+            if empty >= MAX_UNUSABLE:
+                raise EmptyDataError(
+                    f"{self.name}: {empty} samples in a row could not be used ({dict(self.skipped)})"
+                )
