@@ -72,9 +72,12 @@ def encoded(media_path: Path) -> bytes:
 
 
 # --- the formats --------------------------------------------------------------------------------
-def test_image_caption_jsonl_gives_both_directions_with_decoded_pictures(tmp_path: Path) -> None:
-    image_pairs(tmp_path)
-    samples = list(open_dataset(tmp_path))
+def test_image_caption_jsonl_gives_both_directions_with_decoded_pictures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image_pairs(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    samples = list(open_dataset("data"))  # a relative folder: sources are still named inside it
     assert [s.task for s in samples] == ["caption_image", "text_to_image"] * 3
     caption, generate = samples[0], samples[1]
     assert caption.target is None and caption.target_text == "a red bus on a bridge"
@@ -258,6 +261,8 @@ BAD_RECORDS: dict[str, tuple[object, type[Exception]]] = {
     "huge": ({"image": "huge.png", "caption": "c"}, MediaTooLargeError),
     "not_json": ("{'image': 'good.png'", BadRecordError),
     "not_object": ('["good.png", "c"]', BadRecordError),
+    "nested_too_deep": ("[" * 100_000, BadRecordError),
+    "huge_number": ('{"image": "good.png", "caption": "c", "n": ' + "9" * 5000 + "}", BadRecordError),
     "no_caption": ({"image": "good.png"}, BadRecordError),
     "empty_caption": ({"image": "good.png", "caption": "  "}, BadRecordError),
     "path_not_text": ({"image": 7, "caption": "c"}, BadRecordError),

@@ -86,6 +86,7 @@ class DatasetRoot:
 
     def __init__(self, root: str | Path, options: ReadOptions) -> None:
         self.root = Path(root).resolve(strict=True)
+        self._given = Path(root).absolute()  # the folder as named, links and all: names problems
         self.options = options
 
     def resolve(self, written: object, field: str = "path") -> Path:
@@ -128,8 +129,11 @@ class DatasetRoot:
         return np.random.default_rng([self.options.seed, zlib.crc32(self.relative(path).encode())])
 
     def relative(self, path: Path) -> str:
-        """`path` as problems name it: relative to the folder when inside it."""
-        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+        """`path` as samples and problems name it: relative to the folder when inside it."""
+        for base, candidate in ((self._given, path.absolute()), (self.root, path.resolve())):
+            if candidate.is_relative_to(base):
+                return str(candidate.relative_to(base))
+        return str(path)
 
 
 def text_field(record: Record, names: Sequence[str], max_chars: int, *, required: bool = True) -> str | None:
@@ -169,8 +173,8 @@ def iter_jsonl(path: Path, name: str, problems: ProblemLog, max_bytes: int) -> I
                 continue
             try:
                 record = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                problems.report(BadRecordError(f"not a JSON line ({e})"), name, number)
+            except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested or numbers too deep
+                problems.report(BadRecordError(f"not a JSON line ({type(e).__name__}: {e})"), name, number)
                 continue
             if not isinstance(record, dict):
                 problems.report(
