@@ -21,6 +21,7 @@ import typer
 from codi2_agent.cli.chat import chat
 from codi2_agent.cli.data import data_app
 from codi2_agent.cli.info import info
+from codi2_agent.cli.mcp import mcp
 from codi2_agent.cli.run import demo, run_cmd
 from codi2_agent.cli.serve import serve
 from codi2_agent.cli.train_eval import bench, eval_cmd, export_cmd, train_cmd
@@ -41,6 +42,7 @@ app.command("export")(export_cmd)
 app.command("eval")(eval_cmd)
 app.command()(bench)
 app.command()(info)
+app.command()(mcp)
 app.add_typer(data_app, name="data")
 app.command()(serve)
 
