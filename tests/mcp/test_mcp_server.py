@@ -27,6 +27,7 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 from scripted_agents import ScriptedToolCaller
+from served_model import free_port
 
 from codi2_agent.graphs import thread_key
 from codi2_agent.locking import LOCKS_FOLDER, thread_lock
@@ -149,18 +150,12 @@ def test_stdio_tools_media_and_refusals(tiny_model_dir: Path, tmp_path: Path, in
         assert says in _text(out[name]), (name, _text(out[name]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def http_server(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, inputs: Path
 ) -> Iterator[str]:
     """One streamable-HTTP server for this module's HTTP tests, on a free loopback port."""
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, *_command(tiny_model_dir, tmp_path_factory.mktemp("server"), inputs)]
     process = subprocess.Popen(
         [*command, "--transport", "http", "--port", str(port)],
