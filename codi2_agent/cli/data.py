@@ -32,6 +32,9 @@ def check_cmd(
     max_file_mb: Annotated[
         float, typer.Option(help="Refuse media files larger than this.", min=0.001)
     ] = 25.0,
+    limit: Annotated[
+        int | None, typer.Option(help="Stop each file after this many samples (a quick look).", min=1)
+    ] = None,
     show: Annotated[int, typer.Option(help="Problems listed in full (all are counted).", min=0)] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -45,7 +48,7 @@ def check_cmd(
     options = ReadOptions(sample_rate=sample_rate, max_file_bytes=int(max_file_mb * 1024 * 1024))
     try:
         with _progress(f"checking {folder}"):
-            report = check_dataset(folder, format, options=options)
+            report = check_dataset(folder, format, options=options, limit=limit)
     except (DatasetError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         raise _fail(str(e), 2) from None
     problems = report.problems

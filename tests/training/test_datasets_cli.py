@@ -66,6 +66,8 @@ def test_check_counts_samples_per_format_and_task(tmp_path: Path, runner: CliRun
     } <= rows
     assert {("edit", "edits.jsonl"), ("webdataset", "shard-0.tar"), ("audio_caption", "sounds.csv")} <= rows
     assert "total: 9 samples from 4 source(s)" in lines and "problems: 0" in lines
+    quick = runner.invoke(app, ["data", "check", str(root), "--limit", "1"])
+    assert "total: 4 samples from 4 source(s)" in quick.stdout.splitlines()
 
 
 def test_check_lists_problems_with_their_line_and_strict_fails(tmp_path: Path, runner: CliRunner) -> None:

@@ -7,6 +7,7 @@ report lists every problem (with its file and line) and counts the samples per f
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,15 +48,24 @@ class CheckReport:
 
 
 def check_dataset(
-    path: str | Path, format: str = "auto", *, options: ReadOptions | None = None
+    path: str | Path,
+    format: str = "auto",
+    *,
+    options: ReadOptions | None = None,
+    limit: int | None = None,
 ) -> CheckReport:
     """Read every sample of the dataset at `path` and report counts and problems (never raises
-    for a bad record; a folder with nothing readable raises `DatasetFormatError`)."""
+    for a bad record; a folder with nothing readable raises `DatasetFormatError`).
+
+    `limit` stops each source after that many samples: a quick look at a large dataset.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
     folder, sources = find_sources(path, format)
     report = CheckReport(folder.resolve(), sources)
     root = DatasetRoot(folder, options or ReadOptions())
     for source in sources:
-        for sample in source.read(root, report.problems):
+        for sample in itertools.islice(source.read(root, report.problems), limit):
             report.samples[(source.format, sample.task)] += 1
     return report
 

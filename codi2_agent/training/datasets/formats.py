@@ -97,7 +97,9 @@ def find_sources(path: str | Path, format: str = "auto") -> tuple[Path, list[Sou
     if not path.exists():
         raise FileNotFoundError(f"no dataset at {path}")
     folder = path if path.is_dir() else path.parent
-    files = sorted(p for p in folder.iterdir() if p.is_file()) if path.is_dir() else [path]
+    # Suffixes first: a folder may hold a million pictures beside its manifest; keep only the few.
+    listed = (p for p in folder.iterdir() if _is_manifest_name(p.name)) if path.is_dir() else iter([path])
+    files = sorted(p for p in listed if p.is_file())
     sources: list[Source] = []
     for file in files:
         source = _source_of(file, fmt)
@@ -113,6 +115,11 @@ def find_sources(path: str | Path, format: str = "auto") -> tuple[Path, list[Sou
             ".csv manifests at the top level, or sub-folders of pictures (one per subject)"
         )
     return folder, sources
+
+
+def _is_manifest_name(name: str) -> bool:
+    name = name.lower()
+    return name.endswith(_TAR_SUFFIXES) or Path(name).suffix in _MANIFEST_SUFFIXES
 
 
 def _source_of(file: Path, fmt: str) -> Source | None:
