@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from codi2_agent._media_errors import CorruptMediaError, MediaTooLargeError
 from codi2_agent.artifacts import ArtifactNotFoundError, ArtifactStore
-from codi2_agent.backends import GenerateRequest, GenerateResult, LocalBackend, PromptTurn
+from codi2_agent.backends import _WORD_RE, GenerateRequest, GenerateResult, LocalBackend, PromptTurn
 from codi2_agent.media import Media, MediaRef
 
 __all__ = ["BadRequestError", "BatchSettings", "ModelService", "Outcome", "ServerSettings"]
@@ -243,7 +243,10 @@ class ModelService:
         the request that caused it."""
         self._count(len(requests))
         try:
-            return [Outcome(result=r) for r in self.backend.generate_batch(requests)]
+            # Output captions are read back afterwards, for the whole batch in one more model call.
+            plain = [r.model_copy(update={"caption_outputs": False}) for r in requests]
+            results = self.backend.generate_batch(plain)
+            return [Outcome(result=r) for r in self._with_captions(requests, results)]
         except Exception:
             if len(requests) == 1:
                 raise
@@ -255,6 +258,38 @@ class ModelService:
             except Exception as e:  # handed to that request's caller
                 outcomes.append(Outcome(error=e))
         return outcomes
+
+    def _with_captions(
+        self, requests: Sequence[GenerateRequest], results: Sequence[GenerateResult]
+    ) -> list[GenerateResult]:
+        """Caption the outputs of requests with `caption_outputs` (and no caption given): what
+        `LocalBackend` reads back one medium at a time, here in one batched text pass."""
+        todo = [
+            (i, j)
+            for i, (request, result) in enumerate(zip(requests, results, strict=True))
+            if request.caption_outputs
+            for j, ref in enumerate(result.media)
+            if ref.caption is None
+        ]
+        if not todo:
+            return list(results)
+        vocabulary = self.backend.vocabulary
+        questions = []
+        for i, j in todo:
+            ref = results[i].media[j]
+            parts = (ref, vocabulary.prompt(f"caption_{ref.modality.value}"))
+            questions.append(
+                GenerateRequest(
+                    prompt=(PromptTurn(role="user", parts=parts),), output="text", max_new_tokens=24
+                )
+            )
+        captions = self.backend.generate_batch(questions)
+        media = [list(result.media) for result in results]
+        for (i, j), answer in zip(todo, captions, strict=True):
+            text = answer.text.strip()
+            if len(_WORD_RE.findall(text)) >= 2:  # LocalBackend's rule: only what reads like words
+                media[i][j] = media[i][j].model_copy(update={"caption": text})
+        return [r.model_copy(update={"media": tuple(m)}) for r, m in zip(results, media, strict=True)]
 
     def stream(self, request: GenerateRequest) -> Iterator[str | GenerateResult]:
         self._count(1)
