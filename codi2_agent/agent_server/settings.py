@@ -60,8 +60,8 @@ def load_server_settings() -> ServerSettings:
     try:
         return ServerSettings()
     except UnparsableSettingError as e:  # a complex value (the token table) that is not JSON
-        field = re.search(r'field "(\w+)"', str(e))
-        name = f"{SERVER_ENV_PREFIX}{field.group(1).upper()}" if field else f"a {SERVER_ENV_PREFIX}* variable"
+        named = re.search(r'field "(\w+)"', str(e))
+        name = f"{SERVER_ENV_PREFIX}{named.group(1).upper()}" if named else f"a {SERVER_ENV_PREFIX}* variable"
         raise SettingsError(
             f"invalid Agent Server setting: environment variable {name} is not valid JSON"
         ) from None
