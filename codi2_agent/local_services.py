@@ -6,8 +6,8 @@ For the test suite, the load benchmark and trying a multi-worker deployment on o
 trusts every local connection and runs with ``fsync=off``).
 
 Postgres refuses to run as root. When this process is root, the cluster runs as the unprivileged
-``postgres`` user that Debian's ``postgresql`` package creates (through ``runuser``, else ``su``), in
-a folder that user owns.
+``postgres`` user that Debian's ``postgresql`` package creates (else as ``nobody``), through
+``runuser`` (else ``su``), in a folder that user owns.
 """
 
 from __future__ import annotations
@@ -80,20 +80,25 @@ def postgres_binary(name: str) -> str:
 
 
 def _run_as() -> tuple[list[str], str | None]:
-    """(the command prefix that runs a program as an unprivileged user, that user) when root."""
+    """(the command prefix that runs a program as an unprivileged user, that user) when root: the
+    ``postgres`` user Debian's package creates, else ``nobody`` (the cluster needs no home)."""
     if os.geteuid() != 0:
         return [], None
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
+    user = next((u for u in ("postgres", "nobody") if _user_exists(u)), None)
+    if user is None:
         raise LocalServiceError(
-            "Postgres will not run as root and there is no 'postgres' user to run it as "
-            "(installing Debian's postgresql package creates one)"
-        ) from None
+            "Postgres will not run as root and there is no 'postgres' (or 'nobody') user to run it as"
+        )
     runuser = shutil.which("runuser")
-    return (
-        [runuser, "-u", "postgres", "--"] if runuser else ["su", "postgres", "-s", "/bin/sh", "-c"]
-    ), "postgres"
+    return ([runuser, "-u", user, "--"] if runuser else ["su", user, "-s", "/bin/sh", "-c"]), user
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _as_user(prefix: list[str], command: list[str]) -> list[str]:
