@@ -34,6 +34,7 @@ from ._checkpoint import (
 )
 from ._log import ThreadLog, TurnEntry
 from ._open import SessionParts, as_backend, open_session_graph
+from ._postgres import PostgresParts, PostgresUnavailableError, open_postgres
 from ._prompt import ContextPolicy, PromptTooLongError
 from ._references import Resolution, resolve
 from ._state import (
@@ -70,6 +71,8 @@ __all__ = [
     "CorruptCheckpointError",
     "Exemplar",
     "MediaRecord",
+    "PostgresParts",
+    "PostgresUnavailableError",
     "PromptTooLongError",
     "Request",
     "Resolution",
@@ -88,6 +91,7 @@ __all__ = [
     "copy_thread",
     "default_store",
     "is_transient",
+    "open_postgres",
     "open_session_graph",
     "recover_thread",
     "register_types",
