@@ -22,7 +22,7 @@ Invoke:
 from __future__ import annotations
 
 from ._access import MediaAccess, MediaAccessError
-from ._chat_model import ChatCoDi2
+from ._chat_model import ChatCoDi2, CoDi2CapabilityError, MediaFileRefusedError
 from ._toolkit import (
     ApplyExampleEditInput,
     CoDi2ApplyExampleEditTool,
@@ -41,6 +41,7 @@ __all__ = [
     "ApplyExampleEditInput",
     "ChatCoDi2",
     "CoDi2ApplyExampleEditTool",
+    "CoDi2CapabilityError",
     "CoDi2DescribeTool",
     "CoDi2EditTool",
     "CoDi2GenerateTool",
@@ -51,5 +52,6 @@ __all__ = [
     "GenerateInput",
     "MediaAccess",
     "MediaAccessError",
+    "MediaFileRefusedError",
     "RecallInput",
 ]

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import run_in_executor
 from pydantic import Field, PrivateAttr, field_validator
 
@@ -23,9 +24,11 @@ from codi2_agent.media import OutputKind
 from codi2_agent.messages import inline_block, prompt_turns, ref_block
 from codi2_agent.settings import check_device_name, check_dtype_name
 
+from ._access import MediaAccess
+from ._chat_inputs import MediaFileRefusedError, counting_stand_ins, read_local_files
 from ._streaming import StopCut, cut_at_stops, iterate_in_thread
 
-__all__ = ["ChatCoDi2"]
+__all__ = ["ChatCoDi2", "CoDi2CapabilityError", "MediaFileRefusedError"]
 
 MODEL_ENV = "CODI2_AGENT_MODEL"
 
@@ -34,14 +37,24 @@ def _default_model() -> str:
     return os.environ.get(MODEL_ENV, "tiny")
 
 
+class CoDi2CapabilityError(NotImplementedError):
+    """Something a chat model may be asked for that CoDi-2 cannot do (tool calls, structured output)."""
+
+
 class ChatCoDi2(BaseChatModel):
     """CoDi-2 any-to-any generation as a LangChain chat model.
 
     Takes LangChain v1 content blocks — text, image and audio, as base64 (or ``data:`` urls), a
-    ``file_id`` or an ``artifact://`` url of the configured `ArtifactStore` — and answers with text
-    and, when the model draws or plays, an image or audio block. Decoding is greedy and diffusion
-    noise is seeded, so equal inputs give equal outputs. Stateless: for multi-turn work with memory
-    use `CoDi2Toolkit` or `codi2_agent.Session`.
+    ``file_id``, an ``artifact://`` url of the configured `ArtifactStore`, or a local file under
+    ``media_roots`` — and answers with text and, when the model draws or plays, an image or audio
+    block. Decoding is greedy and diffusion noise is seeded, so equal inputs give equal outputs.
+    Stateless: for multi-turn work with memory use `CoDi2Toolkit` or `codi2_agent.Session`.
+
+    Tokens are the model's own (`get_num_tokens`, `get_num_tokens_from_messages`, so
+    ``trim_messages(..., token_counter=llm)`` trims to the real prompt); results and the last
+    streamed chunk carry `usage_metadata`. CoDi-2 does not call tools or return JSON: `bind_tools`
+    and `with_structured_output` raise `CoDi2CapabilityError` (a NotImplementedError); an agent
+    uses CoDi-2 through `CoDi2Toolkit` instead.
 
     Setup:
         Part of codi2-agent. The shipped ``tiny`` model runs on CPU, offline.
@@ -82,6 +95,13 @@ class ChatCoDi2(BaseChatModel):
 
             msg = await llm.ainvoke("draw a blue circle at night", output="image")
 
+    Token usage:
+        .. code-block:: python
+
+            msg.usage_metadata          # {'input_tokens': 14, 'output_tokens': 3, 'total_tokens': 17}
+            from langchain_core.messages import trim_messages
+            trim_messages(history, max_tokens=200, token_counter=llm, strategy="last")
+
     Args:
         model: a shipped model name (``"tiny"``), a model folder, a `CoDi2Model` or a `Backend`.
             Names and folders load on first use. Default: ``$CODI2_AGENT_MODEL`` or ``"tiny"``.
@@ -96,6 +116,9 @@ class ChatCoDi2(BaseChatModel):
         temperature, timeout, max_retries: accepted for interface compatibility; the model runs
             locally and decodes greedily, so they change nothing (an ``api_key`` is ignored likewise).
         stop: cut the text at the first of these strings.
+        media_roots: folders whose files media blocks may name (``{"type": "image", "url":
+            "/data/in/cat.png"}`` or a ``file://`` url); none by default, so a block naming a file is
+            refused with `MediaFileRefusedError`, as is one outside these folders.
         device, dtype, device_map, offload: where a model named by ``model`` (a name or folder) runs
             and in what precision, e.g. ``dtype="bfloat16"`` (see `load_model`); unset ones come from
             ``CODI2_DEVICE``, ``CODI2_DTYPE``, … A `CoDi2Model` or `Backend` given as ``model`` is
@@ -115,6 +138,7 @@ class ChatCoDi2(BaseChatModel):
     timeout: float | None = None
     max_retries: int | None = None
     streaming: bool = False
+    media_roots: list[Path] = Field(default_factory=list)
     device: str | None = None
     dtype: str | None = None
     device_map: str | dict[str, Any] | None = None
@@ -131,6 +155,7 @@ class ChatCoDi2(BaseChatModel):
         return None if value is None else check_dtype_name(value)
 
     _backend: Backend | None = PrivateAttr(default=None)
+    _empty_text_tokens: int | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     # The default store's folder. TemporaryDirectory removes it when collected (weakref.finalize),
     # so a chat model that is dropped without close() does not leave it behind either.
@@ -222,10 +247,66 @@ class ChatCoDi2(BaseChatModel):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    # --- tokens: the model's own tokenizer, through the backend (never a download) ---------------
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens `text` takes in the model's own tokenizer."""
+        if self._empty_text_tokens is None:  # what an answer turn costs without words (BOS, </s>)
+            self._empty_text_tokens = self._count([PromptTurn(role="assistant", parts=("",))])
+        return self._count([PromptTurn(role="assistant", parts=(text,))]) - self._empty_text_tokens
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """The token ids of `text` (the model's own tokenizer; needs the model in this process)."""
+        processor = getattr(getattr(self.backend, "model", None), "processor", None)
+        if processor is None:
+            raise CoDi2CapabilityError(
+                f"{self.model_name} runs behind {type(self.backend).__name__}, which counts tokens but does "
+                "not hand out token ids; use get_num_tokens / get_num_tokens_from_messages"
+            )
+        return list(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens the conversation takes as the model's prompt: the chat template, N placeholder
+        tokens per image or sound, and the answer prefix. Media are counted by kind only: nothing is
+        decoded, stored or read. What `trim_messages(..., token_counter=llm)` uses."""
+        if tools:
+            raise self._no_tools("count tool schemas")
+        turns = prompt_turns(counting_stand_ins(messages))
+        return self._count(turns) if turns else 0
+
+    def _count(self, turns: Sequence[PromptTurn]) -> int:
+        return int(self.backend.count_tokens(turns))
+
+    def _usage(self, request: GenerateRequest, result: GenerateResult) -> UsageMetadata:
+        """Prompt tokens as sent, and the answer's text tokens (a medium's marker is not counted)."""
+        prompt, answer = self._count(request.prompt), self.get_num_tokens(result.text)
+        return UsageMetadata(input_tokens=prompt, output_tokens=answer, total_tokens=prompt + answer)
+
+    # --- what CoDi-2 cannot do ------------------------------------------------------------------
+    def _no_tools(self, asked: str) -> CoDi2CapabilityError:
+        return CoDi2CapabilityError(
+            f"{self.model_name} cannot {asked}: CoDi-2 answers with text, images and sounds, never with "
+            "tool calls or JSON. To put CoDi-2 in an agent, let a tool-calling chat model drive it "
+            "through CoDi2Toolkit(...).get_tools() (codi2_agent.tools)"
+        )
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
+        """Refused: CoDi-2 does not call tools (`CoDi2CapabilityError`, a NotImplementedError)."""
+        raise self._no_tools("call tools")
+
+    def with_structured_output(self, schema: Any, **kwargs: Any) -> Runnable[LanguageModelInput, Any]:
+        """Refused: CoDi-2 does not produce structured output (`CoDi2CapabilityError`)."""
+        raise self._no_tools("produce structured output")
+
     # --- messages <-> prompt ----------------------------------------------------------------------
     def _prompt(self, messages: Sequence[BaseMessage]) -> list[PromptTurn]:
-        # Strict reading: inline bytes are stored, remote urls and unknown block types refused.
-        turns = prompt_turns(messages, self.backend.artifacts)
+        # Strict reading: inline bytes and files under media_roots are stored, remote urls and unknown
+        # block types refused.
+        store = self.backend.artifacts
+        turns = prompt_turns(
+            read_local_files(messages, MediaAccess(roots=tuple(self.media_roots)), store), store
+        )
         if not turns or turns[-1].role != "user":
             raise ValueError("ChatCoDi2 needs the conversation to end with a user message")
         return turns
@@ -257,9 +338,6 @@ class ChatCoDi2(BaseChatModel):
         }
 
     # --- generation -------------------------------------------------------------------------------
-    def _run(self, messages: Sequence[BaseMessage], run_manager: Any, **kwargs: Any) -> GenerateResult:
-        return self.backend.generate(self._request(messages, **kwargs))
-
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -267,10 +345,15 @@ class ChatCoDi2(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        result = self._run(messages, run_manager, **kwargs)
+        request = self._request(messages, **kwargs)
+        result = self.backend.generate(request)
         text, media = self._message_content(result, stop)
         content: list[Any] = ([{"type": "text", "text": text}] if text else []) + media
-        message = AIMessage(content=content, response_metadata=self._metadata(result))
+        message = AIMessage(
+            content=content,
+            response_metadata=self._metadata(result),
+            usage_metadata=self._usage(request, result),
+        )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _chunks(
@@ -296,7 +379,10 @@ class ChatCoDi2(BaseChatModel):
                     last: list[str | dict[Any, Any]] = [{**b, "index": i + 1} for i, b in enumerate(media)]
                     yield ChatGenerationChunk(
                         message=AIMessageChunk(
-                            content=last, response_metadata=self._metadata(item), chunk_position="last"
+                            content=last,
+                            response_metadata=self._metadata(item),
+                            usage_metadata=self._usage(request, item),  # once, on the last chunk
+                            chunk_position="last",
                         )
                     )
         finally:  # a consumer that stops early releases the model now, not when this is collected

@@ -42,6 +42,19 @@ class TestChatCoDi2Standard(ChatModelUnitTests):
 
     @property
     def returns_usage_metadata(self) -> bool:
+        return True
+
+    # CoDi-2 answers in text, images and sounds: bind_tools / with_structured_output refuse by name.
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+    @property
+    def supports_model_override(self) -> bool:
         return False
 
     @pytest.mark.xfail(
