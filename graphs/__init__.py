@@ -34,6 +34,7 @@ from ._checkpoint import (
 )
 from ._log import ThreadLog, TurnEntry
 from ._open import SessionParts, as_backend, open_session_graph
+from ._planner import Plan, Planner
 from ._postgres import PostgresParts, PostgresUnavailableError, open_postgres
 from ._prompt import ContextPolicy, PromptTooLongError
 from ._references import Resolution, resolve
@@ -71,6 +72,8 @@ __all__ = [
     "CorruptCheckpointError",
     "Exemplar",
     "MediaRecord",
+    "Plan",
+    "Planner",
     "PostgresParts",
     "PostgresUnavailableError",
     "PromptTooLongError",

@@ -15,6 +15,7 @@ from codi2_agent.backends import Backend, LocalBackend, TransientBackendError
 
 from ._checkpoint import register_types, sqlite_checkpointer, sqlite_store
 from ._nodes import NodeSettings, SessionNodes
+from ._planner import Planner
 from ._postgres import is_postgres_saver, is_postgres_url, open_postgres, postgres_store_for
 from ._prompt import ContextPolicy
 from ._state import SessionInput, SessionState
@@ -59,6 +60,7 @@ def build_session_graph(
     guidance_scale: float | None = None,
     max_new_tokens: int = 64,
     retry_policy: RetryPolicy | None = None,
+    planner: Any = None,
     name: str = "codi2_session",
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """Build the CoDi-2 session graph: ingest → resolve → retrieve → compose → generate → persist → respond.
@@ -142,6 +144,10 @@ def build_session_graph(
         num_inference_steps, guidance_scale, max_new_tokens: generation defaults (per turn, the
             ``options`` input or ``config["configurable"]["num_inference_steps"]`` override them).
         retry_policy: retries of the generate node (default: 3 attempts on transient errors).
+        planner: a LangChain chat model with ``with_structured_output`` (or a `Planner`) that reads
+            each message and the thread's media before the rules do; its plan is checked (ids must
+            be this thread's media) and the rules decide whenever it fails. Tool calls with explicit
+            options skip it.
         name: the compiled graph's name.
     """
     # 1. Check arguments and wire the parts
@@ -176,6 +182,7 @@ def build_session_graph(
         guidance_scale=guidance_scale,
         max_new_tokens=max_new_tokens,
         review=review,
+        planner=planner if planner is None or isinstance(planner, Planner) else Planner(planner),
     )
     nodes = SessionNodes(backend, memory, artifacts, settings)
 

@@ -24,6 +24,7 @@ from codi2_agent.media import MediaError, MediaRef
 from codi2_agent.messages import MEDIA_BLOCK_TYPES, block_ref, message_text, ref_block
 
 from ._log import ThreadLog, TurnEntry
+from ._planner import Planner
 from ._prompt import ContextPolicy, PromptTooLongError, compose_memory, compose_window
 from ._references import resolve
 from ._retrieve import RetrieveStep
@@ -52,6 +53,7 @@ class NodeSettings:
     guidance_scale: float | None = None
     max_new_tokens: int = 64
     review: bool = False
+    planner: Planner | None = None  # a chat model that reads requests before the rules do
     keep_messages: int = 16  # messages kept in state; the whole transcript is in the thread log
 
 
@@ -250,6 +252,9 @@ class SessionNodes(RetrieveStep):
             query = options.query or options.instruction or text
             req = Request(text=text, task="recall", output="text", instruction=query)
             return {"request": req}
+        planned = self._planned(text, options, [*log, *attached])
+        if planned is not None:
+            return planned
         res = resolve(
             text or options.instruction or "",
             attached=attached,
@@ -290,6 +295,27 @@ class SessionNodes(RetrieveStep):
             caption=caption,
         )
         return {"request": req}
+
+    def _planned(self, text: str, options: TurnOptions, log: list[MediaRecord]) -> dict[str, Any] | None:
+        """The planner's reading of a message (None: no planner, a tool's exact options, or a plan
+        that did not check out — the rules then decide)."""
+        planner = self.settings.planner
+        exact = options.task is not None or options.sources or options.example
+        if planner is None or exact or not text:
+            return None
+        attributes = self.vocabulary.attributes.values()
+        words = sorted({word for by_name in attributes for values in by_name.values() for word in values})
+        outcome = planner.plan(text, log, vocabulary=", ".join(words))
+        if outcome is None:
+            return None
+        if outcome.clarification is not None:
+            return {"clarification": outcome.clarification}
+        if outcome.answer is not None:
+            if not outcome.answer and self.vocabulary.open:  # a model that can talk answers itself
+                return {"request": Request(text=text, task="generate", output="text", instruction=text)}
+            return {"answer": outcome.answer, "intent": "chat"}
+        assert outcome.request is not None
+        return {"request": outcome.request.model_copy(update={"caption": options.caption})}
 
     def _similar(self, tenant: str, description: str) -> list[str]:
         """Artifact ids the memory finds for a description (the resolver keeps this thread's only):
