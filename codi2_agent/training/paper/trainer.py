@@ -146,6 +146,8 @@ class PaperTrainer:
 
         cfg = self.config
         return Accelerator(
+            # without a GPU: the CPU, and gloo between processes when a launcher started several
+            cpu=not torch.cuda.is_available(),
             mixed_precision=cfg.mixed_precision,
             log_with=cfg.log_with or None,
             project_config=ProjectConfiguration(
