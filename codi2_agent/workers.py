@@ -349,6 +349,11 @@ class SessionWorkerPool:
         """
         return self.call("say", tenant, thread, text=text, **generation)
 
+    def running(self) -> dict[int, int]:
+        """Which call each busy worker is running: ``{worker index: call id}``."""
+        with self._guard:
+            return dict(self._running)
+
     def kill(self, index: int) -> None:
         """SIGKILL worker `index` (for crash tests): its running call fails with `WorkerDiedError`."""
         p = self._processes[index]
