@@ -16,6 +16,15 @@ back (and with the right candidates named); clarification precision (of all ques
 share that should have been asked); exceptions (must be 0); chit-chat and out-of-vocabulary
 requests that would produce media (must be 0); and the resolver's cost on a 2,000-record log.
 
+With ``--planner`` the same requests go through the optional planner first (`graphs.Planner`, the
+session graph's ``planner=``) as the graph does it — a plan checked against the log, the rules when it
+fails — with a scripted structured-output chat model, since no LLM runs here:
+
+- ``oracle``      answers each request with its intended plan: what the planner path (structured
+                  output, id checks, conversion to a request) keeps of a perfect plan;
+- ``unreliable``  the same plans, but every third names an id the thread does not have and every fifth
+                  request fails outright: what the fallback to the rules keeps.
+
 usage:
     python benchmarks/bench_requests.py                  # table -> benchmarks/results/requests.txt
     python benchmarks/bench_requests.py --failures       # also list every wrong answer
@@ -35,11 +44,15 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 
-from codi2_agent.graphs import MediaRecord, resolve
+from codi2_agent.graphs import MediaRecord, Planner, resolve
 from codi2_agent.media import MediaRef, Modality
 from codi2_agent.model.vocabulary import Vocabulary
 
@@ -165,9 +178,76 @@ def _indices(log: list[MediaRecord], records: Any) -> list[int]:
     return [where.get(r.id, -1) for r in records]
 
 
-def judge(case: Case) -> Outcome:
+class _Scripted(BaseChatModel):
+    """A structured-output chat model that answers with the plan `script(prompt)` returns."""
+
+    script: Any
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted-planner"
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+    def _generate(
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        call = {
+            "name": "Plan",
+            "args": self.script(str(messages[-1].content)),
+            "id": "p",
+            "type": "tool_call",
+        }
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="", tool_calls=[call]))])
+
+
+def intended_plan(case: Case) -> dict[str, Any]:
+    """The plan a perfect planner would return for `case` (ids as the planner is shown them)."""
+    ids = ["@m:" + r.ref.short_id for r in case.log]
+    if case.ask:
+        return {"action": "ask", "sources": [ids[i] for i in case.candidates], "reply": "Which one?"}
+    if case.task in INTENTS:
+        return {"action": "answer", "reply": "I can only make what I know."}
+    return {
+        "action": "make", "task": case.task, "sources": [ids[i] for i in case.sources or []],
+        "example": [ids[i] for i in case.example or []], "instruction": case.text,
+    }  # fmt: skip
+
+
+def scripted_planner(mode: str, case: Case, index: int) -> Planner:
+    plan = intended_plan(case)
+
+    def script(prompt: str) -> dict[str, Any]:
+        if mode == "unreliable" and index % 5 == 4:
+            raise ConnectionError("the planner's server did not answer")
+        if mode == "unreliable" and index % 3 == 2:
+            return {**plan, "action": "make", "task": "edit", "sources": ["@m:0123456789ab"]}
+        return plan
+
+    return Planner(_Scripted(script=script))
+
+
+def _resolved(case: Case, planner: Planner | None) -> Any:
+    """What the session graph's resolve step decides: the planner's checked plan, else the rules."""
+    if planner is not None:
+        outcome = planner.plan(case.text, case.log)
+        if outcome is not None:
+            request, question = outcome.request, outcome.clarification
+            return SimpleNamespace(
+                clarification=question,
+                intent="media" if request is not None else "chat",
+                task=request.task if request is not None else None,
+                sources=request.sources if request is not None else (),
+                example=request.example if request is not None else (),
+                planned=True,
+            )
+    return resolve(case.text, attached=[], log=case.log, vocabulary=case.vocabulary)
+
+
+def judge(case: Case, planner: Planner | None = None) -> Outcome:
     try:
-        res = resolve(case.text, attached=[], log=case.log, vocabulary=case.vocabulary)
+        res = _resolved(case, planner)
     except Exception as e:
         return Outcome(case, right=False, asked=False, media=False, error=f"{type(e).__name__}: {e}")
     asked = res.clarification is not None
@@ -184,8 +264,8 @@ def judge(case: Case) -> Outcome:
         right = asked and set(case.candidates) <= named
     elif asked:
         right = False
-    elif case.task in INTENTS:
-        right = res.intent == case.task
+    elif case.task in INTENTS:  # a planner's answer in words stands for both intents
+        right = res.intent == case.task or (getattr(res, "planned", False) and res.intent == "chat")
     else:
         want = case.sources or []
         same_sources = sorted(got_sources) == sorted(want) if case.task == "compose" else got_sources == want
@@ -299,6 +379,42 @@ def report(sets: dict[str, list[Outcome]], timing: dict[str, float], n_long: int
     return lines
 
 
+PLANNER_MODES = ("oracle", "unreliable")
+
+
+def planner_report(off: dict[str, list[Outcome]], planned: dict[str, dict[str, list[Outcome]]]) -> list[str]:
+    """Per category, rules only vs through a scripted planner (see the module docstring)."""
+    modes = {"rules only": off, **{f"planner: {m}": planned[m] for m in PLANNER_MODES}}
+    lines = [
+        "",
+        "with the optional planner (a scripted structured-output model; tuned + heldback + fresh):",
+        f"{'category':<14}" + "".join(f"{name:>20}" for name in modes),
+    ]
+
+    def plain(sets: dict[str, list[Outcome]]) -> list[Outcome]:
+        return sets["tuned"] + sets["heldback"] + sets["fresh"]
+
+    for cat in sorted({o.case.cat for o in plain(off)}):
+        cells = [_share([o for o in plain(sets) if o.case.cat == cat]) for sets in modes.values()]
+        lines.append(f"{cat:<14}" + "".join(f"{cell:>20}" for cell in cells))
+    lines.append(f"{'all':<14}" + "".join(f"{_share(plain(sets)):>20}" for sets in modes.values()))
+    lines.append(f"{'heldback':<14}" + "".join(f"{_share(sets['heldback']):>20}" for sets in modes.values()))
+    lines.append(
+        f"{'ambiguous':<14}" + "".join(f"{_share(sets['ambiguous']):>20}" for sets in modes.values())
+    )
+    errors = sum(bool(o.error) for sets in planned.values() for group in sets.values() for o in group)
+    chatty = sum(
+        o.case.cat in MEDIA_CATEGORIES and o.media
+        for sets in planned.values()
+        for g in sets.values()
+        for o in g
+    )
+    lines.append(
+        f"planner runs: exceptions {errors}; chit-chat / out-of-vocabulary that would produce media {chatty}"
+    )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -314,8 +430,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("tuned", "heldback", "fresh", "ambiguous"):
         for case in load_set(SETS / f"{name}.yaml", tiny):
             sets[name].append(judge(case))
+    planned: dict[str, dict[str, list[Outcome]]] = {}
+    for mode in PLANNER_MODES:
+        planned[mode] = {
+            name: [judge(o.case, scripted_planner(mode, o.case, i)) for i, o in enumerate(outcomes)]
+            for name, outcomes in sets.items()
+        }
     timing = time_long_log(args.long_log, tiny, args.repeats)
-    table = "\n".join(report(sets, timing, args.long_log)) + "\n"
+    lines = report(sets, timing, args.long_log) + planner_report(sets, planned)
+    table = "\n".join(lines) + "\n"
     sys.stdout.write(table)
     if args.failures:
         for name, outcomes in sets.items():

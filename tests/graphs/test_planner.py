@@ -35,7 +35,9 @@ class ScriptedPlanner(BaseChatModel):
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
         return self
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         prompt = str(messages[-1].content)
         self.prompts.append(prompt)
         ids = re.findall(r"^(@m:\w+) — ", prompt, flags=re.M)

@@ -40,6 +40,12 @@ def test_the_paraphrase_benchmark_meets_its_targets(tmp_path: Path) -> None:
     assert "exceptions: 0\n" in table
     assert "chit-chat / out-of-vocabulary requests that would produce media: 0\n" in table
     assert re.search(r"resolve\(\) on a 200-record log", table)
+    # Through the planner: a perfect plan survives the checks whole; a planner that names unknown ids
+    # or fails loses nothing to the rules alone.
+    planned = table.split("with the optional planner", 1)[1]
+    rules, oracle, unreliable = _share(planned, "all")
+    assert oracle == 1.0 and unreliable >= rules, planned
+    assert "planner runs: exceptions 0; chit-chat / out-of-vocabulary that would produce media 0" in planned
 
 
 def _say(graph: Any, text: str, options: TurnOptions | None = None) -> AIMessage:
