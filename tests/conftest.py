@@ -8,12 +8,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from codi2_agent.local_services import ChromaServer, start_chroma
 from codi2_agent.model import CoDi2Config, CoDi2Model, load_model, shipped_model_path
 
 torch.set_num_threads(1)
@@ -53,3 +55,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model(tiny_model_dir: Path) -> CoDi2Model:
     """That model, loaded in this process."""
     return CoDi2Model.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    """A `chroma run` server on a free loopback port for the whole session, stopped afterwards."""
+    server = start_chroma(tmp_path_factory.mktemp("chroma-server"), timeout=60)
+    try:
+        yield server
+    finally:
+        server.stop()

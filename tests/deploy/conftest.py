@@ -1,8 +1,9 @@
-"""Fixtures for the deployment tests: a real Postgres cluster and a `chroma run` server on loopback.
+"""Fixtures for the deployment tests: a real Postgres cluster on loopback (the `chroma run` server,
+`chroma_server`, is tests/conftest.py's).
 
 The cluster is started once per test session (initdb + pg_ctl in a temporary folder, on a free port;
-as the unprivileged ``postgres`` user when the tests run as root, as CI does) and each test gets a
-database of its own. Both servers are stopped in teardown."""
+as the unprivileged ``postgres`` user when the tests run as root, as CI does), each test gets a
+database of its own, and the cluster is stopped and removed in teardown."""
 
 from __future__ import annotations
 
@@ -17,10 +18,8 @@ from pathlib import Path
 import pytest
 
 from codi2_agent.local_services import (
-    ChromaServer,
     LocalServiceError,
     PostgresCluster,
-    start_chroma,
     start_postgres,
 )
 
@@ -43,15 +42,6 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 def postgres_url(postgres_cluster: PostgresCluster) -> str:
     """A fresh database of the session's cluster."""
     return postgres_cluster.create_database("t" + uuid.uuid4().hex[:16])
-
-
-@pytest.fixture(scope="session")
-def chroma(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
-    server = start_chroma(tmp_path_factory.mktemp("chroma"), timeout=60)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -16,14 +16,14 @@ from .conftest import STEPS
 
 
 def test_a_killed_worker_fails_its_call_and_the_thread_goes_on(
-    model_arg: str, shared_root: Path, postgres_url: str, chroma: ChromaServer
+    model_arg: str, shared_root: Path, postgres_url: str, chroma_server: ChromaServer
 ) -> None:
     spec = WorkerSpec(
         checkpointer=postgres_url,
         root=str(shared_root),
         model=model_arg,
-        memory_host=chroma.host,
-        memory_port=chroma.port,
+        memory_host=chroma_server.host,
+        memory_port=chroma_server.port,
         memory_namespace="pooltest",
         graph_options={"num_inference_steps": STEPS},
     )

@@ -6,95 +6,19 @@ import os
 
 os.environ["ANONYMIZED_TELEMETRY"] = "False"  # before chromadb is imported anywhere
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from codi2_agent.artifacts import ArtifactStore
+from codi2_agent.local_services import ChromaServer
 from codi2_agent.media import Media
 from codi2_agent.memory import HashingEmbedder
 
 DIM = 32
 COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60), "yellow": (230, 210, 40)}
-
-
-@dataclass(frozen=True)
-class ChromaServer:
-    host: str
-    port: int
-    path: Path
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _chroma_exe() -> str:
-    # The venv's own `chroma`, next to the interpreter running the tests (not whatever is on PATH).
-    exe = Path(sys.executable).parent / "chroma"
-    if exe.is_file():
-        return str(exe)
-    found = shutil.which("chroma")
-    if found is None:
-        pytest.fail(
-            "the `chroma` executable is not installed next to this Python (chromadb is a core dependency)"
-        )
-    return found
-
-
-def _wait_for_heartbeat(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 60.0) -> None:
-    url = f"http://127.0.0.1:{port}/api/v2/heartbeat"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"chroma server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(
-        f"chroma server did not answer {url} within {timeout:.0f} s:\n{log.read_text()[-2000:]}"
-    )
-
-
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
-    """A `chroma run` server on a free loopback port for the whole session, stopped afterwards."""
-    root = tmp_path_factory.mktemp("chroma-server")
-    port, log = _free_port(), root / "server.log"
-    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [_chroma_exe(), "run", "--path", str(root / "db"), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        _wait_for_heartbeat(proc, port, log)
-        yield ChromaServer("127.0.0.1", port, root / "db", log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(autouse=True)
