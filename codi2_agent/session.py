@@ -183,7 +183,9 @@ class Session:
     One writer per thread: a turn (and `rewind` / `copy`) holds the thread's lock, across processes,
     so two writers never interleave — the second waits up to `lock_timeout`, then gets
     `ThreadBusyError`. Readers see whole turns. A turn cut short by a crash is dropped when the
-    thread is next written, so a thread is always made of complete turns.
+    thread is next written, so a thread is always made of complete turns. The lock is a file under
+    `root`; with ``checkpointer="postgresql://…"`` (checkpoints and thread log in Postgres) it is a
+    Postgres advisory lock, so processes on several hosts share threads (docs/deploy.md).
 
     Threads of one `root` share the model, store, memory and checkpoints: `open_thread`, `fork` and
     `copy` return such sessions. A second *process* on the same root needs a Chroma server for the
