@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     from codi2_agent.local_services import start_chroma, start_postgres
 
     rows: list[dict[str, Any]] = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="codi2-load-") as tmp:
         scratch = Path(tmp)
         cluster = None if args.postgres else start_postgres(timeout=60)
@@ -330,9 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         f"bench_load: {args.sessions} sessions x {args.turns} turns over {args.tenants} tenants, "
         f"{args.steps} diffusion steps, model {args.model_url or args.model}",
-        f"machine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPUs; Python "
-        f"{platform.python_version()}; Postgres checkpoints + chroma run memory on loopback, 1 torch "
-        "thread per worker; latency = send to answer, queueing included",
+        f"machine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, load average "
+        f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after (other work shares the CPUs); "
+        f"Python {platform.python_version()}",
+        "Postgres checkpoints + chroma run memory on loopback, 1 torch thread per worker; latency = "
+        "send to answer, queueing included",
         "",
     ]
     footer = [

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -180,7 +181,7 @@ def start_postgres(*, timeout: float = 60.0, attempts: int = 3) -> PostgresClust
     """
     initdb, pg_ctl = postgres_binary("initdb"), postgres_binary("pg_ctl")
     prefix, user = _run_as()
-    folder = Path(tempfile.mkdtemp(prefix="codi2-postgres-"))
+    folder = Path(tempfile.mkdtemp(prefix="codi2-postgres-", dir=_reachable_temp() if user else None))
     if user is not None:
         shutil.chown(folder, user=user)
     cluster = PostgresCluster(folder, 0, prefix)
@@ -225,6 +226,15 @@ def start_postgres(*, timeout: float = 60.0, attempts: int = 3) -> PostgresClust
     except BaseException:
         cluster.stop()
         raise
+
+
+def _reachable_temp() -> str:
+    """A temporary folder another user can reach (every parent searchable by others): the usual
+    one, unless TMPDIR points somewhere private, then /tmp."""
+    usual = Path(tempfile.gettempdir()).resolve()
+    if all(p.stat().st_mode & stat.S_IXOTH for p in (usual, *usual.parents)):
+        return str(usual)
+    return "/tmp"
 
 
 def _accepts(url: str, timeout: float) -> bool:
