@@ -18,6 +18,7 @@ factory, in a worker thread, the first time a graph is needed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections import OrderedDict
@@ -90,13 +91,15 @@ class ServerParts:
             return graph
         from codi2_agent.graphs import build_session_graph
 
-        graph = build_session_graph(
-            self.backend,
-            self.memory,
-            server_persistence=True,
-            tenant=tenant,
-            num_inference_steps=self.settings.diffusion_steps,
-            name="codi2",
+        graph = _keeping_serde_allowlist(
+            build_session_graph(
+                self.backend,
+                self.memory,
+                server_persistence=True,
+                tenant=tenant,
+                num_inference_steps=self.settings.diffusion_steps,
+                name="codi2",
+            )
         )
         with self._lock:
             graph = self._graphs.setdefault(tenant, graph)
@@ -108,6 +111,36 @@ class ServerParts:
         """Release the exemplar memory's Chroma client."""
         if self.memory is not None and hasattr(self.memory, "close"):
             self.memory.close()
+
+
+@functools.cache
+def _allowlist_keeping_class() -> type[CompiledStateGraph[Any, Any, Any, Any]]:
+    from langgraph.graph.state import CompiledStateGraph
+
+    class AllowlistKeepingGraph(CompiledStateGraph[Any, Any, Any, Any]):
+        def copy(self, update: dict[str, Any] | None = None) -> Any:
+            copied = super().copy(update)
+            copied._serde_allowlist = self._serde_allowlist
+            return copied
+
+    return AllowlistKeepingGraph
+
+
+def _keeping_serde_allowlist(
+    graph: CompiledStateGraph[Any, Any, Any, Any],
+) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """`graph`, as an instance whose ``copy()`` keeps its serializer allowlist.
+
+    The server attaches its checkpointer with ``graph.copy(update=...)``, and LangGraph's copy drops
+    the allowlist the graph compiled from its state schema (langgraph 1.2). Under
+    ``LANGGRAPH_STRICT_MSGPACK=true`` (langgraph.json) the server's checkpointer would then block our
+    state types and hand the next run plain dicts instead of `MediaRecord`s, `Request`s, ... (with a
+    "Blocked deserialization" warning per type); tests/server checks the server's log for it.
+    """
+    attrs = {k: v for k, v in graph.__dict__.items() if k != "__orig_class__"}
+    kept = _allowlist_keeping_class()(**attrs)
+    kept._serde_allowlist = graph._serde_allowlist
+    return kept
 
 
 _parts: ServerParts | None = None

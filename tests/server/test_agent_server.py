@@ -204,7 +204,10 @@ def test_two_threads_stream_turns_keep_state_and_serve_their_pictures(agent_serv
         assert picture.size == (32, 32)
 
     log = agent_server.log_text()
-    assert "Deserializing unregistered type" not in log  # our types are allowlisted under the server
+    # langgraph.json turns on LANGGRAPH_STRICT_MSGPACK: turn 2 above read turn 1's checkpoint, so our
+    # state types revived under the strict allowlist; and nothing was revived by the permissive path
+    assert "Deserializing unregistered type" not in log
+    assert "Blocked deserialization" not in log
     assert "Traceback" not in log
 
 
@@ -254,6 +257,9 @@ def test_tenants_see_only_their_own_threads_and_media(agent_server: AgentServer)
         bob.threads.get_state(thread)
     with pytest.raises(NotFoundError):
         say(bob, thread, "make it blue")
+    with pytest.raises(NotFoundError):
+        bob.threads.update_state(thread, {"options": None}, as_node="respond")
+    assert alice.threads.get_state(thread)["values"]["turn"] == 1  # untouched by bob
 
     theirs, unknown = fetch(agent_server, BOB, picture), fetch(agent_server, BOB, "0" * 64)
     assert theirs.status_code == unknown.status_code == 404  # another tenant's id reads as unknown

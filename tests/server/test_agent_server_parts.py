@@ -176,3 +176,28 @@ def test_the_factory_compiles_one_graph_per_tenant_over_shared_parts(
     with pytest.raises(TenantMismatchError):
         graph_of("bob", tenant="alice")
     assert alice.name == "codi2"  # type: ignore[attr-defined]
+
+
+def test_server_copies_of_a_graph_keep_its_serializer_allowlist() -> None:
+    """The server attaches its checkpointer with graph.copy(); LangGraph's copy drops the allowlist
+    the graph compiled (under LANGGRAPH_STRICT_MSGPACK), which would block our state types."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.graph import END, START, StateGraph
+    from typing_extensions import TypedDict
+
+    class State(TypedDict):
+        turn: int
+
+    builder = StateGraph(State)
+    builder.add_node("step", lambda state: {"turn": state["turn"] + 1})
+    builder.add_edge(START, "step")
+    builder.add_edge("step", END)
+    compiled = builder.compile()
+    compiled._serde_allowlist = {tuple(t) for t in allowlist()}
+    assert compiled.copy()._serde_allowlist is None, "LangGraph keeps it now: drop _keeping_serde_allowlist"
+
+    kept = server_graph._keeping_serde_allowlist(compiled)
+    served = kept.copy(update={"checkpointer": InMemorySaver()})
+    assert served._serde_allowlist == {tuple(t) for t in allowlist()}
+    config = {"configurable": {"thread_id": "t"}}
+    assert served.invoke({"turn": 1}, config) == {"turn": 2}  # still the same graph
