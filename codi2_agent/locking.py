@@ -150,13 +150,13 @@ class PostgresThreadLocks:
     def __repr__(self) -> str:
         return f"PostgresThreadLocks({describe_postgres(self.url)!r})"
 
-    def _connection(self) -> Connection[Any]:
+    def _connection(self, *, reuse: bool = True) -> Connection[Any]:
         import psycopg
 
         with self._guard:
             if self._closed:
                 raise RuntimeError("these thread locks are closed")
-            while self._idle:
+            while reuse and self._idle:
                 conn = self._idle.pop()
                 if not conn.closed and not conn.broken:
                     return conn
@@ -176,17 +176,19 @@ class PostgresThreadLocks:
         lock_id = advisory_key(key)
         conn = self._connection()
         try:
-            if timeout <= 0:
-                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id,)).fetchone()
-                if not (got and got[0]):
-                    raise _busy(key, name, timeout)
-            else:
-                # lock_timeout bounds this statement's wait for the lock (0 would mean forever).
-                conn.execute(f"SET lock_timeout = {max(1, round(timeout * 1000))}")
-                try:
-                    conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
-                except psycopg.errors.LockNotAvailable:
-                    raise _busy(key, name, timeout) from None
+            try:
+                self._acquire(conn, lock_id, timeout)
+            except psycopg.OperationalError as exc:
+                if isinstance(exc, psycopg.errors.LockNotAvailable):
+                    raise
+                # An idle connection the server has since dropped (a restart, an idle timeout): once
+                # more, on a new one.
+                conn.close()
+                conn = self._connection(reuse=False)
+                self._acquire(conn, lock_id, timeout)
+        except psycopg.errors.LockNotAvailable:
+            self._give_back(conn)
+            raise _busy(key, name, timeout) from None
         except BaseException:
             self._give_back(conn)
             raise
@@ -194,6 +196,20 @@ class PostgresThreadLocks:
             yield
         finally:
             self._release(conn, lock_id, name or key)
+
+    @staticmethod
+    def _acquire(conn: Connection[Any], lock_id: int, timeout: float) -> None:
+        """Take the lock; `psycopg.errors.LockNotAvailable` when another holds it past `timeout`."""
+        import psycopg
+
+        if timeout <= 0:
+            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id,)).fetchone()
+            if not (got and got[0]):
+                raise psycopg.errors.LockNotAvailable("held by another writer")
+            return
+        # lock_timeout bounds this statement's wait for the lock (0 would mean forever).
+        conn.execute(f"SET lock_timeout = {max(1, round(timeout * 1000))}")
+        conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
 
     def _release(self, conn: Connection[Any], lock_id: int, name: str) -> None:
         import psycopg

@@ -251,3 +251,19 @@ def test_an_unreachable_database_is_a_named_error(tiny_model: Any, shared_root: 
     with pytest.raises(PostgresUnavailableError, match=r"cannot connect .*127\.0\.0\.1") as caught:
         _session(tiny_model, shared_root, url)
     assert "secret" not in str(caught.value)  # the password never reaches a message
+
+
+def test_a_lock_connection_the_server_dropped_is_replaced(postgres_url: str) -> None:
+    locks, other = PostgresThreadLocks(postgres_url), PostgresThreadLocks(postgres_url)
+    try:
+        with locks.hold("t", timeout=1):
+            pass
+        (idle,) = locks._idle  # kept for the next hold
+        with psycopg.connect(postgres_url, autocommit=True) as admin:  # as a server restart would
+            admin.execute("SELECT pg_terminate_backend(%s)", (idle.info.backend_pid,))
+        # The next hold takes a new connection (no OperationalError), and it is a real lock.
+        with locks.hold("t", timeout=1), pytest.raises(ThreadBusyError), other.hold("t", timeout=0):
+            pass
+    finally:
+        locks.close()
+        other.close()
