@@ -210,7 +210,10 @@ class _Resolver:
         ]
         if m.words:
             named = self.described(m, pool)
-            pool = named or pool
+            if not named:  # "the star from 3 turns ago" when that turn made a circle: the star as it was
+                then = self.described(m, [r for r in self._pool(m, m.modality) if r.turn <= number])
+                named = [r for r in then if r.turn == max(x.turn for x in then)]
+            pool = named  # words no medium of then matches: ask, never a different subject
         outputs = [r for r in pool if r.role == "output"]
         pool = self.media.unique(outputs or pool)
         if not pool:

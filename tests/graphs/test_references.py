@@ -179,6 +179,8 @@ def test_very_first_spans_every_kind_and_original_follows_the_subject(chain: lis
         ("the star you drew earlier, make it green", [3]),  # the one before the newest star
         ("make the most recent picture yellow", [7]),
         ("the circle from earlier, make it red", [7]),  # the only circle
+        ("the star from two turns ago, make it red", [4]),  # turn 6 made a sound: the star as it was
+        ("take the star from three turns ago and make it small", [4]),
     ],
 )
 def test_recency_and_turns(chain: list[MediaRecord], text: str, expected: list[int]) -> None:
@@ -188,6 +190,11 @@ def test_recency_and_turns(chain: list[MediaRecord], text: str, expected: list[i
 def test_a_turn_without_that_kind_of_medium_asks(chain: list[MediaRecord]) -> None:
     res = resolve("describe the sound from the last turn", attached=[], log=chain)
     assert res.clarification is not None and "Turn 7 has no sound" in res.clarification.question
+
+
+def test_a_subject_that_did_not_exist_yet_at_that_turn_asks(chain: list[MediaRecord]) -> None:
+    res = resolve("make the circle from turn 2 blue", attached=[], log=chain, vocabulary=TINY)
+    assert res.clarification is not None and "Turn 2 has no circle" in res.clarification.question
 
 
 # --- descriptions ----------------------------------------------------------------------------------
