@@ -140,3 +140,20 @@ def test_each_tool_calls_progress_reaches_the_agents_custom_stream(toolkit: CoDi
         assert {e["total"] for e in mine if e["event"] == "progress"} == {STEPS}
         assert mine[0]["event"] == "start" and mine[-1]["event"] == "end"
     assert {e["tool_call_id"] for e in events} == {"call_0", "call_1"}
+
+
+def test_progress_reaches_an_async_agents_custom_stream(toolkit: CoDi2Toolkit) -> None:
+    """The async path (``astream``: the tool runs in an executor thread) forwards the same events."""
+    import asyncio
+
+    plan = [("codi2_generate", {"prompt": "a high sine tone", "modality": "audio"})]
+    agent = create_agent(model=ScriptedToolCaller(plan=plan), tools=toolkit.get_tools())
+
+    async def stream() -> list[dict[str, Any]]:
+        inputs = {"messages": [HumanMessage("play a tone")]}
+        return [e async for e in agent.astream(inputs, stream_mode="custom")]
+
+    events = asyncio.run(stream())
+    steps = [e["step"] for e in events if e["event"] == "progress"]
+    assert steps == list(range(1, STEPS + 1))
+    assert {(e["tool"], e["tool_call_id"]) for e in events} == {("codi2_generate", "call_0")}
