@@ -43,7 +43,9 @@ def test_session_in_bfloat16_runs_a_turn(tiny_model_dir: Path, tmp_path: Path) -
         assert s.say("what is in this picture?", made.refs[0]).text  # the model reads its own picture
 
 
-def test_toolkit_and_chat_model_in_bfloat16(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_toolkit_and_chat_model_in_bfloat16(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     toolkit = CoDi2Toolkit(
         str(tiny_model_dir), root=tmp_path / "agent", dtype="bf16", num_inference_steps=STEPS
     )
@@ -51,7 +53,8 @@ def test_toolkit_and_chat_model_in_bfloat16(tiny_model_dir: Path, tmp_path: Path
         assert_all_bf16(toolkit.session.backend.model)
     finally:
         toolkit.close()
-    with ChatCoDi2(model=str(tiny_model_dir), dtype="bfloat16", num_inference_steps=STEPS) as llm:
+    monkeypatch.setenv("CODI2_DTYPE", "bf16")  # no argument: the environment's default applies
+    with ChatCoDi2(model=str(tiny_model_dir), num_inference_steps=STEPS) as llm:
         assert llm._backend is None  # still loads on first use
         msg = llm.invoke("draw a small blue circle at night", output="image")
         assert msg.content_blocks[-1]["type"] == "image"
@@ -69,12 +72,12 @@ def test_placement_for_a_model_not_loaded_here_is_refused(tiny_model: CoDi2Model
         ChatCoDi2(device="gpu")
 
 
-def _cli(*args: str, cwd: Path, input: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """The real `codi2-agent` in a subprocess, offline, with extra environment `env`."""
+def _cli(*args: str, cwd: Path, input: str) -> subprocess.CompletedProcess[str]:
+    """The real `codi2-agent` in a subprocess, offline."""
     quiet = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"}
     return subprocess.run(
         [sys.executable, "-m", "codi2_agent.cli", *args],
-        input=input, capture_output=True, text=True, cwd=cwd, timeout=300, env={**os.environ, **quiet, **env},
+        input=input, capture_output=True, text=True, cwd=cwd, timeout=300, env={**os.environ, **quiet},
     )  # fmt: skip
 
 
@@ -87,6 +90,3 @@ def test_cli_dtype_flag_reaches_the_model(tiny_model_dir: Path, tmp_path: Path) 
     bad = _cli("chat", "--model", str(tiny_model_dir), "--dtype", "fp8", cwd=tmp_path, input="")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "error: invalid CoDi-2 setting: argument dtype='fp8'" in bad.stderr
-    env_default = _cli("chat", "--model", str(tiny_model_dir), "--root", "s", cwd=tmp_path, input="",
-                       CODI2_DTYPE="bf16")  # fmt: skip
-    assert env_default.returncode == 0 and "(cpu, bfloat16)" in env_default.stdout
