@@ -145,8 +145,11 @@ class CoDi2MCPServer:
         listener = self._progress_listener(context)
         call = {"type": "tool_call", "id": str(context.request_id), "name": name, "args": arguments}
         async with self._one_call:
-            with listening_to_tools(listener) if listener else contextlib.nullcontext():
-                message = await tool.ainvoke(call)
+            # A turn runs to its end in a worker thread whatever the client does: a cancelled call
+            # waits for it (and is cancelled after), so the next call never runs beside it.
+            with anyio.CancelScope(shield=True):
+                with listening_to_tools(listener) if listener else contextlib.nullcontext():
+                    message = await tool.ainvoke(call)
         return self._result(message, tool)
 
     def _progress_listener(self, context: Any) -> Any:
