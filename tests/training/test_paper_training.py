@@ -105,8 +105,14 @@ def test_resume_gives_the_same_trajectory_as_an_uninterrupted_run(tmp_path):
     model_dir = assemble_tiny(tmp_path)
     samples = world_samples(["caption_image", "text_to_image"] * 6)  # 12 samples: 6 steps of 2
     # LoRA dropout on: the RNG state must come back too, not only weights and optimiser moments
+    # two micro-batches of one per step: accumulation state must line up with the checkpoints too
     config = quick_config(
-        stages=("instruct",), instruct_steps=6, save_every=2, lora=LoraSettings(rank=4, alpha=8, dropout=0.2)
+        stages=("instruct",),
+        instruct_steps=6,
+        save_every=2,
+        batch_size=1,
+        grad_accum=2,
+        lora=LoraSettings(rank=4, alpha=8, dropout=0.2),
     )
     reference = train_paper(model_dir, tmp_path / "a", lambda: iter(samples), config, progress=False)
 

@@ -28,7 +28,6 @@ and out of the wrapped module (DDP would otherwise broadcast 2 B frozen paramete
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -149,6 +148,7 @@ class PaperTrainer:
             # without a GPU: the CPU, and gloo between processes when a launcher started several
             cpu=not torch.cuda.is_available(),
             mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum,
             log_with=cfg.log_with or None,
             project_config=ProjectConfiguration(
                 project_dir=str(self.out), logging_dir=str(self.out / "logs")
@@ -190,6 +190,15 @@ class PaperTrainer:
             if cfg.diffusion:
                 model.decoders[modality].place(device, frozen_dtype)  # type: ignore[operator]
         return model
+
+    def _configure_deepspeed(self) -> None:
+        """DeepSpeed sizes its engine from the batch; there is no DataLoader for it to read that from."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is None:
+            return
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = self.config.batch_size
+        plugin.deepspeed_config["gradient_accumulation_steps"] = self.config.grad_accum
+        plugin.deepspeed_config["gradient_clipping"] = self.config.max_grad_norm
 
     def _trainable(self, model: CoDi2Model, stage: str) -> list[nn.Parameter]:
         """Set requires_grad for `stage`; return the trained parameters in a fixed order."""
@@ -244,6 +253,7 @@ class PaperTrainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr(stage), weight_decay=cfg.weight_decay)
         total = cfg.steps(stage)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps, total))
+        self._configure_deepspeed()
         wrapped, optimizer, scheduler = acc.prepare(objective, optimizer, scheduler)
         hooks = [
             acc.register_save_state_pre_hook(_keep_weights_out),  # trainable weights are saved by us
@@ -307,24 +317,28 @@ class PaperTrainer:
     def _step(
         self, wrapped: Any, optimizer: Any, params: list[nn.Parameter], stream: BatchStream
     ) -> dict[str, float]:
-        """One optimiser step over `grad_accum` micro-batches; losses averaged over them and processes."""
+        """One optimiser step over `grad_accum` micro-batches; losses averaged over them and processes.
+
+        accelerate's `accumulate` does the bookkeeping, so the same code is right under DDP (no
+        all-reduce before the last micro-batch), FSDP and DeepSpeed (whose engine steps itself).
+        """
         acc, cfg = self.accelerator, self.config
         sums = torch.zeros(4, device=acc.device)
         tokens = 0
-        for micro in range(cfg.grad_accum):
+        for _ in range(cfg.grad_accum):
             batch = _to_device(stream.next_batch(), acc.device)
             tokens += int(batch["attention_mask"].sum())
-            # gradients are all-reduced on the last micro-batch only
-            sync = micro == cfg.grad_accum - 1
-            with contextlib.nullcontext() if sync else acc.no_sync(wrapped):
+            with acc.accumulate(wrapped):
                 out = wrapped(batch)
-                acc.backward(out.loss / cfg.grad_accum)
+                acc.backward(out.loss)  # divided by grad_accum inside
+                if acc.sync_gradients and cfg.max_grad_norm:
+                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()  # a no-op until the last micro-batch
+                optimizer.zero_grad(set_to_none=True)
             parts = (out.loss, out.loss_text, out.loss_feature, out.loss_diffusion)
             sums += torch.stack([p.detach().float() for p in parts])
-        if cfg.max_grad_norm:
-            acc.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if not acc.sync_gradients:
+            raise RuntimeError("gradient accumulation is out of step with the optimiser steps")
         mean = acc.reduce(sums / cfg.grad_accum, reduction="mean")
         names = ("loss", "text", "feature", "diffusion")
         return {**{n: float(v) for n, v in zip(names, mean.tolist(), strict=True)}, "tokens": float(tokens)}
