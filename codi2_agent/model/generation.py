@@ -6,6 +6,7 @@ whose last hidden states become c_MLLM, and the diffusion decoders.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -15,6 +16,14 @@ import torch
 from codi2_agent.media import Media, Modality, OutputKind
 from codi2_agent.model._lm_cache import cache_kwargs, cache_of
 from codi2_agent.model.configuration_codi2 import check_sampling_arguments
+from codi2_agent.model.consistency import (
+    Hypothesis,
+    clause_start,
+    contradiction,
+    cut_before_contradiction,
+    opens_clause,
+    search,
+)
 from codi2_agent.model.decoders import ProgressCallback
 from codi2_agent.model.processing_codi2 import GEN, MARKER, PLACEHOLDER, Turn
 from codi2_agent.model.streaming import TextPieceDecoder
@@ -31,6 +40,8 @@ if TYPE_CHECKING:
     from codi2_agent.model.encoders import MediaEncoder
 
 __all__ = ["MAX_REPLY_TOKENS", "GenerationMixin", "GenerationOutput"]
+
+logger = logging.getLogger(__name__)
 
 MODALITIES = (Modality.IMAGE, Modality.AUDIO)
 # Text allowed before a forced medium's marker: replies in the tiny world are under 20 tokens, and an
@@ -147,7 +158,9 @@ class GenerationMixin:
         (`<boi>` / `<boa>`), the medium that follows. `"text"` forbids markers; `"image"` /
         `"audio"` make the answer end in that medium: the model's reply text comes first (at most
         `MAX_REPLY_TOKENS`), then the marker, forced if the model does not write it. Decoding is
-        greedy; `seed` fixes the diffusion noise, so equal inputs and seed give equal outputs.
+        greedy; `seed` fixes the diffusion noise, so equal inputs and seed give equal outputs. An
+        answer that names the same value on both sides of "from … to …" is decoded again as the most
+        probable one that does not (`codi2_agent.model.consistency`).
         `return_media_features` also encodes each produced medium once (C_x, for memory and captions).
         `verify=n` checks the medium against the model itself: up to n candidates are decoded from
         the one c_MLLM (seeds derived from `seed`), re-encoded with C_x, and the one closest to c_MLLM
@@ -194,8 +207,12 @@ class GenerationMixin:
         """`generate`, streamed: text pieces (`str`) as the LM decodes them, then the `GenerationOutput`.
 
         The pieces join to the output's `text`, and all of them come before the medium (if any) is
-        decoded, which is most of a turn's time. The arguments are checked and the prompt's media
-        encoded when this is called; the answer is generated as the iterator is consumed.
+        decoded, which is most of a turn's time. Text from the word "from" on is held back until the
+        answer is complete: an answer that names the same value on both sides ("from forest to
+        forest") is decoded again, and a stream can only redo what it has not sent, so there its
+        answer may differ from `generate`'s (which may redo the whole answer). The arguments are
+        checked and the prompt's media encoded when this is called; the answer is generated as the
+        iterator is consumed.
 
         Example:
             >>> from codi2_agent.model import CoDi2Config, CoDi2Model
@@ -215,20 +232,33 @@ class GenerationMixin:
             return_media_features=return_media_features,
             verify=verify,
             verify_threshold=verify_threshold,
+            keep_streamed=True,
         )
         return self._text_pieces(steps)
 
     def _text_pieces(
-        self, steps: Iterator[int | GenerationOutput | None]
+        self, steps: Iterator[int | list[int] | GenerationOutput]
     ) -> Iterator[str | GenerationOutput]:
+        """Text pieces as tokens come, except from the word "from" on: that clause is held back until
+        the answer is complete, since a contradicting one is decoded again (`_consistent_answer`)."""
         pieces = TextPieceDecoder(self.processor.decode)
+        decoded: list[int] = []
+        sent = 0  # tokens pushed to `pieces`
         for step in steps:
             if isinstance(step, GenerationOutput):
                 yield step
                 return
-            piece = pieces.push(step) if step is not None else pieces.finish()  # None: the text is complete
-            if piece:
-                yield piece
+            if isinstance(step, list):  # the answer's final ids; they begin with the ones sent
+                rest = "".join(pieces.push(t) for t in step[sent:]) + pieces.finish()
+                if rest:
+                    yield rest
+                continue
+            decoded.append(step)
+            if sent == len(decoded) - 1 and not opens_clause(self.processor.decode(decoded)):
+                sent += 1
+                piece = pieces.push(step)
+                if piece:
+                    yield piece
 
     def _generation_steps(
         self,
@@ -243,10 +273,12 @@ class GenerationMixin:
         return_media_features: bool,
         verify: int | None,
         verify_threshold: float | None,
-    ) -> Iterator[int | GenerationOutput | None]:
+        keep_streamed: bool = False,
+    ) -> Iterator[int | list[int] | GenerationOutput]:
         """`generate` step by step. The arguments are checked and the prompt read now; the iterator
-        then yields each text token id as it is chosen, None once the text is complete, and last the
-        `GenerationOutput`."""
+        then yields each text token id as it is chosen, the answer's final ids once the text is
+        complete (a self-contradicting answer is decoded again: `_consistent_answer`), and last the
+        `GenerationOutput`. `keep_streamed`: such a repair keeps the ids before the word "from"."""
         # 1. Check inputs and build the prompt
         kind = _output_kind(output)
         check_sampling_arguments(num_inference_steps, guidance_scale)  # not a ZeroDivisionError later
@@ -265,6 +297,7 @@ class GenerationMixin:
             return_media_features=return_media_features,
             verify=verify,
             verify_threshold=verify_threshold,
+            keep_streamed=keep_streamed,
         )
 
     @torch.no_grad()
@@ -281,7 +314,8 @@ class GenerationMixin:
         return_media_features: bool,
         verify: int | None = None,
         verify_threshold: float | None = None,
-    ) -> Iterator[int | GenerationOutput | None]:
+        keep_streamed: bool = False,
+    ) -> Iterator[int | list[int] | GenerationOutput]:
         # 2. Read the prompt
         ids = prompt_ids[None].to(self._input_device)  # (1, T)
         target = rules.target
@@ -304,19 +338,29 @@ class GenerationMixin:
                 break
             text_ids.append(nxt)
             yield nxt
-        yield None
-        if target is not None and marker is None:  # a forced modality whose reply ran out of budget
-            marker_ids = ids.new_tensor([[self._ids[MARKER[target]]]])
-            past = cache_of(self.lm(input_ids=marker_ids, **cache_kwargs(past), use_cache=True))
+        # 3b. An answer that names the same value on both sides ("from forest to forest") is decoded
+        # again: the most probable answer that does not (docs: codi2_agent/model/consistency.py)
+        repaired = contradiction(self.processor.decode(text_ids)) is not None
+        if repaired:
+            keep = clause_start(self.processor.decode, text_ids) if keep_streamed else 0
+            answer = self._consistent_answer(prompt_ids, feats, rules, text_ids, keep=keep)
+            text_ids, target = list(answer.ids), self._answer_target(answer, rules)
+        yield list(text_ids)
         text = self.processor.decode(text_ids)
         if target is None:
             yield GenerationOutput(text=text)
             return
         # 4. Feed the K gen tokens; their last hidden states are c_MLLM's source
-        k = self.encoder(target).num_feature_tokens
-        gen_ids = ids.new_full((1, k), self._ids[GEN[target]])
-        step = self.lm(input_ids=gen_ids, **cache_kwargs(past), use_cache=True, output_hidden_states=True)
-        c_mllm = self._c_mllm(target, step.hidden_states[-1])  # (1, K, D)
+        if repaired:  # the cache holds the greedy answer: read the repaired one afresh
+            c_mllm = self._c_mllm_after(prompt_ids, feats, text_ids, target)
+        else:
+            if marker is None:  # a forced modality whose reply ran out of budget
+                marker_ids = ids.new_tensor([[self._ids[MARKER[target]]]])
+                past = cache_of(self.lm(input_ids=marker_ids, **cache_kwargs(past), use_cache=True))
+            k = self.encoder(target).num_feature_tokens
+            gen_ids = ids.new_full((1, k), self._ids[GEN[target]])
+            step = self.lm(input_ids=gen_ids, **cache_kwargs(past), use_cache=True, output_hidden_states=True)
+            c_mllm = self._c_mllm(target, step.hidden_states[-1])  # (1, K, D)
         # 5. Decode the medium (with `verify`: the candidate the model agrees with most)
         if verify is not None:
             kept = decode_verified(
@@ -409,6 +453,18 @@ class GenerationMixin:
         prompts = [self._prompt(c) for c in conversations]
         rules = [self._text_rules(k, m) for k, m in zip(kinds, row_budgets, strict=True)]
         texts, targets, c_mllm = self._decode_texts_together(prompts, rules)
+        for i, text in enumerate(texts):  # as `generate` does (its step 3b), row by row
+            if contradiction(text) is not None:
+                greedy = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+                answer = self._consistent_answer(*prompts[i], rules[i], greedy)
+                texts[i], targets[i] = (
+                    self.processor.decode(answer.ids),
+                    self._answer_target(answer, rules[i]),
+                )
+                c_mllm.pop(i, None)
+                target = targets[i]
+                if target is not None:
+                    c_mllm[i] = self._c_mllm_after(*prompts[i], list(answer.ids), target)[0]
         results = [GenerationOutput(text=text) for text in texts]
         # Decode the media, one batch per (modality, steps, guidance)
         groups: dict[tuple[Modality, int | None, float | None], list[int]] = {}
@@ -527,6 +583,67 @@ class GenerationMixin:
                 c_mllm.update(zip(rows, self._c_mllm(modality, gen_hidden), strict=True))  # (K, D) each
         return texts, targets, c_mllm
 
+    def _consistent_answer(
+        self,
+        prompt_ids: torch.Tensor,
+        feats: dict[Modality, torch.Tensor],
+        rules: _TextRules,
+        greedy_ids: Sequence[int],
+        *,
+        keep: int = 0,
+    ) -> Hypothesis:
+        """The most probable answer under `rules` that begins with `greedy_ids[:keep]` and never names
+        the same value on both sides of "from … to …" (`consistency.search`, a beam search on the LM's
+        own log-probabilities); if none is found, the greedy answer cut before the clause."""
+        device = self._input_device
+        embeds = self.embed(prompt_ids[None].to(device), media_features=feats)  # (1, T, H)
+        table, pad = self.lm.get_input_embeddings(), self.tokenizer.pad_token_id
+
+        def log_probs(answers: Sequence[Sequence[int]]) -> torch.Tensor:
+            n, width = len(answers), max(1, *(len(a) for a in answers))
+            tokens = torch.full((n, width), pad, dtype=torch.long, device=device)
+            for i, answer in enumerate(answers):  # right-padded: causal attention never reads the pads
+                tokens[i, : len(answer)] = torch.tensor(answer, dtype=torch.long)
+            inputs = torch.cat([embeds.expand(n, -1, -1), table(tokens).to(embeds.dtype)], dim=1)
+            logits = self.lm(inputs_embeds=inputs, use_cache=False).logits
+            last = torch.tensor([embeds.shape[1] + len(a) - 1 for a in answers], device=device)
+            return logits[torch.arange(n, device=device), last].float().log_softmax(-1)
+
+        banned = set(rules.banned)
+        ends = [self.tokenizer.eos_token_id, *(self._ids[MARKER[m]] for m in MODALITIES)]
+        found = search(
+            log_probs,
+            self.processor.decode,
+            prefix=greedy_ids[:keep],
+            budget=rules.budget,
+            banned=sorted(banned),
+            ends=[t for t in ends if t not in banned],
+        )
+        if found is not None:
+            return found
+        logger.warning("no answer without a contradiction found; the contradicting clause is cut")
+        cut = cut_before_contradiction(self.processor.decode, greedy_ids)
+        return Hypothesis(tuple(cut), None, float("-inf"))
+
+    def _answer_target(self, answer: Hypothesis, rules: _TextRules) -> Modality | None:
+        """The medium an answer ends in: the marker that ended it, else the one `rules` force (or none)."""
+        marker = self._marker(answer.end) if answer.end is not None else None
+        return marker or rules.target
+
+    def _c_mllm_after(
+        self,
+        prompt_ids: torch.Tensor,
+        feats: dict[Modality, torch.Tensor],
+        answer_ids: Sequence[int],
+        target: Modality,
+    ) -> torch.Tensor:
+        """c_MLLM (1, K, D) after prompt + answer text + `target`'s marker and K gen tokens, in one pass."""
+        k = self._num_gen(target)
+        tail = [*answer_ids, self._ids[MARKER[target]], *[self._ids[GEN[target]]] * k]
+        ids = torch.cat([prompt_ids, torch.tensor(tail, dtype=torch.long)])[None].to(self._input_device)
+        out = self.lm(inputs_embeds=self.embed(ids, media_features=feats), output_hidden_states=True)
+        return self._c_mllm(target, out.hidden_states[-1][:, -k:])
+
     def _feed(
         self,
         tokens: list[list[int]],
@@ -603,6 +720,8 @@ class GenerationMixin:
         # pad and BOS never start an answer; a tokenizer may lack BOS or pad with EOS (Qwen2), and EOS
         # must stay allowed: it ends the answer
         eos = self.tokenizer.eos_token_id
-        banned += [t for t in (self.tokenizer.pad_token_id, self.tokenizer.bos_token_id) if t not in (None, eos)]
+        banned += [
+            t for t in (self.tokenizer.pad_token_id, self.tokenizer.bos_token_id) if t not in (None, eos)
+        ]
         banned += [self._ids[MARKER[m]] for m in MODALITIES if m not in allowed_markers]
         return banned
