@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,17 @@ from codi2_agent.cli._common import ModelOption, StepsOption, _fail, _load
 class Transport(enum.StrEnum):
     stdio = "stdio"
     http = "http"
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """A one-line error for an address in use or not of this machine (uvicorn would say it late)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as e:
+        raise _fail(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def mcp(
@@ -60,6 +72,8 @@ def mcp(
     for folder in roots:
         if not folder.is_dir():
             raise _fail(f"--media-root {str(folder)!r} is not a folder")
+    if transport is Transport.http:  # said before the model loads, not after
+        _check_can_listen(host, port)
     loaded = _load(model)
     try:
         session = Session(

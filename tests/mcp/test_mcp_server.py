@@ -243,6 +243,12 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
     assert result.exit_code == 1 and f"--media-root {str(missing)!r} is not a folder" in result.output
     result = CliRunner().invoke(app, ["mcp", "--transport", "carrier-pigeon"])
     assert result.exit_code == 2 and "carrier-pigeon" in result.output
+    with socket.socket() as taken:  # a port another program listens on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["mcp", "--transport", "http", "--port", str(port)])
+    assert result.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in result.output
 
 
 def test_http_refuses_a_foreign_host_or_origin(http_server: str) -> None:
