@@ -13,8 +13,8 @@ The model itself is `CODI2_MODEL` (`codi2_agent.settings`). A bad value raises `
 naming the variable.
 
 Example:
-    >>> ServerSettings(tokens={"t0k3n": "alice"}).tokens
-    {'t0k3n': 'alice'}
+    >>> ServerSettings(tokens={"alice-s3cret": "alice"}).tokens
+    {'alice-s3cret': 'alice'}
 """
 
 from __future__ import annotations
