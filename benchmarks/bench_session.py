@@ -65,8 +65,19 @@ class _Subject:
         return self.versions[-1][1]
 
 
-def make_script(rng: np.random.Generator, n_turns: int, return_gap: int = 6) -> list[Step]:
-    """A scripted session whose every turn makes one image with known attributes."""
+ASKS = ("draw {}", "can you draw {}?", "show me {}", "I'd like {}")
+LEADS = ("", "now ", "ok, ", "and now ")
+
+
+def make_script(
+    rng: np.random.Generator, n_turns: int, return_gap: int = 6, natural: bool = False
+) -> list[Step]:
+    """A scripted session whose every turn makes one image with known attributes.
+
+    `natural`: phrase the turns as people do — "can you draw …?", "blue instead", "go back to the very
+    first star and …", "take the star from 7 turns ago and …", "do the same to the circle" — instead of
+    the templates ("draw …", "go back to the star from turn 3 and …", "do the edit you made to …").
+    """
     from codi2_agent.data.phrasing import edit_instruction
     from codi2_agent.data.world import IMAGE_ATTRIBUTES, caption_image, edit, random_attrs
 
@@ -103,11 +114,16 @@ def make_script(rng: np.random.Generator, n_turns: int, return_gap: int = 6) -> 
             attrs["shape"] = shapes[len(subjects)]
             current = _Subject(attrs["shape"])
             subjects.append(current)
-            text, expect = f"draw {caption_image(attrs)}", attrs
+            ask = str(rng.choice(ASKS)) if natural else "draw {}"
+            text, expect = ask.format(caption_image(attrs)), attrs
         elif kind == "edit":
             assert current is not None
             attribute, value = random_edit(current.attrs)
             text = edit_instruction(current.attrs, attribute, value, rng)
+            if natural and attribute == "colour" and rng.random() < 0.4:
+                text = str(rng.choice(("{} instead", "now {}", "{} please"))).format(value)  # only the change
+            elif natural:
+                text = str(rng.choice(LEADS)) + text
             expect = edit(current.attrs, attribute, value)
             current.last_edit = (attribute, value)
         elif kind == "return":
@@ -115,6 +131,11 @@ def make_script(rng: np.random.Generator, n_turns: int, return_gap: int = 6) -> 
             attribute, value = random_edit(attrs0)
             instruction = edit_instruction(attrs0, attribute, value, rng)
             text = f"go back to the {subject.shape} from turn {t0} and {instruction}"
+            if natural and t0 == subject.versions[0][0]:
+                text = str(rng.choice(("go back to the very first {} and {}", "take the original {} and {}")))
+                text = text.format(subject.shape, instruction)
+            elif natural:
+                text = f"take the {subject.shape} from {turn - t0} turns ago and {instruction}"
             expect = edit(attrs0, attribute, value)
             current = subject
             current.last_edit = (attribute, value)
@@ -136,6 +157,10 @@ def make_script(rng: np.random.Generator, n_turns: int, return_gap: int = 6) -> 
             target = targets[int(rng.integers(len(targets)))]
             attribute, value = source.last_edit  # type: ignore[misc]
             text = f"do the edit you made to the {source.shape} to the {target.shape}"
+            if natural and current is source and steps and steps[-1].kind != "generate":
+                text = f"do the same to the {target.shape}"  # the edit just made
+            elif natural:
+                text = f"do to the {target.shape} what you did to the {source.shape}"
             expect = edit(target.attrs, attribute, value)
             current = target
             current.last_edit = (attribute, value)
@@ -312,6 +337,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--no-captions", action="store_true", help="do not caption outputs with the model")
     parser.add_argument("--policies", nargs="+", default=["memory", "window"], choices=["memory", "window"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--phrasing", default="templates", choices=["templates", "natural"], help="how the turns are phrased"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -339,7 +367,7 @@ def main(argv: list[str] | None = None) -> str:
 
     # 2. The same scripts through each policy
     rng = np.random.default_rng(args.seed)
-    scripts = [make_script(rng, args.turns) for _ in range(args.sessions)]
+    scripts = [make_script(rng, args.turns, natural=args.phrasing == "natural") for _ in range(args.sessions)]
     results: dict[str, list[Turn]] = {}
     t0 = time.perf_counter()
     for policy in args.policies:
@@ -357,7 +385,8 @@ def main(argv: list[str] | None = None) -> str:
         f"{args.steps or 'model default'}; context limit {limit} tokens"
         + (f", prompts capped at {args.max_prompt_tokens}" if args.max_prompt_tokens else "")
         + f"; output captions {'off' if args.no_captions else 'on'}; wall {time.perf_counter() - t0:.0f} s",
-        "turn kinds: " + ", ".join(f"{k} {sum(s.kind == k for sc in scripts for s in sc)}" for k in KINDS),
+        f"phrasing: {args.phrasing}; turn kinds: "
+        + ", ".join(f"{k} {sum(s.kind == k for sc in scripts for s in sc)}" for k in KINDS),
     ]
     table = report(results, args, header)
     print(table)
