@@ -201,3 +201,16 @@ def test_server_copies_of_a_graph_keep_its_serializer_allowlist() -> None:
     assert served._serde_allowlist == {tuple(t) for t in allowlist()}
     config = {"configurable": {"thread_id": "t"}}
     assert served.invoke({"turn": 1}, config) == {"turn": 2}  # still the same graph
+
+
+def test_a_model_that_cannot_load_fails_the_run_and_is_retried(fresh_parts: None, tmp_path: Path) -> None:
+    from codi2_agent.model import WeightsNotFoundError
+
+    missing = tmp_path / "no-such-model"
+    config = {"configurable": {"langgraph_auth_user_id": "alice"}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CODI2_MODEL", str(missing))
+        with pytest.raises(WeightsNotFoundError, match="no-such-model"):
+            asyncio.run(make_graph(config))  # type: ignore[arg-type]
+    assert server_graph.loaded_parts() is None  # nothing half-open is kept: the next run loads again
+    assert asyncio.run(make_graph(config)).checkpointer is None  # type: ignore[arg-type]
