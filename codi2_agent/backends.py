@@ -101,6 +101,10 @@ class GenerateRequest(BaseModel):
     turn: int | None = None  # stamped on the output refs
     captions: tuple[str | None, ...] = ()  # captions for the output media, in order (given by the caller)
     caption_outputs: bool = False  # caption uncaptioned outputs by reading them back with the model
+    # Self-check: decode up to `verify` candidates per medium and keep the one the model's encoder
+    # agrees with most (`CoDi2Model.generate`; at most codi2_agent.model.verification.MAX_VERIFY).
+    verify: int | None = Field(default=None, ge=1, le=64)
+    verify_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)  # keep candidate 0 at this cosine
 
 
 class GenerateResult(BaseModel):
@@ -113,6 +117,7 @@ class GenerateResult(BaseModel):
     modality: Modality = Modality.TEXT
     created: tuple[str, ...] = ()  # artifact ids this call wrote (they were not stored before)
     seconds: float = 0.0  # wall time inside the model
+    agreement: float | None = None  # with `verify`: cosine of the kept medium's C_x to c_MLLM
 
 
 @runtime_checkable
@@ -278,6 +283,8 @@ class LocalBackend:
                 num_inference_steps=[r.num_inference_steps for r in requests],
                 guidance_scale=[r.guidance_scale for r in requests],
                 max_new_tokens=[r.max_new_tokens for r in requests],
+                verify=[r.verify for r in requests],
+                verify_threshold=[r.verify_threshold for r in requests],
                 return_media_features=True,
             )
             return [self._result(r, out, t0) for r, out in zip(requests, outs, strict=True)]
@@ -299,7 +306,12 @@ class LocalBackend:
                 created.append(ref.id)
         seconds = time.perf_counter() - t0
         return GenerateResult(
-            text=out.text, media=tuple(refs), modality=out.modality, created=tuple(created), seconds=seconds
+            text=out.text,
+            media=tuple(refs),
+            modality=out.modality,
+            created=tuple(created),
+            seconds=seconds,
+            agreement=out.agreement,
         )
 
     def _caption(self, media: Media) -> str | None:
@@ -323,6 +335,8 @@ def _generate_kwargs(request: GenerateRequest) -> dict[str, Any]:
         "guidance_scale": request.guidance_scale,
         "max_new_tokens": request.max_new_tokens,
         "return_media_features": True,
+        "verify": request.verify,
+        "verify_threshold": request.verify_threshold,
     }
 
 

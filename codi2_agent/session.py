@@ -80,6 +80,7 @@ class TurnResult:
     task: str | None = None
     clarification: bool = False  # the answer is a question back (a reference could not be resolved)
     pending_review: bool = False  # waiting for Session.accept() / Session.reject()
+    agreement: float | None = None  # with verify=: the self-check's score of the medium (cosine)
     artifacts: ArtifactStore | None = field(default=None, repr=False, compare=False)
     _media: list[Media] | None = field(default=None, repr=False, compare=False)
 
@@ -174,7 +175,8 @@ class Session:
         device, dtype, device_map, offload: where the model runs and in what precision
             (``dtype="bfloat16"``), when it is loaded here from a name or folder; see `load_model`.
             Unset ones come from ``CODI2_DEVICE``, ``CODI2_DTYPE``, … (`codi2_agent.settings`).
-        graph_options: passed to `build_session_graph` (``context=``, ``num_inference_steps=``, …).
+        graph_options: passed to `build_session_graph` (``context=``, ``num_inference_steps=``,
+            ``verify=`` for the model's self-check, …).
 
     Tenancy: a thread belongs to its tenant (its checkpoint key includes the tenant), and the tenant
     sees only media its own threads stored or were given (`artifacts` is the tenant's view of the
@@ -523,6 +525,7 @@ class Session:
             request=request,
             task=meta.get("task"),
             clarification=bool(meta.get("clarification")),
+            agreement=meta.get("agreement"),
             artifacts=self.artifacts,
         )
 

@@ -59,6 +59,8 @@ def build_session_graph(
     num_inference_steps: int | None = None,
     guidance_scale: float | None = None,
     max_new_tokens: int = 64,
+    verify: int | None = None,
+    verify_threshold: float | None = None,
     retry_policy: RetryPolicy | None = None,
     planner: Any = None,
     name: str = "codi2_session",
@@ -143,6 +145,11 @@ def build_session_graph(
         seed: base seed; by default each (tenant, thread, turn) has its own fixed seed.
         num_inference_steps, guidance_scale, max_new_tokens: generation defaults (per turn, the
             ``options`` input or ``config["configurable"]["num_inference_steps"]`` override them).
+        verify, verify_threshold: the model's self-check (`CoDi2Model.generate`): decode up to
+            `verify` candidates per medium and keep the one whose re-encoding agrees best with the
+            predicted feature (candidate 0 when it reaches `verify_threshold`); the score is the
+            answer's ``response_metadata["agreement"]``. ``config["configurable"]["verify"]``
+            overrides it per turn.
         retry_policy: retries of the generate node (default: 3 attempts on transient errors).
         planner: a LangChain chat model with ``with_structured_output`` (or a `Planner`) that reads
             each message and the thread's media before the rules do; its plan is checked (ids must
@@ -155,6 +162,9 @@ def build_session_graph(
         raise ValueError(f"context must be 'memory' or 'window', got {context!r}")
     if window_k < 0 or shots < 0 or analogy_shots < 1:
         raise ValueError("window_k and shots must be >= 0 and analogy_shots >= 1")
+    from codi2_agent.model.verification import check_verify_arguments
+
+    check_verify_arguments(verify, verify_threshold)  # at build time, not at the first turn
     if isinstance(artifacts, (str, Path)):
         artifacts = ArtifactStore(artifacts)
     if isinstance(model, Backend):
@@ -181,6 +191,8 @@ def build_session_graph(
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
         max_new_tokens=max_new_tokens,
+        verify=verify,
+        verify_threshold=verify_threshold,
         review=review,
         planner=planner if planner is None or isinstance(planner, Planner) else Planner(planner),
     )

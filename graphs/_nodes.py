@@ -52,6 +52,8 @@ class NodeSettings:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     max_new_tokens: int = 64
+    verify: int | None = None  # candidates per medium, the best-agreeing kept (None: one, unchecked)
+    verify_threshold: float | None = None
     review: bool = False
     planner: Planner | None = None  # a chat model that reads requests before the rules do
     keep_messages: int = 16  # messages kept in state; the whole transcript is in the thread log
@@ -378,6 +380,8 @@ class SessionNodes(RetrieveStep):
             turn=turn,
             captions=(req.caption,) if req.caption else (),
             caption_outputs=self.settings.caption_outputs,  # read back in the same call: no second decode
+            verify=_config_value(config, "verify", self.settings.verify),
+            verify_threshold=_config_value(config, "verify_threshold", self.settings.verify_threshold),
         )
         result = self.backend.generate(request, progress=progress)
         writer({"event": "end", "node": "generate", "turn": turn, "seconds": result.seconds,
@@ -492,6 +496,8 @@ class SessionNodes(RetrieveStep):
             content = [{"type": "text", "text": text}] if text else []
             content += [ref_block(r) for r in result.media]
             meta.update(task=req.task, artifacts=[r.id for r in result.media])
+            if result.agreement is not None:  # the self-check's score of the kept medium
+                meta["agreement"] = result.agreement
         answer = AIMessage(content=content, response_metadata=meta)
         messages = state.get("messages", [])
         human = _last_human(messages)
