@@ -50,7 +50,14 @@ from codi2_agent.training.paper.data import BatchStream, DataSource
 from codi2_agent.training.paper.lora import attach_lora, new_token_ids
 from codi2_agent.training.paper.settings import PAPER_STAGES, PaperTrainingConfig
 
-__all__ = ["PaperTrainer", "train_paper"]
+__all__ = [
+    "Objective",
+    "PaperTrainer",
+    "optimizer_step",
+    "prepare_model",
+    "train_paper",
+    "trainable_parameters",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +66,7 @@ RUN_INFO = "training.json"
 _DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class _Objective(nn.Module):
+class Objective(nn.Module):
     """What accelerate wraps: the modules a training step touches, registered once each.
 
     The `CoDi2Model` itself is held unregistered, so DDP/FSDP see the LM, encoders, projectors and
@@ -78,7 +85,7 @@ class _Objective(nn.Module):
     def forward(self, batch: dict[str, Any]) -> CoDi2Output:
         return cast(CoDi2Model, self.model).forward(**batch, compute_diffusion_loss=self.diffusion)
 
-    def train(self, mode: bool = True) -> _Objective:
+    def train(self, mode: bool = True) -> Objective:
         super().train(mode)
         self.encoders.eval()  # frozen: no dropout, batch statistics or caches of their own
         if self.diffusion:
@@ -101,6 +108,79 @@ def _newest_checkpoint(stage_dir: Path) -> Path | None:
     found = sorted((stage_dir / "checkpoints").glob("step-*"), key=lambda p: p.name)
     complete = [p for p in found if (p / PROGRESS).is_file()]
     return complete[-1] if complete else None
+
+
+def prepare_model(model: CoDi2Model, config: PaperTrainingConfig, device: torch.device) -> CoDi2Model:
+    """Freeze `model`, wrap its LM in LoRA (with the token rows), keep trained weights in float32 and
+    move what a step touches to `device` (the decoders only when L_DM is on). Returns `model`."""
+    frozen_dtype = _DTYPES[config.mixed_precision]
+    model.requires_grad_(False)
+    lm = model.lm
+    if config.gradient_checkpointing:
+        # non-reentrant: works with frozen inputs, DDP's unused-parameter search, and LoRA
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.config.use_cache = False
+    model.lm = attach_lora(lm, config.lora, new_token_ids(model.tokenizer))
+    trained = [p for p in model.lm.parameters() if p.requires_grad]
+    trained += [*model.projectors.parameters(), *model.output_heads.parameters()]
+    for p in trained:
+        p.data = p.data.float()  # trained weights and their Adam moments in float32
+    model.lm.to(device)
+    model.projectors.to(device)
+    model.output_heads.to(device)
+    for modality in ("image", "audio"):
+        model.encoders[modality].place(device, frozen_dtype)  # type: ignore[operator]
+        if config.diffusion:
+            model.decoders[modality].place(device, frozen_dtype)  # type: ignore[operator]
+    return model
+
+
+def trainable_parameters(model: CoDi2Model, stage: str) -> list[nn.Parameter]:
+    """Set requires_grad for `stage` (see `settings`); return the trained parameters in a fixed order."""
+    for name, p in model.lm.named_parameters():
+        is_token_row = "trainable_tokens_delta" in name
+        is_lora = "lora_" in name
+        p.requires_grad_(is_token_row or (is_lora and stage == "instruct"))
+    model.projectors.requires_grad_(True)
+    model.output_heads.requires_grad_(True)
+    params = [p for p in model.lm.parameters() if p.requires_grad]
+    params += list(model.projectors.parameters()) + list(model.output_heads.parameters())
+    return params
+
+
+def optimizer_step(
+    acc: Any,
+    config: PaperTrainingConfig,
+    wrapped: Any,
+    optimizer: Any,
+    params: list[nn.Parameter],
+    stream: BatchStream,
+) -> dict[str, float]:
+    """One optimiser step over `grad_accum` micro-batches; losses averaged over them and processes,
+    plus this process's token count ("tokens").
+
+    accelerate's `accumulate` does the bookkeeping, so the same code is right under DDP (no
+    all-reduce before the last micro-batch), FSDP and DeepSpeed (whose engine steps itself).
+    """
+    sums = torch.zeros(4, device=acc.device)
+    tokens = 0
+    for _ in range(config.grad_accum):
+        batch = _to_device(stream.next_batch(), acc.device)
+        tokens += int(batch["attention_mask"].sum())
+        with acc.accumulate(wrapped):
+            out = wrapped(batch)
+            acc.backward(out.loss)  # divided by grad_accum inside
+            if acc.sync_gradients and config.max_grad_norm:
+                acc.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()  # a no-op until the last micro-batch
+            optimizer.zero_grad(set_to_none=True)
+        parts = (out.loss, out.loss_text, out.loss_feature, out.loss_diffusion)
+        sums += torch.stack([p.detach().float() for p in parts])
+    if not acc.sync_gradients:
+        raise RuntimeError("gradient accumulation is out of step with the optimiser steps")
+    mean = acc.reduce(sums / config.grad_accum, reduction="mean")
+    names = ("loss", "text", "feature", "diffusion")
+    return {**{n: float(v) for n, v in zip(names, mean.tolist(), strict=True)}, "tokens": float(tokens)}
 
 
 class PaperTrainer:
@@ -160,36 +240,15 @@ class PaperTrainer:
         )
 
     def _load_model(self) -> CoDi2Model:
-        """The base model: frozen parts in the training dtype on this process's device, LoRA attached."""
+        """The base model from its folder, frozen parts in the training dtype, prepared for training."""
         from codi2_agent.model import load_model
 
-        acc, cfg = self.accelerator, self.config
-        frozen_dtype = _DTYPES[cfg.mixed_precision]
-        model = load_model(self.model_dir, device="cpu", dtype=frozen_dtype)
+        model = load_model(self.model_dir, device="cpu", dtype=_DTYPES[self.config.mixed_precision])
         if model.config.preset != "paper":
             raise ValueError(
                 f"{self.model_dir} holds a {model.config.preset!r} model; paper training needs 'paper'"
             )
-        model.requires_grad_(False)
-        lm = model.lm
-        if cfg.gradient_checkpointing:
-            # non-reentrant: works with frozen inputs, DDP's unused-parameter search, and LoRA
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        lm.config.use_cache = False
-        model.lm = attach_lora(lm, cfg.lora, new_token_ids(model.tokenizer))
-        for part in (model.lm, model.projectors, model.output_heads):
-            for p in part.parameters():
-                if p.requires_grad or part is not model.lm:
-                    p.data = p.data.float()  # trained weights and their Adam moments in float32
-        device = acc.device
-        model.lm.to(device)
-        for module in (model.projectors, model.output_heads):
-            module.to(device)
-        for modality in ("image", "audio"):
-            model.encoders[modality].place(device, frozen_dtype)  # type: ignore[operator]
-            if cfg.diffusion:
-                model.decoders[modality].place(device, frozen_dtype)  # type: ignore[operator]
-        return model
+        return prepare_model(model, self.config, self.accelerator.device)
 
     def _configure_deepspeed(self) -> None:
         """DeepSpeed sizes its engine from the batch; there is no DataLoader for it to read that from."""
@@ -199,18 +258,6 @@ class PaperTrainer:
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = self.config.batch_size
         plugin.deepspeed_config["gradient_accumulation_steps"] = self.config.grad_accum
         plugin.deepspeed_config["gradient_clipping"] = self.config.max_grad_norm
-
-    def _trainable(self, model: CoDi2Model, stage: str) -> list[nn.Parameter]:
-        """Set requires_grad for `stage`; return the trained parameters in a fixed order."""
-        for name, p in model.lm.named_parameters():
-            is_token_row = "trainable_tokens_delta" in name
-            is_lora = "lora_" in name
-            p.requires_grad_(is_token_row or (is_lora and stage == "instruct"))
-        model.projectors.requires_grad_(True)
-        model.output_heads.requires_grad_(True)
-        params = [p for p in model.lm.parameters() if p.requires_grad]
-        params += list(model.projectors.parameters()) + list(model.output_heads.parameters())
-        return params
 
     # --- the run ------------------------------------------------------------------------------------
     def train(self) -> Path:
@@ -245,11 +292,11 @@ class PaperTrainer:
             load_trainable_weights(model, final)
             logger.info("stage %s is done; loaded %s", stage, final)
             return final
-        params = self._trainable(model, stage)
+        params = trainable_parameters(model, stage)
         checkpoint = _newest_checkpoint(stage_dir)
         if checkpoint is not None:
             load_trainable_weights(model, checkpoint)  # before wrapping: DDP broadcasts rank 0's weights
-        objective = _Objective(model, cfg.diffusion)
+        objective = Objective(model, cfg.diffusion)
         optimizer = torch.optim.AdamW(params, lr=cfg.lr(stage), weight_decay=cfg.weight_decay)
         total = cfg.steps(stage)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps, total))
@@ -290,7 +337,7 @@ class PaperTrainer:
         wrapped.train()
         t0, window, tokens = time.perf_counter(), [], 0
         for step in bar:
-            logs = self._step(wrapped, optimizer, params, stream)
+            logs = optimizer_step(acc, cfg, wrapped, optimizer, params, stream)
             scheduler.step()
             tokens += int(logs.pop("tokens"))
             window.append(logs)
@@ -313,35 +360,6 @@ class PaperTrainer:
         self._save_final(model, wrapped, stage, stage_dir, total)
         acc.free_memory(wrapped, optimizer, scheduler)  # the next stage prepares its own
         return final
-
-    def _step(
-        self, wrapped: Any, optimizer: Any, params: list[nn.Parameter], stream: BatchStream
-    ) -> dict[str, float]:
-        """One optimiser step over `grad_accum` micro-batches; losses averaged over them and processes.
-
-        accelerate's `accumulate` does the bookkeeping, so the same code is right under DDP (no
-        all-reduce before the last micro-batch), FSDP and DeepSpeed (whose engine steps itself).
-        """
-        acc, cfg = self.accelerator, self.config
-        sums = torch.zeros(4, device=acc.device)
-        tokens = 0
-        for _ in range(cfg.grad_accum):
-            batch = _to_device(stream.next_batch(), acc.device)
-            tokens += int(batch["attention_mask"].sum())
-            with acc.accumulate(wrapped):
-                out = wrapped(batch)
-                acc.backward(out.loss)  # divided by grad_accum inside
-                if acc.sync_gradients and cfg.max_grad_norm:
-                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()  # a no-op until the last micro-batch
-                optimizer.zero_grad(set_to_none=True)
-            parts = (out.loss, out.loss_text, out.loss_feature, out.loss_diffusion)
-            sums += torch.stack([p.detach().float() for p in parts])
-        if not acc.sync_gradients:
-            raise RuntimeError("gradient accumulation is out of step with the optimiser steps")
-        mean = acc.reduce(sums / cfg.grad_accum, reduction="mean")
-        names = ("loss", "text", "feature", "diffusion")
-        return {**{n: float(v) for n, v in zip(names, mean.tolist(), strict=True)}, "tokens": float(tokens)}
 
     # --- saving ----------------------------------------------------------------------------------------
     def _gathered(
