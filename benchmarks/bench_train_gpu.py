@@ -39,45 +39,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # a bare checkout (a GPU host without the package installed)
-    sys.path.insert(0, str(ROOT))
+for folder in (ROOT, ROOT / "benchmarks"):  # a bare checkout (a GPU host without the package installed)
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+from bench_gpu import Recorder, Row, _sync, _table  # noqa: E402 (the rows, parts and table of bench_gpu)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never a download: GPU hosts have no network anyway
 RESULTS = ROOT / "benchmarks" / "results" / "train_gpu.txt"
 PARTS = ("align", "instruct")
 EDIT_WORDS = (
     "make the sky a deep orange sunset, keep every object where it is and add long soft shadows on the ground"
 )
-
-
-@dataclass
-class Row:
-    part: str
-    name: str
-    value: str
-    note: str = ""
-
-
-# --- child side: one part, rows appended to a JSON-lines file as they are measured ----------------------
-class Recorder:
-    def __init__(self, part: str, path: Path) -> None:
-        self.part, self.path = part, path
-
-    def row(self, name: str, value: str, note: str = "") -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"part": self.part, "name": name, "value": value, "note": note}) + "\n")
-
-
-def _sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _memory(device: Any, peak: bool) -> str:
@@ -331,14 +308,6 @@ def _run_part(part: str, args: argparse.Namespace, limit: float) -> tuple[list[R
         Row(part, "part wall time", f"{elapsed:.1f} s", "subprocess, imports and model build included")
     )
     return rows, ok
-
-
-def _table(rows: list[Row], header: list[str]) -> str:
-    width_name = max(len(r.name) for r in rows) + 2
-    width_value = max(len(r.value) for r in rows) + 2
-    lines = [*header, "", f"{'part':<9} {'measurement':<{width_name}} {'value':<{width_value}} notes"]
-    lines += [f"{r.part:<9} {r.name:<{width_name}} {r.value:<{width_value}} {r.note}".rstrip() for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def parent(args: argparse.Namespace) -> int:
