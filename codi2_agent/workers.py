@@ -19,9 +19,11 @@ Instantiate:
             reply = pool.say("alice", "holiday", "draw a small red star in the snow").result(timeout=60)
             reply["turn"], reply["text"], reply["ids"]
 
-Every wait is bounded: the pool's start (`start_timeout`), each call (the caller's
-``Future.result(timeout=)``), and `close` (`stop_timeout`, then the workers are killed). A worker
-that dies fails the call it was running with `WorkerDiedError`; the other workers go on.
+Workers are started with the ``spawn`` method (no forked torch, Chroma or Postgres state), so a
+script that makes a pool does it under ``if __name__ == "__main__":``. Every wait is bounded: the
+pool's start (`start_timeout`), each call (the caller's ``Future.result(timeout=)``), and `close`
+(`stop_timeout`, then the workers are killed). A worker that dies fails the call it was running
+with `WorkerDiedError`; the other workers go on.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -215,6 +218,14 @@ def _serve(spec: WorkerSpec, index: int, calls: Any, replies: Any) -> None:
                 replies.put(("done", index, (call_id, False, None, error, time.perf_counter() - t0)))
     finally:
         worker.close()
+    # Leave without the interpreter's teardown of torch, transformers and Chroma: seconds per
+    # process, tens of seconds on a busy machine, and nothing in it matters once the parts are
+    # closed. The replies already put are flushed to the pool first.
+    replies.close()
+    replies.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # --- the pool ---------------------------------------------------------------------------------------
