@@ -63,7 +63,7 @@ def test_checkpoint_loads_with_the_adapter_attached_and_answers_a_session_turn(t
     assert isinstance(model.lm, PeftModel)
     with model.lm.disable_adapter():  # the adapter changes the LM: without it the answer differs
         bare = model.generate(PROMPT, output="image", seed=0, num_inference_steps=2).features
-    assert not torch.allclose(bare, _outputs(model)[1])
+    assert bare is not None and not torch.allclose(bare, _outputs(model)[1])
     session = Session(model=model, root=tmp_path / "session", thread="t")
     turn = session.say("draw a small red star in the snow", output="image", num_inference_steps=2)
     assert turn.image is not None and turn.image.image.size == (32, 32)
@@ -139,6 +139,15 @@ def test_tampered_or_mismatched_checkpoints_are_named_errors(trained, tmp_path):
                 trained, tmp_path / "d", lambda f: (f / ADAPTER_FOLDER / "adapter_config.json").unlink()
             )
         )
+
+    def retarget(folder: Path) -> None:
+        path = folder / ADAPTER_FOLDER / "adapter_config.json"
+        config = json.loads(path.read_text())
+        config["target_modules"] = ["gate_proj_that_is_not_there"]
+        path.write_text(json.dumps(config))
+
+    with pytest.raises(CheckpointMismatchError, match="does not fit the base model's LM"):
+        load_model(_tampered(trained, tmp_path / "f", retarget))
 
     # changed after saving, manifest untouched: the integrity check catches it before loading
     changed = tmp_path / "e"

@@ -198,7 +198,7 @@ def test_bad_data_and_settings_are_named_errors(tmp_path):
         train_paper(
             model_dir,
             tmp_path / "r2",
-            ["not a sample"] * 20_000,
+            ["not a sample"] * 20_000,  # type: ignore[list-item]
             quick_config(stages=("instruct",)),
             progress=False,
         )

@@ -268,7 +268,12 @@ def load_adapter_checkpoint(
             folder / CONFIG_NAME, f"differs from the base model's config in {differ}"
         )
     dtype_before = model.lm.dtype
-    model.lm = get_peft_model(model.lm, _peft_config(folder))
+    try:
+        model.lm = get_peft_model(model.lm, _peft_config(folder))
+    except (ValueError, IndexError, KeyError, RuntimeError) as e:  # modules or token ids the LM lacks
+        raise CheckpointMismatchError(
+            folder / ADAPTER_FOLDER / PEFT_CONFIG, f"does not fit the base model's LM ({e})"
+        ) from None
     load_trainable_weights(model, folder)
     cast_floating(model.lm, dtype_before)  # adapter tensors in the LM's dtype, like its other weights
     if merge_adapters:
