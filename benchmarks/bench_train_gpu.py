@@ -116,13 +116,13 @@ def _samples(part: str, n: int, size: int) -> list[Any]:
 
 def run_part(rec: Recorder, args: argparse.Namespace) -> None:
     import torch
-    from accelerate import Accelerator
 
     from codi2_agent.model.paper_architecture import PUBLISHED, TINY, build_random_paper_model
     from codi2_agent.training.paper import LoraSettings, PaperTrainingConfig
     from codi2_agent.training.paper.data import BatchStream
     from codi2_agent.training.paper.trainer import (
         Objective,
+        build_accelerator,
         optimizer_step,
         prepare_model,
         trainable_parameters,
@@ -165,12 +165,7 @@ def run_part(rec: Recorder, args: argparse.Namespace) -> None:
         _count(sum(p.numel() for p in params)),
         f"{args.part} stage, float32 (LoRA r={args.lora_rank}, token rows, projectors, heads)",
     )
-    accelerator = Accelerator(
-        cpu=device.type == "cpu",
-        mixed_precision=mixed,
-        gradient_accumulation_steps=args.grad_accum,
-        step_scheduler_with_optimizer=False,
-    )
+    accelerator = build_accelerator(config, Path(tempfile.mkdtemp(prefix="codi2-bench-train-")))
     optimizer = torch.optim.AdamW(params, lr=config.lr(args.part))
     wrapped, optimizer = accelerator.prepare(Objective(model, diffusion=False), optimizer)
     wrapped.train()

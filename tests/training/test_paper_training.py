@@ -210,3 +210,39 @@ def test_bad_data_and_settings_are_named_errors(tmp_path):
         LoraSettings(dropout=1.5)
     with pytest.raises(ValueError, match="mixed_precision"):
         PaperTrainingConfig(mixed_precision="fp8")
+
+
+def test_losses_reach_any_accelerate_tracker(tmp_path):
+    from accelerate.tracking import GeneralTracker
+
+    from codi2_agent.training.paper import PaperTrainer
+
+    class Recording(GeneralTracker):
+        name, requires_logging_directory = "recording", False
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.config: dict = {}
+            self.logged: list[tuple[int | None, dict]] = []
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values: dict) -> None:
+            self.config = dict(values)
+
+        def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+            self.logged.append((step, dict(values)))
+
+    recording = Recording()
+    model_dir = assemble_tiny(tmp_path)
+    config = quick_config(stages=("instruct",))
+    PaperTrainer(
+        model_dir, tmp_path / "run", world_samples(PAIRS[:2]), config, progress=False, trackers=[recording]
+    ).train()
+    assert recording.config["lora.rank"] == 4 and recording.config["stages"] == "['instruct']"
+    assert [step for step, _ in recording.logged] == [1, 2]
+    assert {"instruct/loss", "instruct/feature", "instruct/text", "instruct/lr"} <= set(
+        recording.logged[0][1]
+    )

@@ -33,7 +33,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -53,6 +53,7 @@ from codi2_agent.training.paper.settings import PAPER_STAGES, PaperTrainingConfi
 __all__ = [
     "Objective",
     "PaperTrainer",
+    "build_accelerator",
     "optimizer_step",
     "prepare_model",
     "train_paper",
@@ -108,6 +109,28 @@ def _newest_checkpoint(stage_dir: Path) -> Path | None:
     found = sorted((stage_dir / "checkpoints").glob("step-*"), key=lambda p: p.name)
     complete = [p for p in found if (p / PROGRESS).is_file()]
     return complete[-1] if complete else None
+
+
+def build_accelerator(config: PaperTrainingConfig, out: Path, trackers: Sequence[Any] = ()) -> Any:
+    """The `accelerate.Accelerator` paper training runs under; the launch (processes, DDP, FSDP,
+    DeepSpeed) comes from the environment `accelerate launch` sets. `trackers`: accelerate
+    `GeneralTracker` instances to log to besides the named `config.log_with` ones."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    log_with = [*config.log_with, *trackers]
+    return Accelerator(
+        # without a GPU: the CPU, and gloo between processes when a launcher started several
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.grad_accum,
+        log_with=log_with or None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        # a batch without an audio answer leaves the audio head without a gradient
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # the schedule is in optimiser steps, whatever the number of processes
+        step_scheduler_with_optimizer=False,
+    )
 
 
 def prepare_model(model: CoDi2Model, config: PaperTrainingConfig, device: torch.device) -> CoDi2Model:
@@ -193,8 +216,8 @@ class PaperTrainer:
             re-iterable of `Sample`s or a callable returning one (see `paper.data`).
         config: steps, batch, LoRA, precision; default `PaperTrainingConfig()`.
         progress: tqdm bar on the main process (None: only when stderr is a terminal).
-        accelerator: an `accelerate.Accelerator` to use (default: one built from `config`, taking
-            the launch configuration from the environment `accelerate launch` sets).
+        trackers: accelerate `GeneralTracker` instances that get the logged losses too (named
+            trackers such as "tensorboard" go in `config.log_with`).
     """
 
     def __init__(
@@ -205,7 +228,7 @@ class PaperTrainer:
         config: PaperTrainingConfig | None = None,
         *,
         progress: bool | None = None,
-        accelerator: Any = None,
+        trackers: Sequence[Any] = (),
     ) -> None:
         self.model_dir = Path(model_dir).expanduser().resolve()
         self.out = Path(out).expanduser()
@@ -215,30 +238,10 @@ class PaperTrainer:
         if missing:
             raise ValueError(f"no data for stage(s) {missing}; pass data={{'align': ..., 'instruct': ...}}")
         self.progress = progress
-        self.accelerator = accelerator or self._accelerator()
+        self.accelerator = build_accelerator(self.config, self.out, trackers)
         self.model: CoDi2Model | None = None
 
     # --- set-up -----------------------------------------------------------------------------------
-    def _accelerator(self) -> Any:
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
-
-        cfg = self.config
-        return Accelerator(
-            # without a GPU: the CPU, and gloo between processes when a launcher started several
-            cpu=not torch.cuda.is_available(),
-            mixed_precision=cfg.mixed_precision,
-            gradient_accumulation_steps=cfg.grad_accum,
-            log_with=cfg.log_with or None,
-            project_config=ProjectConfiguration(
-                project_dir=str(self.out), logging_dir=str(self.out / "logs")
-            ),
-            # a batch without an audio answer leaves the audio head without a gradient
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-            # the schedule is in optimiser steps, whatever the number of processes
-            step_scheduler_with_optimizer=False,
-        )
-
     def _load_model(self) -> CoDi2Model:
         """The base model from its folder, frozen parts in the training dtype, prepared for training."""
         from codi2_agent.model import load_model
@@ -267,7 +270,7 @@ class PaperTrainer:
         if acc.is_main_process:
             info = {"base_model": str(self.model_dir), "config": self.config.to_dict()}
             (self.out / RUN_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        if self.config.log_with:
+        if acc.log_with:  # the trackers accelerate found installed (or was given)
             acc.init_trackers("codi2-paper", config=_flat(self.config.to_dict()))
         torch.manual_seed(self.config.seed)
         model = self.model = self._load_model()
@@ -279,7 +282,7 @@ class PaperTrainer:
             elif (stage_dir / "done").exists():  # an earlier run's stage: continue from its result
                 load_trainable_weights(model, stage_dir / "final")
                 final = stage_dir / "final"
-        if self.config.log_with:
+        if acc.log_with:
             acc.end_training()
         return final
 
@@ -349,7 +352,7 @@ class PaperTrainer:
                 if acc.is_main_process:
                     with log_path.open("a") as f:
                         f.write(json.dumps(record) + "\n")
-                if cfg.log_with:
+                if acc.log_with:
                     acc.log({f"{stage}/{k}": v for k, v in record.items() if k != "step"}, step=done)
                 bar.set_postfix(loss=f"{mean['loss']:.4f}")
                 t0, window, tokens = time.perf_counter(), [], 0
