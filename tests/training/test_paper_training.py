@@ -246,3 +246,18 @@ def test_losses_reach_any_accelerate_tracker(tmp_path):
     assert {"instruct/loss", "instruct/feature", "instruct/text", "instruct/lr"} <= set(
         recording.logged[0][1]
     )
+
+
+def test_the_diffusion_term_trains_through_the_frozen_decoders(tmp_path):
+    from codi2_agent.training.paper import PaperTrainer
+
+    model_dir = assemble_tiny(tmp_path)
+    samples = world_samples(["text_to_image", "text_to_audio"])
+    config = quick_config(stages=("instruct",), instruct_steps=1, diffusion=True)
+    trainer = PaperTrainer(model_dir, tmp_path / "run", samples, config, progress=False)
+    trainer.train()
+    record = _log(tmp_path / "run", "instruct")[0]
+    assert record["diffusion"] > 0 and record["feature"] > 0  # L_DM of both pipelines, through c_MLLM
+    assert record["loss"] > record["diffusion"] + record["text"]
+    model = trainer.model
+    assert model is not None and all(not p.requires_grad for p in model.decoders.parameters())
