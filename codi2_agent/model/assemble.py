@@ -87,8 +87,9 @@ def assemble_paper_model(
 
     Args:
         out: the folder to write; it must not exist yet (or be empty). It appears only when complete.
-        language_model: a LLaMA-2-chat folder in transformers' layout (`config.json`, safetensors or
-            bin weights, sharded or not, `tokenizer.json` or `tokenizer.model`).
+        language_model: a LLaMA-2-chat folder (the paper's) or any other causal LM folder
+            `AutoModelForCausalLM` loads (Mistral, Qwen2, ...), in transformers' layout (`config.json`,
+            safetensors or bin weights, sharded or not, `tokenizer.json` or `tokenizer.model`).
         unclip: the `stabilityai/stable-diffusion-2-1-unclip` snapshot folder. Its pipeline is the image
             decoder; its `image_encoder/` (CLIP-H) is the image encoder C_x.
         audioldm2: the `cvssp/audioldm2` snapshot folder. Its pipeline is the audio decoder.
