@@ -48,6 +48,7 @@ class _Log:
             if r.parents and r.role == "output":
                 self.newest_child[r.parents[0]] = r
         self._words: dict[int, frozenset[str]] = {}
+        self._asked: dict[int, frozenset[str]] = {}
 
     # --- order ----------------------------------------------------------------------------------
     @staticmethod
@@ -81,7 +82,17 @@ class _Log:
     def words(self, r: MediaRecord) -> frozenset[str]:
         """A medium's description words: its caption's; without a caption, its source's as changed
         by the instruction that made it ("make it green" turns a red star's "red" into "green")."""
-        got = self._words.get(id(r))
+        return self._described(r, self._words, captions=True)
+
+    def asked(self, r: MediaRecord) -> frozenset[str]:
+        """The words the medium was asked for: the request that made its subject, as changed by each
+        edit since — what the user remembers ("the cross") even when the model drew something else."""
+        return self._described(r, self._asked, captions=False)
+
+    def _described(
+        self, r: MediaRecord, cache: dict[int, frozenset[str]], *, captions: bool
+    ) -> frozenset[str]:
+        got = cache.get(id(r))
         if got is not None:
             return got
         # Walk up to a captioned (or known) ancestor, then come back down: no recursion, so a long
@@ -89,19 +100,24 @@ class _Log:
         path: list[MediaRecord] = []
         seen: set[str] = set()
         node: MediaRecord | None = r
-        while node is not None and id(node) not in self._words and not node.caption and node.id not in seen:
+        while (
+            node is not None
+            and id(node) not in cache
+            and not (captions and node.caption)
+            and node.id not in seen
+        ):
             seen.add(node.id)
             path.append(node)
             node = self.parent(node)
-        if node is not None and id(node) not in self._words:
-            self._words[id(node)] = _caption_words(node.caption or "")
-        inherited = self._words[id(node)] if node is not None else frozenset()
+        if node is not None and id(node) not in cache:
+            cache[id(node)] = _caption_words(node.caption or "")
+        inherited = cache[id(node)] if node is not None else frozenset()
         for record in reversed(path):
             said = _caption_words(record.instruction or "")
             kept = {old for old in inherited if not any(self._same_attribute(old, new) for new in said)}
             inherited = frozenset(kept | said)
-            self._words[id(record)] = inherited
-        return self._words[id(r)]
+            cache[id(record)] = inherited
+        return cache[id(r)]
 
     def _same_attribute(self, a: str, b: str) -> bool:
         if a == b:
@@ -111,13 +127,17 @@ class _Log:
                 return True
         return bool(self.lexicon.attributes_of(a) & self.lexicon.attributes_of(b))
 
-    def matching(self, pool: Sequence[MediaRecord], wanted: Sequence[str]) -> list[MediaRecord]:
-        """Records of `pool` whose description has every wanted word ("snowy" finds "snow").
+    def matching(
+        self, pool: Sequence[MediaRecord], wanted: Sequence[str], *, asked: bool = False
+    ) -> list[MediaRecord]:
+        """Records of `pool` whose description has every wanted word ("snowy" finds "snow"); with
+        `asked`, the words each was asked for instead of what its caption says.
 
         Each wanted word is compared with the log's distinct description words once, not with every
         record's: a long log repeats few words.
         """
-        described = [(r, self.words(r)) for r in pool]
+        describe = self.asked if asked else self.words
+        described = [(r, describe(r)) for r in pool]
         distinct = frozenset().union(*(d for _, d in described)) if described else frozenset()
         fits = [frozenset(d for d in distinct if _alike(d, w)) for w in wanted]
         return [r for r, d in described if all(not d.isdisjoint(f) for f in fits)]

@@ -159,6 +159,8 @@ class _Resolver:
             if hits or not (m.words or m.index is not None or m.turn or m.turns_ago):
                 return hits
         hits = self.media.matching(pool, m.words) if m.words else list(pool)
+        if not hits and m.words:  # what was asked for, when the model made something else
+            hits = self.media.matching(pool, m.words, asked=True)
         if not hits and self.similar is not None and m.words:
             wanted = {r.id: r for r in pool}
             hits = [wanted[i] for i in self.similar(" ".join(m.words)) if i in wanted][:1]

@@ -578,3 +578,19 @@ def test_tokens_expand_contractions_and_keep_spans() -> None:
         re.sub(r"\W", "", "What's in the triangle's picture?"[possessive.start : possessive.end])
         == "triangles"
     )
+
+
+def test_what_was_asked_for_finds_a_medium_the_model_got_wrong() -> None:
+    """The user says "the cross" because they asked for one, even if the model drew a star."""
+    wrong = _rec(
+        1, 1, caption="a small red star in the snow", instruction="draw a small red cross in the snow"
+    )
+    circle = _rec(
+        2, 2, caption="a large green circle at night", instruction="draw a large green circle at night"
+    )
+    bluer = _rec(3, 3, caption="a small blue star in the snow", parents=(wrong.id,), subject=wrong.subject,
+                 instruction="make it blue")  # fmt: skip
+    log = [wrong, circle, bluer]
+    assert _resolved("make the cross yellow", log, vocabulary=TINY) == [3]  # the subject's newest version
+    assert _resolved("the red cross, make it bigger", log, vocabulary=TINY) == [1]  # as asked, then edited
+    assert _resolved("make the star bigger", log, vocabulary=TINY) == [3]  # captions still come first
