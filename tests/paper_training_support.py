@@ -54,6 +54,7 @@ def quick_config(**overrides: object) -> PaperTrainingConfig:
         mixed_precision="no",
         save_every=1,
         log_every=1,
+        shuffle_buffer=0,
         lora=LoraSettings(rank=4, alpha=8, dropout=0.0),
     )
     settings.update(overrides)

@@ -80,6 +80,9 @@ def train_cmd(
         str | None,
         typer.Option(help="Paper: accelerate trackers, e.g. tensorboard,wandb.", show_default=False),
     ] = None,
+    shuffle_buffer: Annotated[
+        int, typer.Option(help="Paper: samples in the seeded shuffle buffer (0: the folders' order).", min=0)
+    ] = 64,
     text_only_p: Annotated[
         float, typer.Option(help="Paper: share of instruct exemplars shown as captions.")
     ] = 0.3,
@@ -100,6 +103,7 @@ def train_cmd(
                 ),
                 diffusion=diffusion, mixed_precision=mixed_precision,
                 gradient_checkpointing=gradient_checkpointing, save_every=save_every,
+                shuffle_buffer=shuffle_buffer,
                 log_with=_names(log_with), seed=seed,
             ),
             text_only_p,
@@ -119,7 +123,7 @@ def train_cmd(
 
 
 def _names(text: str | None) -> list[str]:
-    """"a, b," -> ["a", "b"]."""
+    """ "a, b," -> ["a", "b"]."""
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 

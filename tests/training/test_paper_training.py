@@ -112,12 +112,15 @@ def test_resume_gives_the_same_trajectory_as_an_uninterrupted_run(tmp_path):
         save_every=2,
         batch_size=1,
         grad_accum=2,
+        shuffle_buffer=4,  # the buffer's state must come back too
         lora=LoraSettings(rank=4, alpha=8, dropout=0.2),
     )
     reference = train_paper(model_dir, tmp_path / "a", lambda: iter(samples), config, progress=False)
 
-    with pytest.raises(_Crash):  # killed while drawing step 5's batch: step 4 is the last checkpoint
-        train_paper(model_dir, tmp_path / "b", _crashing(samples, at=9), config, progress=False)
+    # killed while drawing step 5's batch (sample 9 of the order leaves a 4-sample buffer once the
+    # source's sample 11 is read): step 4 is the last checkpoint
+    with pytest.raises(_Crash):
+        train_paper(model_dir, tmp_path / "b", _crashing(samples, at=11), config, progress=False)
     checkpoints = sorted((tmp_path / "b" / "instruct" / "checkpoints").iterdir())
     assert [c.name for c in checkpoints] == ["step-0000002", "step-0000004"]  # keep_checkpoints=2
     resumed = train_paper(model_dir, tmp_path / "b", lambda: iter(samples), config, progress=False)

@@ -1,11 +1,13 @@
 """Training batches from any stream of `Sample`s: sharded over processes, cycled, resumable.
 
 A data source is anything iterable again and again in the same order (a list, a dataset reader
-object) or a callable returning a fresh iterator. Samples are numbered as the source yields them,
-epochs after one another; process `rank` of `world` takes the samples whose number is `rank` modulo
-`world`, so processes never see the same sample in a step. The position of a run is the number of
-samples the whole group has consumed: a resumed run skips exactly that many and continues with the
-very batches the interrupted run would have drawn.
+object) or a callable returning a fresh iterator. Its samples, epochs after one another, pass a
+seeded shuffle buffer and are numbered as they leave it; process `rank` of `world` takes the
+samples whose number is `rank` modulo `world`, so processes never see the same sample in a step.
+The position of a run is the number of samples the whole group has consumed: a resumed run reads
+past exactly that many (through the same seeded buffer) and continues with the very batches the
+interrupted run would have drawn. Reading past them is not free: a reader decodes their media again
+(with today's readers, roughly the time the data loading of those steps took).
 
 A sample that fails `Sample.check()` or does not encode (too long, a bad medium) is skipped and
 counted, not fatal: one bad record in a million must not end a multi-day run. A source that yields
@@ -18,6 +20,8 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+import numpy as np
 
 from codi2_agent.data.samples import Sample
 from codi2_agent.media import MediaError
@@ -58,28 +62,47 @@ class BatchStream:
         rank: int = 0,
         world: int = 1,
         position: int = 0,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
         name: str = "data",
     ) -> None:
         self.source, self.processor, self.batch_size = source, processor, batch_size
         self.rank, self.world, self.name = rank, world, name
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.position = position
         self.skipped: Counter[str] = Counter()
         self.epoch = 0
-        self._samples = self._numbered()
-        for _ in range(position):  # the resumed run's skip: the same samples, not decoded again
+        self._samples = enumerate(self._shuffled(self._endless()))
+        # A resumed run reads its way back to where the interrupted one stopped: the same samples
+        # come out of the source (and the shuffle buffer) again; they are not encoded or trained on.
+        for _ in range(position):
             next(self._samples)
 
-    def _numbered(self) -> Iterator[tuple[int, Any]]:
-        """(number, raw sample) over endless epochs; the raw sample is checked by the taker only."""
-        number = 0
+    def _endless(self) -> Iterator[Any]:
+        """The source's samples, epoch after epoch; each raw sample is checked by the taker only."""
         while True:
-            before = number
+            count = 0
             for sample in _iterate(self.source):
-                yield number, sample
-                number += 1
-            if number == before:
+                yield sample
+                count += 1
+            if count == 0:
                 raise EmptyDataError(f"{self.name}: the data source yielded no samples")
             self.epoch += 1
+
+    def _shuffled(self, samples: Iterator[Any]) -> Iterator[Any]:
+        """A seeded shuffle buffer of `shuffle_buffer` samples (0 or 1: the source's order). Sources
+        are streamed in file order; the buffer mixes neighbours, so a batch is not one shard's run."""
+        if self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        rng = np.random.default_rng([self.seed, self.shuffle_buffer])
+        buffer: list[Any] = []
+        for sample in samples:
+            buffer.append(sample)
+            if len(buffer) >= self.shuffle_buffer:
+                i = int(rng.integers(len(buffer)))
+                buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                yield buffer.pop()
 
     def _encode(self, sample: Any) -> EncodedSample | None:
         try:

@@ -82,6 +82,9 @@ class PaperTrainingConfig:
     instruct_lr: float = 2e-4  # LoRA + the same parts
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    # seeded shuffle buffer over the streamed samples (0: the source's order); it holds decoded
+    # media, so its memory is about shuffle_buffer x the media of one sample, per process
+    shuffle_buffer: int = 64
     max_grad_norm: float = 1.0
     lora: LoraSettings = field(default_factory=LoraSettings)
     diffusion: bool = False  # add L_DM (the frozen decoders' noise loss, conditioned per model config)
@@ -102,8 +105,8 @@ class PaperTrainingConfig:
             raise ValueError(f"stages must be some of {list(PAPER_STAGES)}, got {list(self.stages)}")
         for name in ("align_steps", "instruct_steps", "batch_size", "grad_accum", "save_every", "log_every"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("keep_checkpoints",):
-            _at_least(name, getattr(self, name), 1)
+        _at_least("keep_checkpoints", self.keep_checkpoints, 1)
+        _at_least("shuffle_buffer", self.shuffle_buffer, 0)
         for name in ("align_lr", "instruct_lr", "weight_decay", "max_grad_norm", "warmup_steps"):
             _at_least(name, getattr(self, name), 0)
         if self.mixed_precision not in MIXED_PRECISION:

@@ -329,6 +329,8 @@ class PaperTrainer:
             rank=acc.process_index,
             world=acc.num_processes,
             position=positions[acc.process_index],
+            shuffle_buffer=cfg.shuffle_buffer,
+            seed=cfg.seed + PAPER_STAGES.index(stage),
             name=stage,
         )
         log_path = stage_dir / "log.jsonl"
