@@ -1,8 +1,8 @@
 """Serving benchmark: concurrent sessions in-process vs on `codi2-agent serve` (Ray Serve, loopback).
 
 Run: `.venv/bin/python benchmarks/bench_serve.py [--model tiny|PATH] [--sessions 1,2,4,8]
-[--steps N] [--threads 2] [--out FILE]`. Prints a table and writes it to FILE (default
-benchmarks/results/serve.txt).
+[--steps N] [--threads 1] [--repeats 2] [--batch-wait 0.05] [--out FILE]`. Prints a table and
+writes it to FILE (default benchmarks/results/serve.txt).
 
 Each session is a real `Session` thread doing a three-turn edit ("draw a large red star in the
 desert", "make it blue", "now put it in the snow"; each session its own subject), and N sessions run
@@ -10,18 +10,25 @@ at once, one Python thread each, all opened on one session folder (`Session.open
 store, memory and checkpoint database, as a server hosting many users has). Three ways to run them:
 
 - ``in-process``: today's `LocalBackend` in this process, one turn at a time (its lock);
-- ``served, unbatched``: `RemoteBackend` against `codi2-agent serve` with ``max_batch_size: 1``;
-- ``served, batched``: the same server with ``max_batch_size: 8`` (``@serve.batch``).
+- ``served, unbatched``: `RemoteBackend` against `codi2-agent serve`, ``max_batch_size: 1``;
+- ``served, batched``: the same with ``max_batch_size: 8`` (``@serve.batch``);
+- ``batched, 2 replicas``: that deployment with ``num_replicas: 2`` (one model per core).
 
-Reported per mode and N: turns/s over the whole run, and p50 / p95 of one turn's latency (what a
-user waits, queueing included). Cold start: loading the model and answering a first turn in-process,
-and `codi2-agent serve` from launch to ``/ready`` (Ray, the replica, the model) plus a first turn.
+One server process (one Ray instance) hosts the served modes as three applications, and the
+modes take turns level by level, `--repeats` rounds: a shared machine's load drifts over minutes,
+and interleaving spreads that drift over all modes alike.
+
+Reported per mode and N, pooled over the rounds: turns/s, and p50 / p95 of one turn's latency
+(what a user waits, queueing included), this process's CPU per turn, and the served model's time
+per turn. Cold start: loading the model and answering a first turn in-process, and
+`codi2-agent serve` from launch to ``/ready`` (Ray, the replicas, the models) plus a first turn.
 The server gets the same torch threads as the in-process runs; the client sessions share the CPUs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import signal
@@ -62,6 +69,8 @@ class Run:
     sessions: int
     seconds: float
     latencies: list[float] = field(default_factory=list)
+    client_cpu: float = 0.0  # CPU seconds of this process (sessions; the model too, in-process)
+    server_busy: float = 0.0  # seconds the server's model spent on generate calls
 
     @property
     def turns_per_s(self) -> float:
@@ -108,30 +117,45 @@ def run_sessions(base: Any, mode: str, n: int, label: str) -> Run:
 
 
 # --- the server -----------------------------------------------------------------------------------
+# mode -> (application name, max_batch_size, replicas)
+MODES = {
+    "served, unbatched": ("unbatched", 1, 1),
+    "served, batched": ("batched", 8, 1),
+    "batched, 2 replicas": ("batched2", 8, 2),
+}
+
+
 def start_server(
-    folder: Path, model: str, *, batch: int, threads: int, steps: int | None
-) -> tuple[Any, str, float]:
-    """`codi2-agent serve` with a config written here; returns (process, url, seconds to /ready)."""
+    folder: Path, model: str, *, threads: int, steps: int | None, wait: float
+) -> tuple[Any, dict[str, str], float]:
+    """One `codi2-agent serve` (one Ray instance) with an application per served mode (`MODES`: the
+    model unbatched, batched, batched on two replicas), so the modes are measured side by side,
+    under the same load. Returns (process, urls, seconds to ready)."""
     import socket
 
     import yaml
 
-    from codi2_agent.serving.launch import default_config, with_overrides
+    from codi2_agent.serving.launch import default_config, model_urls, with_overrides
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = with_overrides(
-        default_config(model, port=port),
-        artifacts=str(folder / "server-artifacts"),
-        threads=threads,
-        num_inference_steps=steps,
-    ).model_dump(mode="json", exclude_unset=True)
-    (deployment,) = config["applications"][0]["deployments"]
-    deployment["user_config"] = {"max_batch_size": batch, "batch_wait_timeout_s": 0.05}
-    deployment["ray_actor_options"] = {"num_cpus": 1}
+    config = with_overrides(default_config(model, port=port), threads=threads, num_inference_steps=steps)
+    data = config.model_dump(mode="json", exclude_unset=True)
+    (template,) = data["applications"]
+    data["applications"] = []
+    for name, batch, replicas in MODES.values():
+        app = json.loads(json.dumps(template))
+        app.update(name=name, route_prefix=f"/{name}")
+        app["args"]["artifacts"] = str(folder / f"{name}-artifacts")  # one folder per application
+        (deployment,) = app["deployments"]
+        deployment["user_config"] = {"max_batch_size": batch, "batch_wait_timeout_s": wait}
+        deployment["num_replicas"] = replicas
+        deployment["ray_actor_options"] = {"num_cpus": 0.5}  # four replicas fit Ray's 2 CPUs
+        data["applications"].append(app)
     path = folder / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(data))
+    urls = model_urls(type(config).model_validate(data))
     log = (folder / "server.log").open("wb")
     t0 = time.perf_counter()
     process = subprocess.Popen(
@@ -140,20 +164,23 @@ def start_server(
         stderr=subprocess.STDOUT,
         env={**os.environ, "OMP_NUM_THREADS": str(threads)},
     )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+    waiting = set(urls.values())
+    while waiting and time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}; see {folder / 'server.log'}")
-        try:
-            with urllib.request.urlopen(url + "/ready", timeout=5) as response:
-                if response.status == 200:
-                    return process, url, time.perf_counter() - t0
-        except (urllib.error.URLError, OSError):
-            pass
+        for url in list(waiting):
+            try:
+                with urllib.request.urlopen(url + "/ready", timeout=5) as response:
+                    if response.status == 200:
+                        waiting.discard(url)
+            except (urllib.error.URLError, OSError):
+                pass
         time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the server was not ready within 300 s")
+    if waiting:
+        process.kill()
+        raise RuntimeError("the server was not ready within 300 s")
+    return process, urls, time.perf_counter() - t0
 
 
 def stop_server(process: Any) -> None:
@@ -163,6 +190,10 @@ def stop_server(process: Any) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def busy_seconds(url: str) -> float:
+    return float(batch_stats(url)["busy_seconds"])
 
 
 def batch_stats(url: str) -> dict[str, Any]:
@@ -178,7 +209,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--model", default="tiny", help="'tiny' (shipped) or a model folder")
     parser.add_argument("--sessions", default="1,2,4,8", help="concurrent session counts")
     parser.add_argument("--steps", type=int, default=None, help="diffusion steps (default: the model's)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads, in-process and per replica")
+    # One thread: on a shared 2-core machine two OpenMP threads per process oversubscribe the cores
+    # (a tiny image turn measured 2.5 s with one thread and ~50 s with two under a load of 12).
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, in-process and per replica")
+    parser.add_argument(
+        "--batch-wait", type=float, default=0.05, help="batch_wait_timeout_s of the batched server"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="rounds over every mode and level")
     parser.add_argument("--out", type=Path, default=None, help=f"table file (default {RESULTS})")
     parser.add_argument("--note", default="", help="a line added to the table's header")
     args = parser.parse_args(argv)
@@ -195,43 +232,49 @@ def main(argv: list[str] | None = None) -> str:
     options: dict[str, Any] = {"progress": False}
     if args.steps is not None:
         options["num_inference_steps"] = args.steps
-    runs: list[Run] = []
     cold: dict[str, float] = {}
-    stats: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         root = Path(tmp)
-        # 1. in-process: cold start, then N sessions on one LocalBackend
+        # 1. cold starts: the model in this process, and the server (Ray, two replicas, two models)
         t0 = time.perf_counter()
         model = load_model(args.model)
         backend = LocalBackend(model, ArtifactStore(root / "local" / "artifacts"))
-        base = Session(backend, thread="warm-up", root=root / "local", **options)
-        base.say(script(0)[0])
+        bases = {"in-process": Session(backend, thread="warm-up", root=root / "local", **options)}
+        bases["in-process"].say(script(0)[0])
         cold["in-process: load + first turn"] = time.perf_counter() - t0
-        for n in levels:
-            runs.append(run_sessions(base, "in-process", n, "local"))
-            print(f"in-process n={n}: {runs[-1].turns_per_s:.2f} turns/s", flush=True)
-        base.close()
-
-        # 2. served, unbatched and batched
-        for mode, batch in (("served, unbatched", 1), ("served, batched", 8)):
-            folder = root / f"server-b{batch}"
-            folder.mkdir()
-            process, url, ready_s = start_server(
-                folder, args.model, batch=batch, threads=args.threads, steps=args.steps
-            )
-            try:
+        process, urls, ready_s = start_server(
+            root, args.model, threads=args.threads, steps=args.steps, wait=args.batch_wait
+        )
+        cold["server: launch to /ready (Ray + 4 replicas)"] = ready_s
+        try:
+            for mode, (name, *_) in MODES.items():
                 t0 = time.perf_counter()
-                remote = Session(url, thread="warm-up", root=root / f"client-b{batch}", **options)
-                remote.say(script(0)[0])
-                cold[f"{mode}: serve to /ready"] = ready_s
+                bases[mode] = Session(urls[name], thread="warm-up", root=root / f"client-{name}", **options)
+                bases[mode].say(script(0)[0])
                 cold[f"{mode}: first remote turn"] = time.perf_counter() - t0
+            # 2. every mode at every level, interleaved, `repeats` times: load drift hits all alike
+            pooled: dict[tuple[str, int], Run] = {}
+            for repeat in range(args.repeats):
                 for n in levels:
-                    runs.append(run_sessions(remote, mode, n, f"b{batch}"))
-                    print(f"{mode} n={n}: {runs[-1].turns_per_s:.2f} turns/s", flush=True)
-                stats[mode] = batch_stats(url)
-                remote.close()
-            finally:
-                stop_server(process)
+                    for mode, base in bases.items():
+                        # /v1/stats is one replica's: the model time of a one-replica mode only
+                        measured = mode in MODES and MODES[mode][2] == 1
+                        busy = busy_seconds(urls[MODES[mode][0]]) if measured else 0.0
+                        cpu = time.process_time()
+                        run = run_sessions(base, mode, n, f"r{repeat}")
+                        total = pooled.setdefault((mode, n), Run(mode, n, 0.0))
+                        total.client_cpu += time.process_time() - cpu
+                        if measured:
+                            total.server_busy += busy_seconds(urls[MODES[mode][0]]) - busy
+                        total.seconds += run.seconds
+                        total.latencies += run.latencies
+                        print(f"{mode} n={n} (round {repeat + 1}): {run.turns_per_s:.2f} turns/s", flush=True)
+            stats = {mode: batch_stats(urls[name]) for mode, (name, *_) in MODES.items()}
+        finally:
+            for session in bases.values():
+                session.close()
+            stop_server(process)
+    runs = [pooled[(mode, n)] for mode in bases for n in levels]
     return report(args, runs, cold, stats, load_start, model)
 
 
@@ -246,7 +289,8 @@ def report(
         f"# codi2-agent serving on Ray Serve, loopback ({time.strftime('%Y-%m-%d')})",
         f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{args.threads} torch thread(s) in-process and per replica; model: {args.model}; "
-        f"{steps} image DDIM steps; output captions on (the session default)",
+        f"{steps} image DDIM steps; output captions on (the session default); "
+        f"batched server: max_batch_size 8, batch_wait_timeout_s {args.batch_wait}",
         "# each session: 3 turns (draw, edit, edit) through Session; N sessions at once, one thread each",
         f"# load average at start: {load_start:.2f}, at end: {os.getloadavg()[0]:.2f}",
     ]
@@ -254,37 +298,44 @@ def report(
         lines.append(f"# {args.note}")
     lines += [
         "",
-        f"{'mode':<18} {'sessions':>8} {'turns':>6} {'turns/s':>8} {'p50 s':>7} {'p95 s':>7} "
-        f"{'vs in-process':>14}",
+        f"{'mode':<20} {'sessions':>8} {'turns':>6} {'turns/s':>8} {'p50 s':>7} {'p95 s':>7} "
+        f"{'vs in-process':>14} {'client CPU s/turn':>18} {'model s/turn':>13}",
     ]
     for r in runs:
         base = sequential.get(r.sessions)
         speedup = f"{r.turns_per_s / base.turns_per_s:.2f}x" if base else "-"
         lines.append(
-            f"{r.mode:<18} {r.sessions:>8} {len(r.latencies):>6} {r.turns_per_s:>8.2f} "
-            f"{r.percentile(0.5):>7.3f} {r.percentile(0.95):>7.3f} {speedup:>14}"
+            f"{r.mode:<20} {r.sessions:>8} {len(r.latencies):>6} {r.turns_per_s:>8.2f} "
+            f"{r.percentile(0.5):>7.3f} {r.percentile(0.95):>7.3f} {speedup:>14} "
+            f"{r.client_cpu / len(r.latencies):>18.3f} "
+            f"{(f'{r.server_busy / len(r.latencies):.3f}' if r.server_busy else '-'):>13}"
         )
     lines += ["", "cold start"]
     lines += [f"  {name:<40} {seconds:>7.2f} s" for name, seconds in cold.items()]
     lines += ["", "server batching (GET /v1/stats: model calls by batch size)"]
     lines += [
-        f"  {mode:<18} {s['batches']} calls for {s['requests']} requests, sizes {s['batch_sizes']}"
+        f"  {mode:<20} {s['batches']} calls for {s['requests']} requests, sizes {s['batch_sizes']}"
         for mode, s in stats.items()
     ]
-    batched = {r.sessions: r for r in runs if r.mode == "served, batched"}
+    lines[-len(stats) :] = [
+        line + (" (one replica's)" if MODES[mode][2] > 1 else "")
+        for line, mode in zip(lines[-len(stats) :], stats, strict=True)
+    ]
     lines += ["", "targets"]
-    if 8 in batched and 8 in sequential:
-        ratio = batched[8].turns_per_s / sequential[8].turns_per_s
-        lines.append(
-            f"  batched throughput at 8 sessions >= 2.5x in-process: {ratio:.2f}x "
-            f"({'met' if ratio >= 2.5 else 'NOT met'})"
-        )
-    if 4 in batched and 1 in batched:
-        lone, p95 = batched[1].percentile(0.5), batched[4].percentile(0.95)
-        lines.append(
-            f"  p95 at 4 sessions <= 2x a lone request: {p95:.3f} s vs 2 x {lone:.3f} s = "
-            f"{p95 / lone:.2f}x ({'met' if p95 <= 2 * lone else 'NOT met'})"
-        )
+    for mode in ("served, batched", "batched, 2 replicas"):
+        batched = {r.sessions: r for r in runs if r.mode == mode}
+        if 8 in batched and 8 in sequential:
+            ratio = batched[8].turns_per_s / sequential[8].turns_per_s
+            lines.append(
+                f"  {mode}: throughput at 8 sessions >= 2.5x in-process: {ratio:.2f}x "
+                f"({'met' if ratio >= 2.5 else 'NOT met'})"
+            )
+        if 4 in batched and 1 in batched:
+            lone, p95 = batched[1].percentile(0.5), batched[4].percentile(0.95)
+            lines.append(
+                f"  {mode}: p95 at 4 sessions <= 2x a lone request (p50 at 1 session): {p95:.3f} s vs "
+                f"2 x {lone:.3f} s = {p95 / lone:.2f}x ({'met' if p95 <= 2 * lone else 'NOT met'})"
+            )
     out = args.out or RESULTS
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

@@ -58,9 +58,12 @@ def serve(
             artifacts=str(artifacts) if artifacts is not None else None,
             num_inference_steps=steps,
         )
-        serve_until_signalled(
-            deploy, num_cpus=num_cpus, timeout=timeout, on_ready=lambda url: _say(f"serving on {url}")
-        )
+        serve_until_signalled(deploy, num_cpus=num_cpus, timeout=timeout, on_ready=_print_urls)
     except (ServeConfigError, ServeStartError) as e:
         raise _fail(str(e)) from None
     _say("stopped")
+
+
+def _print_urls(urls: dict[str, str]) -> None:
+    for name, url in urls.items():
+        _say(f"serving {name} on {url}")

@@ -14,6 +14,8 @@
 | ``GET /v1/artifacts/{id}`` | a medium's bytes |
 | ``POST /v1/embed/media``, ``/v1/embed/text`` | memory embeddings (vectors as base64 float32) |
 
+``?include=media,embeddings`` on either generate route attaches the outputs' bytes and memory
+embeddings to the answer (``attachments``), so a client needs no call after it for those.
 Requests to ``/v1/generate`` that arrive together are answered by one `LocalBackend.generate_batch`
 call (``@serve.batch``); a bad request is refused before it joins a batch. Errors are JSON
 (`codi2_agent.serving.wire.error_body`): 400 bad input, 404 unknown artifact, 413 too large,
@@ -32,7 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from ray import serve
 
-from codi2_agent._media_errors import MediaError, MediaTooLargeError
+from codi2_agent._media_errors import MediaTooLargeError
 from codi2_agent.artifacts import ArtifactNotFoundError
 from codi2_agent.backends import GenerateRequest, GenerateResult
 from codi2_agent.serving.service import BatchSettings, ModelService, Outcome, ServerSettings
@@ -51,17 +53,21 @@ def _status(error: Exception) -> int:
         return 404
     if isinstance(error, MediaTooLargeError):
         return 413
-    if isinstance(error, (MediaError, ValueError, TypeError)):  # bad input (our errors are ValueErrors)
-        return 400
-    return 500
+    return 400
+
+
+# Bad input (our named errors are ValueErrors): a 4xx naming the problem. Registered per class, so
+# Starlette answers them as handled; anything else is a 500 (logged with its traceback).
+@api.exception_handler(ValueError)
+@api.exception_handler(TypeError)
+async def _bad_input(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse(error_body(error), status_code=_status(error))
 
 
 @api.exception_handler(Exception)
-async def _error_response(request: Request, error: Exception) -> JSONResponse:
-    status = _status(error)
-    if status == 500:
-        logger.exception("%s %s failed", request.method, request.url.path, exc_info=error)
-    return JSONResponse(error_body(error), status_code=status)
+async def _server_error(request: Request, error: Exception) -> JSONResponse:
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=error)
+    return JSONResponse(error_body(error), status_code=500)
 
 
 async def _json(request: Request) -> Any:
@@ -69,6 +75,12 @@ async def _json(request: Request) -> Any:
         return await request.json()
     except (ValueError, UnicodeDecodeError):
         raise ValueError("the request body is not JSON") from None
+
+
+def _include(request: Request) -> list[str]:
+    """``?include=media,embeddings``: what to attach to a generate answer."""
+    raw = request.query_params.get("include", "")
+    return [name.strip() for name in raw.split(",") if name.strip()]
 
 
 def _sse(event: str, data: Any) -> str:
@@ -130,16 +142,25 @@ class CoDi2Server:
     # --- generation ---------------------------------------------------------------------------------
     @api.post("/v1/generate")
     async def generate(self, request: Request) -> dict[str, Any]:
+        include = _include(request)
         parsed = await asyncio.to_thread(self.service.request, await _json(request))
         outcome: Outcome = await self._generate_batched(parsed)
-        return outcome.unwrap().model_dump(mode="json")
+        return await self._answer(outcome.unwrap(), include)
+
+    async def _answer(self, result: GenerateResult, include: list[str]) -> dict[str, Any]:
+        """The result as JSON, with ``attachments`` (output bytes, embeddings) when asked for."""
+        answer = result.model_dump(mode="json")
+        if include:
+            answer["attachments"] = await asyncio.to_thread(self.service.attachments, result, include)
+        return answer
 
     @api.post("/v1/generate/stream")
     async def generate_stream(self, request: Request) -> StreamingResponse:
+        include = _include(request)
         parsed = await asyncio.to_thread(self.service.request, await _json(request))
-        return StreamingResponse(self._events(parsed), media_type="text/event-stream")
+        return StreamingResponse(self._events(parsed, include), media_type="text/event-stream")
 
-    async def _events(self, request: GenerateRequest) -> AsyncIterator[str]:
+    async def _events(self, request: GenerateRequest, include: list[str]) -> AsyncIterator[str]:
         """SSE events of one streamed answer. `LocalBackend.stream` holds the model from its first
         item to its last and must be iterated from one thread: a worker thread does that and hands
         each item over; a client that goes away stops it at the next piece."""
@@ -172,7 +193,7 @@ class CoDi2Server:
                 if kind == "error":
                     yield _sse("error", error_body(item))
                 elif isinstance(item, GenerateResult):
-                    yield _sse("result", item.model_dump(mode="json"))
+                    yield _sse("result", await self._answer(item, include))
                 else:
                     yield _sse("text", {"text": item})
         finally:

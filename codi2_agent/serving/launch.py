@@ -30,6 +30,7 @@ __all__ = [
     "ServeStartError",
     "default_config",
     "load_config",
+    "model_urls",
     "serve_until_signalled",
     "server_url",
     "start_server",
@@ -131,18 +132,30 @@ def server_url(config: ServeDeploySchema) -> str:
     return f"http://{host}:{http.port}"
 
 
-def start_server(config: ServeDeploySchema, *, num_cpus: int | None = None, timeout: float = 300.0) -> str:
+def model_urls(config: ServeDeploySchema) -> dict[str, str]:
+    """Application name -> the url a `RemoteBackend` takes, for each model server of `config`
+    (the server's url plus the application's ``route_prefix``)."""
+    base = server_url(config)
+    return {
+        app.name: base + (app.route_prefix or "").rstrip("/")
+        for app in config.applications
+        if app.import_path == APP_IMPORT_PATH
+    }
+
+
+def start_server(
+    config: ServeDeploySchema, *, num_cpus: int | None = None, timeout: float = 300.0
+) -> dict[str, str]:
     """Start Ray (locally, unless this process is already connected), Serve's proxy on the config's
     host and port, and every application of `config`; wait until they run and answer ``/ready``.
 
-    Returns the server's url. Raises `ServeStartError` with Ray's message if an application fails
-    to deploy or is not ready within `timeout` seconds.
+    Returns `model_urls`. Raises `ServeStartError` with Ray's message if an application fails to
+    deploy or is not ready within `timeout` seconds.
     """
     import ray
     from ray.serve._private import api as serve_api  # what `serve run config.yaml` calls
     from ray.serve.config import gRPCOptions
 
-    url = server_url(config)
     _check_port_free(config.http_options.host, config.http_options.port)
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="serve")
@@ -154,9 +167,11 @@ def start_server(config: ServeDeploySchema, *, num_cpus: int | None = None, time
     client.deploy_apps(config, _blocking=False)
     deadline = time.monotonic() + timeout
     _wait_running([app.name for app in config.applications], deadline)
-    _wait_http(url + "/ready", deadline)
-    logger.info("serving %s at %s", ", ".join(app.name for app in config.applications), url)
-    return url
+    urls = model_urls(config)
+    for name, url in urls.items():
+        _wait_http(url + "/ready", deadline)
+        logger.info("serving %s at %s", name, url)
+    return urls
 
 
 def stop_server() -> None:
@@ -176,9 +191,10 @@ def serve_until_signalled(
     *,
     num_cpus: int | None = None,
     timeout: float = 300.0,
-    on_ready: Callable[[str], None] | None = None,
+    on_ready: Callable[[dict[str, str]], None] | None = None,
 ) -> None:
-    """Start the server, block until SIGTERM or SIGINT, then stop it gracefully."""
+    """Start the server, block until SIGTERM or SIGINT, then stop it gracefully. `on_ready` gets
+    `model_urls` once every application answers."""
     stop = threading.Event()
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -188,11 +204,11 @@ def serve_until_signalled(
     signals = (signal.SIGTERM, signal.SIGINT)
     previous = {sig: signal.signal(sig, request_stop) for sig in signals}
     try:
-        url = start_server(config, num_cpus=num_cpus, timeout=timeout)
+        urls = start_server(config, num_cpus=num_cpus, timeout=timeout)
         for sig in signals:  # ray.init may have installed its own handlers
             signal.signal(sig, request_stop)
         if on_ready is not None:
-            on_ready(url)
+            on_ready(urls)
         while not stop.wait(0.5):
             pass
     finally:

@@ -27,6 +27,7 @@ Invoke:
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import tempfile
@@ -53,6 +54,9 @@ __all__ = ["RemoteBackend", "RemoteEmbedder", "is_server_url"]
 
 TEXT_MIME = "text/plain"
 COUNT_CACHE_SIZE = 2048
+EMBEDDING_CACHE_SIZE = 1024
+# Asked with every answer: the outputs' bytes and embeddings, so neither needs another round trip.
+ATTACH = "media,embeddings"
 
 
 def is_server_url(model: object) -> bool:
@@ -149,7 +153,7 @@ class RemoteBackend:
         """Answer `request` on the server; its output media are in the local store on return.
         (`progress` is not reported: the diffusion steps run on the server.)"""
         body = self._body(request)
-        return self._localise(GenerateResult.model_validate(self.client.post_json("/v1/generate", body)))
+        return self._localise(self.client.post_json(f"/v1/generate?include={ATTACH}", body))
 
     async def agenerate(
         self, request: GenerateRequest, *, progress: ProgressFn | None = None
@@ -171,12 +175,12 @@ class RemoteBackend:
         return self._stream(body)
 
     def _stream(self, body: dict[str, Any]) -> Iterator[str | GenerateResult]:
-        with self.client.stream("POST", "/v1/generate/stream", json=body) as response:
+        with self.client.stream("POST", f"/v1/generate/stream?include={ATTACH}", json=body) as response:
             for event, data in _sse_events(response.iter_lines()):
                 if event == "text":
                     yield str(data["text"])
                 elif event == "result":
-                    yield self._localise(GenerateResult.model_validate(data))
+                    yield self._localise(data)
                 elif event == "error":
                     error = data.get("error", {})
                     cls = error_type(str(error.get("type"))) or RemoteServerError
@@ -216,13 +220,23 @@ class RemoteBackend:
                 f"the server stored artifact {artifact_id[:12]} as {str(stored.get('id'))[:12]}"
             )
 
-    def _localise(self, result: GenerateResult) -> GenerateResult:
-        """Download the result's media the local store lacks; `created` is what this store gained."""
+    def _localise(self, answer: dict[str, Any]) -> GenerateResult:
+        """Store the answer's media the local store lacks, from the bytes attached to it (or
+        downloaded, for a server that did not attach them); `created` is what this store gained.
+        Attached embeddings go to the embedder, so the memory asks the server for none of them."""
+        attachments: dict[str, dict[str, Any]] = answer.pop("attachments", None) or {}
+        result = GenerateResult.model_validate(answer)
         created = []
         for ref in result.media:
+            attached = attachments.get(ref.id, {})
+            if "embedding" in attached:
+                self.embedder.remember(ref.id, vectors_from_wire(attached["embedding"])[0])
             if ref.id in self.artifacts:
                 continue
-            data = self.client.request("GET", f"/v1/artifacts/{ref.id}").content
+            if "base64" in attached:
+                data = base64.b64decode(attached["base64"])
+            else:
+                data = self.client.request("GET", f"/v1/artifacts/{ref.id}").content
             media = (
                 Media.from_text(data.decode("utf-8"))
                 if ref.mime == TEXT_MIME
@@ -248,6 +262,15 @@ class RemoteEmbedder:
         self.backend = backend
         self.name = str(backend.info["embedder"]["name"])
         self.dim = int(backend.info["embedder"]["dim"])
+        self._known: OrderedDict[str, np.ndarray] = OrderedDict()  # artifact id -> vector
+        self._lock = threading.Lock()
+
+    def remember(self, artifact_id: str, vector: np.ndarray) -> None:
+        """Keep a medium's vector that came with a generate answer (the memory embeds it next)."""
+        with self._lock:
+            self._known[artifact_id] = np.asarray(vector, dtype=np.float32)
+            while len(self._known) > EMBEDDING_CACHE_SIZE:
+                self._known.popitem(last=False)
 
     def __repr__(self) -> str:
         return f"RemoteEmbedder(name={self.name!r}, dim={self.dim}, url={self.backend.url!r})"
@@ -256,6 +279,12 @@ class RemoteEmbedder:
         out = np.zeros((len(media), self.dim), dtype=np.float32)
         text_idx = [i for i, m in enumerate(media) if m.modality is Modality.TEXT]
         media_idx = [i for i, m in enumerate(media) if m.modality is not Modality.TEXT]
+        with self._lock:
+            for i in list(media_idx):
+                known = self._known.get(media[i].content_id or "")
+                if known is not None:
+                    out[i] = known
+                    media_idx.remove(i)
         if media_idx:
             ids = [self._on_server(media[i]) for i in media_idx]
             vectors = self.backend.client.post_json("/v1/embed/media", {"ids": ids})["vectors"]

@@ -25,6 +25,7 @@ from codi2_agent._media_errors import CorruptMediaError, MediaTooLargeError
 from codi2_agent.artifacts import ArtifactNotFoundError, ArtifactStore
 from codi2_agent.backends import _WORD_RE, GenerateRequest, GenerateResult, LocalBackend, PromptTurn
 from codi2_agent.media import Media, MediaRef
+from codi2_agent.serving.wire import vectors_to_wire
 
 __all__ = ["BadRequestError", "BatchSettings", "ModelService", "Outcome", "ServerSettings"]
 
@@ -92,12 +93,14 @@ class BatchStats:
     requests: int = 0
     sizes: Counter[int] = field(default_factory=Counter)
     uploads: int = 0  # media received by value (uploads and inline parts)
+    busy_seconds: float = 0.0  # wall time spent answering generate calls (streams not counted)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "batches": self.batches,
             "requests": self.requests,
             "uploads": self.uploads,
+            "busy_seconds": round(self.busy_seconds, 3),
             "largest_batch": max(self.sizes, default=0),
             "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
         }
@@ -171,6 +174,24 @@ class ModelService:
         ref = self.store.ref(artifact_id)
         return self.store.path(ref), ref.mime
 
+    def attachments(self, result: GenerateResult, include: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """What a client asked to get with an answer (``?include=media,embeddings``), per output id:
+        the medium's bytes (base64) and its memory embedding — so a client needs no further call
+        for either. Unknown names are refused."""
+        unknown = sorted(set(include) - {"media", "embeddings"})
+        if unknown:
+            raise BadRequestError(f"include takes 'media' and 'embeddings', got {unknown}")
+        out: dict[str, dict[str, Any]] = {ref.id: {} for ref in result.media}
+        if "media" in include:
+            for ref in result.media:
+                out[ref.id]["base64"] = base64.b64encode(self.store.path(ref).read_bytes()).decode("ascii")
+        if "embeddings" in include and result.media:
+            # The features of media the model just made are cached: this costs no encoder pass.
+            vectors = self.embed_media([ref.id for ref in result.media])
+            for ref, vector in zip(result.media, vectors, strict=True):
+                out[ref.id]["embedding"] = vectors_to_wire(vector[None, :])
+        return out
+
     def embed_media(self, ids: Sequence[str]) -> Any:
         media = [self.store.get(self._held(raw)) for raw in ids]
         return self.backend.embedder.embed_media(media)
@@ -236,12 +257,23 @@ class ModelService:
 
     def generate(self, request: GenerateRequest) -> GenerateResult:
         self._count(1)
-        return self.backend.generate(request)
+        t0 = time.perf_counter()
+        try:
+            return self.backend.generate(request)
+        finally:
+            self._busy(t0)
 
     def generate_many(self, requests: Sequence[GenerateRequest]) -> list[Outcome]:
         """Answer requests in one model call; if that call fails, each alone, so an error stays with
         the request that caused it."""
         self._count(len(requests))
+        t0 = time.perf_counter()
+        try:
+            return self._generate_many(requests)
+        finally:
+            self._busy(t0)
+
+    def _generate_many(self, requests: Sequence[GenerateRequest]) -> list[Outcome]:
         try:
             # Output captions are read back afterwards, for the whole batch in one more model call.
             plain = [r.model_copy(update={"caption_outputs": False}) for r in requests]
@@ -294,6 +326,10 @@ class ModelService:
     def stream(self, request: GenerateRequest) -> Iterator[str | GenerateResult]:
         self._count(1)
         return self.backend.stream(request)
+
+    def _busy(self, since: float) -> None:
+        with self._stats_lock:
+            self.stats.busy_seconds += time.perf_counter() - since
 
     def _count(self, size: int) -> None:
         with self._stats_lock:

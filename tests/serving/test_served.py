@@ -97,6 +97,14 @@ def test_generate_takes_media_by_value_and_by_reference(server: Server) -> None:
     download = httpx.get(f"{server.url}/v1/artifacts/{again.json()['media'][0]['id']}")
     assert download.headers["content-type"] == "image/png"
     assert Media.open(download.content).image.size == (32, 32)
+    # the outputs' bytes and embeddings can come with the answer instead
+    attached = httpx.post(server.url + "/v1/generate?include=media,embeddings", json=body, timeout=60).json()
+    (output,) = attached["media"]
+    extra = attached["attachments"][output["id"]]
+    assert _sha256(base64.b64decode(extra["base64"])) == output["id"] == by_value.json()["media"][0]["id"]
+    assert extra["embedding"]["shape"][0] == 1
+    refused = httpx.post(server.url + "/v1/generate?include=pixels", json=body, timeout=60)
+    assert refused.status_code == 400 and "pixels" in refused.json()["error"]["message"]
 
 
 def test_a_batch_answers_as_each_request_alone(server: Server, remote: RemoteBackend) -> None:
