@@ -125,14 +125,15 @@ class ThreadLog:
         return max((n for n in self._fresh(tenant, key).turns if n <= upto), default=0)
 
     # --- writing ----------------------------------------------------------------------------------
-    def start_turn(self, tenant: str, key: str, turn: int) -> None:
-        """Forget rows of `turn` and later (left by a rewound or crashed turn): the turn starts clean."""
+    def start_turn(self, tenant: str, key: str, turn: int) -> bool:
+        """Forget rows of `turn` and later (left by a rewound or crashed turn): the turn starts clean.
+        Returns True when there were such rows."""
         copy = self._fresh(tenant, key)
         with self._lock:
             stale_media = [k for k, r in copy.media.items() if r.turn >= turn]
             stale_turns = [n for n in copy.turns if n >= turn]
             if not stale_media and not stale_turns:
-                return
+                return False
             for k in stale_media:
                 self.store.delete(self._ns(tenant, key, "media"), k)
                 del copy.media[k]
@@ -140,6 +141,7 @@ class ThreadLog:
                 self.store.delete(self._ns(tenant, key, "turns"), f"{n:09d}")
                 del copy.turns[n]
             self._bump(tenant, key, copy)
+        return True
 
     def add_media(self, tenant: str, key: str, records: Sequence[MediaRecord]) -> None:
         if not records:

@@ -209,9 +209,16 @@ class SessionNodes(RetrieveStep):
             )
             return update
         # Media sent again keep their place in an edit chain (subject).
-        self.log().adopt(self.tenant(config), self.thread(config), dict(state))  # a pre-log thread
-        known = {r.id: r for r in self.media_log(state, config, turn - 1)}
-        self.log().start_turn(self.tenant(config), self.thread(config), turn)  # rows a crash left
+        tenant, thread = self.tenant(config), self.thread(config)
+        self.log().adopt(tenant, thread, dict(state))  # a pre-log thread
+        earlier = self.media_log(state, config, turn - 1)
+        known = {r.id: r for r in earlier}
+        cut_short = self.log().start_turn(tenant, thread, turn)
+        if cut_short and self.memory is not None and hasattr(self.memory, "reconcile_thread"):
+            # A turn of this number was cut short (a crash, in this process or another) or rewound:
+            # its log rows are gone, so its exemplars go too. The log is written before the memory,
+            # so no exemplar of a dead turn exists without its rows.
+            self.memory.reconcile_thread(tenant, thread, {(r.id, r.turn) for r in earlier})
         records = [
             MediaRecord(
                 ref=ref,
@@ -221,8 +228,8 @@ class SessionNodes(RetrieveStep):
             )
             for ref in refs
         ]
+        self.log().add_media(tenant, thread, records)  # the log first: see start_turn above
         self._remember(config, records)
-        self.log().add_media(self.tenant(config), self.thread(config), records)
         update["turn_media"] = records
         return update
 
@@ -457,8 +464,8 @@ class SessionNodes(RetrieveStep):
                     subject=subject or ref.short_id,
                 )
             )
+        self.log().add_media(self.tenant(config), self.thread(config), records)  # the log first
         self._remember(config, records)
-        self.log().add_media(self.tenant(config), self.thread(config), records)
         return {
             "turn_media": [*(state.get("turn_media") or []), *records],
             "result": result.model_copy(update={"media": tuple(r.ref for r in records)}),
