@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -74,3 +78,32 @@ def test_a_bad_config_file_names_the_file_and_the_field(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ServeConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "codi2_agent.cli", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def test_serve_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "serve.yaml"
+    bad.write_text("applications: 3\n", encoding="utf-8")
+    proc = _serve("--config", str(bad))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and "serve.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_serve_refuses_a_busy_port_before_starting_ray(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _serve("--port", str(port), "--artifacts", str(tmp_path / "artifacts"))
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
