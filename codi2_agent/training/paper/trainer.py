@@ -311,7 +311,6 @@ class PaperTrainer:
         ]
         step, positions = 0, [0] * acc.num_processes
         if checkpoint is not None:
-            acc.load_state(str(checkpoint))
             progress = json.loads((checkpoint / PROGRESS).read_text())
             step, positions = int(progress["step"]), list(progress["positions"])
             if len(positions) != acc.num_processes:
@@ -319,6 +318,7 @@ class PaperTrainer:
                     f"{checkpoint} was written by {len(positions)} processes; resume it with as many "
                     f"(this run has {acc.num_processes})"
                 )
+            acc.load_state(str(checkpoint))
             logger.info("resuming stage %s at step %d from %s", stage, step, checkpoint)
         else:
             torch.manual_seed(cfg.seed + PAPER_STAGES.index(stage))
