@@ -95,11 +95,14 @@ class CoDi2Server:
     def __init__(self, settings: dict[str, Any]) -> None:
         parsed = ServerSettings.model_validate(settings)
         self.service = ModelService(parsed)
+        self._waiting: list[tuple[GenerateRequest, asyncio.Future[Outcome]]] = []
+        self._model_free = asyncio.Lock()
         self.reconfigure(parsed.model_dump(include=set(BatchSettings.model_fields)))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Ray Serve's ``user_config``: batch size and wait, applied to a running replica."""
         batching = BatchSettings.model_validate(user_config or {})
+        self._max_batch_size = batching.max_batch_size
         batched: Any = self._generate_batched  # @serve.batch's handle has the setters
         batched.set_max_batch_size(batching.max_batch_size)
         batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
@@ -114,12 +117,43 @@ class CoDi2Server:
         if getattr(self, "service", None) is None:
             raise RuntimeError("the model is not loaded")
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    # Ray Serve forms the next batch as soon as the last one is handed over, while the model still
+    # runs it: requests arriving during a model call would be split into small batches that then
+    # queue. So batches only gather requests here (any number in flight), and the model takes
+    # everything waiting whenever it is free, up to max_batch_size.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, max_concurrent_batches=64)
     async def _generate_batched(self, requests: list[GenerateRequest]) -> list[Outcome]:
-        # The model call blocks: run it off the event loop so health checks and uploads still answer.
-        if len(requests) == 1:
-            return [Outcome(result=await asyncio.to_thread(self.service.generate, requests[0]))]
-        return await asyncio.to_thread(self.service.generate_many, requests)
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in requests]
+        self._waiting.extend(zip(requests, futures, strict=True))
+        while not all(f.done() for f in futures):
+            await self._run_waiting(futures)
+        return [f.result() for f in futures]
+
+    async def _run_waiting(self, mine: list[asyncio.Future[Outcome]]) -> None:
+        """One model call on the requests waiting once the model is free, unless another call has
+        answered all of `mine` meanwhile (then its caller returns at once)."""
+        async with self._model_free:
+            if all(f.done() for f in mine):
+                return
+            taken, self._waiting = (
+                self._waiting[: self._max_batch_size],
+                self._waiting[self._max_batch_size :],
+            )
+            if not taken:
+                return
+            requests = [request for request, _ in taken]
+            try:
+                # The model call blocks: off the event loop, so health checks and uploads still answer.
+                if len(requests) == 1:
+                    outcomes = [Outcome(result=await asyncio.to_thread(self.service.generate, requests[0]))]
+                else:
+                    outcomes = await asyncio.to_thread(self.service.generate_many, requests)
+            except Exception as e:  # a lone request's own error
+                outcomes = [Outcome(error=e) for _ in taken]
+            for (_, future), outcome in zip(taken, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
 
     # --- liveness -----------------------------------------------------------------------------------
     @api.get("/health")
