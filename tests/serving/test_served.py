@@ -183,6 +183,22 @@ def test_chat_model_runs_against_the_server(server: Server) -> None:
         assert type(chat.backend).__name__ == "RemoteBackend"
 
 
+def test_agent_tools_run_against_the_server(server: Server, tmp_path: Path) -> None:
+    from codi2_agent.tools import CoDi2Toolkit
+
+    toolkit = CoDi2Toolkit(model=server.url, root=tmp_path / "agent")
+    try:
+        tools = {t.name: t for t in toolkit.get_tools()}
+        made = tools["codi2_generate"].invoke({"prompt": "a small red star in the snow"})
+        edited = tools["codi2_edit"].invoke({"media": "the last image", "instruction": "make it blue"})
+        assert "@m:" in made and "@m:" in edited and made != edited
+        assert type(toolkit.session.backend).__name__ == "RemoteBackend"
+        outputs = [r for r in toolkit.session.media_log() if r.role == "output"]
+        assert len(outputs) == 2 and outputs[1].parents == (outputs[0].id,)
+    finally:
+        toolkit.close()
+
+
 def test_the_server_stops_cleanly(server: Server) -> None:
     assert server.process.poll() is None
     done = threading.Event()
