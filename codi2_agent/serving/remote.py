@@ -104,6 +104,8 @@ class RemoteBackend:
         self._on_server: set[str] = set()  # ids the server is known to hold
         self._lock = threading.Lock()
         self._counts: OrderedDict[tuple[Any, ...], int] = OrderedDict()
+        # Made here, not lazily: answers hand it embeddings from several threads at once.
+        self.embedder = RemoteEmbedder(self)
 
     def __repr__(self) -> str:
         return f"RemoteBackend({self.url!r}, artifacts={str(self.artifacts.root)!r})"
@@ -125,10 +127,6 @@ class RemoteBackend:
         from codi2_agent.model import Vocabulary
 
         return Vocabulary.from_dict(self.info["vocabulary"])
-
-    @cached_property
-    def embedder(self) -> RemoteEmbedder:
-        return RemoteEmbedder(self)
 
     def count_tokens(self, prompt: Sequence[PromptTurn]) -> int:
         # Counts depend on the words and each medium's modality only; the graph asks about the same
