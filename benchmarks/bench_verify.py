@@ -2,7 +2,7 @@
 what it costs (seconds per turn).
 
 Run: `.venv/bin/python benchmarks/bench_verify.py [--model tiny|PATH] [--per-task 80] [--verify 4]
-[--threads 1] [--deadline HH:MM] [--out FILE]`. Writes the table to FILE (default
+[--threads 1] [--deadline HH:MM] [--tasks a,b] [--steps N] [--out FILE]`. Writes the table to FILE (default
 benchmarks/results/verify.txt) after every round, so a run cut short still leaves its figures.
 
 Samples are the held-out ("test") split drawn exactly as `codi2_agent.evaluation.evaluate` draws
@@ -65,6 +65,12 @@ def run(args: argparse.Namespace) -> dict[str, TaskTally]:
     model = load_model(args.model)
     probes = load_probes()
     names = media_tasks()
+    if args.tasks:
+        chosen = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        unknown = sorted(set(chosen) - set(names))
+        if unknown:
+            raise SystemExit(f"unknown or text-only task(s) {unknown}; choose from {', '.join(names)}")
+        names = chosen
     every = sorted(TASKS)  # evaluation.evaluate seeds each task's stream by its index in this list
     rngs = {name: np.random.default_rng([args.seed, every.index(name)]) for name in names}
     tallies = {name: TaskTally() for name in names}
@@ -82,7 +88,11 @@ def run(args: argparse.Namespace) -> dict[str, TaskTally]:
             for verify in (1, args.verify):
                 t0 = time.perf_counter()
                 out = model.generate(
-                    sample.messages, output=target.modality, seed=args.seed + i, verify=verify
+                    sample.messages,
+                    output=target.modality,
+                    seed=args.seed + i,
+                    verify=verify,
+                    num_inference_steps=args.steps,
                 )
                 seconds = time.perf_counter() - t0
                 ok = all(probes.score(out.media[0], expected).values())
@@ -165,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--deadline", default=None, help="HH:MM UTC: start no new round after it")
+    parser.add_argument("--tasks", default=None, help="comma-separated media tasks (default: all)")
+    parser.add_argument("--steps", type=int, default=None, help="diffusion steps (default: the model's)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     tallies: Any = run(args)
