@@ -6,6 +6,7 @@ whose last hidden states become c_MLLM, and the diffusion decoders.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -596,18 +597,24 @@ class GenerationMixin:
         the same value on both sides of "from … to …" (`consistency.search`, a beam search on the LM's
         own log-probabilities); if none is found, the greedy answer cut before the clause."""
         device = self._input_device
-        embeds = self.embed(prompt_ids[None].to(device), media_features=feats)  # (1, T, H)
-        table, pad = self.lm.get_input_embeddings(), self.tokenizer.pad_token_id
+        prompt = self.lm(
+            inputs_embeds=self.embed(prompt_ids[None].to(device), media_features=feats), use_cache=True
+        )
+        prompt_cache, first = cache_of(prompt), prompt.logits[:, -1].float().log_softmax(-1)
 
         def log_probs(answers: Sequence[Sequence[int]]) -> torch.Tensor:
-            n, width = len(answers), max(1, *(len(a) for a in answers))
-            tokens = torch.full((n, width), pad, dtype=torch.long, device=device)
-            for i, answer in enumerate(answers):  # right-padded: causal attention never reads the pads
-                tokens[i, : len(answer)] = torch.tensor(answer, dtype=torch.long)
-            inputs = torch.cat([embeds.expand(n, -1, -1), table(tokens).to(embeds.dtype)], dim=1)
-            logits = self.lm(inputs_embeds=inputs, use_cache=False).logits
-            last = torch.tensor([embeds.shape[1] + len(a) - 1 for a in answers], device=device)
-            return logits[torch.arange(n, device=device), last].float().log_softmax(-1)
+            # Every beam grows by one token a step, so the answers are equally long: they are read
+            # together on copies of the prompt's KV cache (the prompt is read once per search).
+            n, length = len(answers), len(answers[0])
+            if any(len(a) != length for a in answers):
+                raise ValueError("beam answers must be equally long")
+            if length == 0:
+                return first.expand(n, -1)
+            past = copy.deepcopy(prompt_cache)
+            past.batch_repeat_interleave(n)
+            tokens = torch.tensor([list(a) for a in answers], dtype=torch.long, device=device)
+            out = self.lm(input_ids=tokens, **cache_kwargs(past), use_cache=True)
+            return out.logits[:, -1].float().log_softmax(-1)
 
         banned = set(rules.banned)
         ends = [self.tokenizer.eos_token_id, *(self._ids[MARKER[m]] for m in MODALITIES)]
