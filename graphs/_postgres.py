@@ -11,6 +11,7 @@ Needs the ``serve`` extra (``langgraph-checkpoint-postgres``, ``psycopg``).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 _SETUP_LOCK = 0x636F646932_7365  # an advisory key of its own: b"codi2" b"se"(tup)
+_SETUP_WAIT_S = 300.0  # how long a process waits for another to finish creating the tables
 _set_up: set[str] = set()  # URLs whose tables this process has already checked
 _set_up_guard = threading.Lock()
 
@@ -98,7 +100,18 @@ def _setup_once(url: str, *parts: PostgresSaver | PostgresStore) -> None:
         if url in _set_up:
             return
         with _connect(url) as guard:
-            guard.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))
+            # Poll, never wait inside pg_advisory_lock: a waiting statement holds a snapshot, and the
+            # holder's CREATE INDEX CONCURRENTLY waits for every snapshot to end — a deadlock through
+            # two processes that Postgres cannot see (found by the load test with two workers).
+            deadline = time.monotonic() + _SETUP_WAIT_S
+            try_lock = "SELECT pg_try_advisory_lock(%s) AS got"
+            while not guard.execute(try_lock, (_SETUP_LOCK,)).fetchone()["got"]:
+                if time.monotonic() > deadline:
+                    raise PostgresUnavailableError(
+                        f"another process has been setting up the tables of {describe_postgres(url)} "
+                        f"for over {_SETUP_WAIT_S:.0f} s"
+                    )
+                time.sleep(0.1)
             try:
                 for part in parts:
                     part.setup()

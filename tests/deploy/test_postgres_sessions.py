@@ -267,3 +267,27 @@ def test_a_lock_connection_the_server_dropped_is_replaced(postgres_url: str) -> 
     finally:
         locks.close()
         other.close()
+
+
+def test_waiting_for_another_process_to_set_up_the_tables_does_not_block_its_indexes(
+    postgres_url: str,
+) -> None:
+    """A process that waits for the setup lock must hold no snapshot while it waits: the process that
+    holds the lock runs CREATE INDEX CONCURRENTLY, which waits for every open snapshot (the two-worker
+    deadlock the load test found)."""
+    from codi2_agent.graphs import open_postgres
+    from codi2_agent.graphs._postgres import _SETUP_LOCK
+
+    with psycopg.connect(postgres_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))  # another process sets up
+        holder.execute("CREATE TABLE IF NOT EXISTS setup_probe (x int)")
+        opened: queue.Queue[Any] = queue.Queue()
+        waiter = threading.Thread(target=lambda: opened.put(open_postgres(postgres_url)), daemon=True)
+        waiter.start()
+        time.sleep(1.0)  # the waiter is now waiting for the setup lock
+        assert opened.empty()
+        holder.execute("SET statement_timeout = '20s'")  # a blocked index build fails instead of hanging
+        holder.execute("CREATE INDEX CONCURRENTLY IF NOT EXISTS setup_probe_x ON setup_probe (x)")
+        holder.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
+        parts = opened.get(timeout=60)  # and the waiter sets up once the lock is free
+        parts.close()

@@ -42,17 +42,23 @@ def test_dry_run_measures_every_part_on_the_cpu(tmp_path: Path) -> None:
         assert rows[(part, "peak memory (turns)")].endswith("RSS")
     assert float(rows[("tiny", "load_model('tiny')")].split()[0]) > 0
     assert float(rows[("paper", "build paper model")].split()[0]) > 0
-    assert rows[("batched", "batched throughput")] == "n/a"
+    for output in ("image", "audio"):  # generate_batch vs sequential generate, tiny and paper
+        for model in ("tiny", "paper"):
+            value = rows[("batched", f"{model} {output} x2")]
+            assert re.fullmatch(r"\d+\.\d\d turns/s", value) and float(value.split()[0]) > 0, value
+    assert re.search(
+        r"batched +tiny image x2 .*sequential \d+\.\d\d turns/s, ratio \d+\.\d\dx", out.read_text()
+    )
     assert "ERROR" not in out.read_text()
 
 
 def test_a_part_over_its_time_limit_is_an_error_row_and_the_rest_still_runs(tmp_path: Path) -> None:
     out = tmp_path / "gpu.txt"
-    proc = _bench("--dry-run", "--parts", "paper,batched", "--paper-limit-s", "3", "--out", str(out))
+    proc = _bench("--dry-run", "--parts", "paper,tiny", "--paper-limit-s", "3", "--out", str(out))
     assert proc.returncode == 1  # a part failed; the table is written anyway
     rows = _rows(out.read_text())
     assert rows[("paper", "time limit")] == "ERROR"
-    assert rows[("batched", "batched throughput")] == "n/a"
+    assert float(rows[("tiny", "load_model('tiny')")].split()[0]) > 0  # the next part still ran
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
