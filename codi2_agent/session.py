@@ -589,7 +589,9 @@ class Session:
 
 def _interactive() -> bool:
     """A terminal or a notebook: where a progress bar is wanted."""
-    if "ipykernel" in sys.modules:
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    if type(shell).__name__ == "ZMQInteractiveShell":  # a notebook kernel (ipykernel merely imported is not)
         return True
     stream = sys.stderr
     return bool(getattr(stream, "isatty", lambda: False)())

@@ -160,6 +160,14 @@ def test_progress_bars_only_on_a_terminal(tiny_model: CoDi2Model, tmp_path: Path
         s.close()
 
 
+def test_a_process_that_merely_imported_ipykernel_is_not_a_notebook() -> None:
+    import ipykernel  # noqa: F401  (what nbclient-based tests or tools do in the same process)
+
+    from codi2_agent.session import _interactive
+
+    assert _interactive() is False
+
+
 def test_a_reference_given_as_media_is_resolved_by_the_graph(session: Session) -> None:
     made = session.say("draw a small red star in the snow")
     unknown = session.say("describe this", "@m:abcdef123456")
