@@ -381,11 +381,23 @@ class CoDi2Config:
                 rms_norm_eps=1e-5,
                 tie_word_embeddings=True,
             ),
+            # Classifier-free guidance at 3.5 (the decoders train with 10 % null conditions): decoding
+            # the true C_x of 80 held-out renders, guidance 1 / 2 / 3.5 / 5 / 7.5 gives image 0.91 /
+            # 0.97 / 0.99 / 0.97 / 0.95 (shape is the attribute that moves) and audio 0.84 / 0.91 /
+            # 0.94 / 0.90 / 0.88 (instrument and ambience); twice the UNet work per step.
             image_decoder=DecoderConfig(
-                "tiny_diffusion", block_out_channels=(64, 128, 128), layers_per_block=2, fold=2
+                "tiny_diffusion",
+                block_out_channels=(64, 128, 128),
+                layers_per_block=2,
+                fold=2,
+                guidance_scale=3.5,
             ),
             audio_decoder=DecoderConfig(
-                "tiny_diffusion", block_out_channels=(32, 64, 128), layers_per_block=1, fold=2
+                "tiny_diffusion",
+                block_out_channels=(32, 64, 128),
+                layers_per_block=1,
+                fold=2,
+                guidance_scale=3.5,
             ),
         )
         return cfg.replace(**overrides)

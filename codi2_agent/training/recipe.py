@@ -31,7 +31,7 @@ from codi2_agent.media import Modality
 from codi2_agent.model import CoDi2Config, CoDi2Model, build_tokenizer
 from codi2_agent.training.loop import StageConfig, run_stage
 
-__all__ = ["STAGES", "TinyRecipe", "train"]
+__all__ = ["PERCEPTION_STAGES", "STAGES", "TinyRecipe", "adopt_perception", "train"]
 
 STAGES = ("encoders", "image_decoder", "audio_decoder", "align", "lm")
 # Paired media <-> text tasks: the `align` stage's whole diet and the `lm` stage's replayed share.
@@ -48,7 +48,7 @@ class TinyRecipe:
     encoder_steps: int = 500
     encoder_batch: int = 64
     image_decoder_steps: int = 3500
-    audio_decoder_steps: int = 1500
+    audio_decoder_steps: int = 2500
     decoder_batch: int = 32
     decoder_lr: float = 1e-3
     decoder_ema: float = 0.999
@@ -63,7 +63,7 @@ class TinyRecipe:
     # 0.075 (lm feature MSE 0.23); answering with the edit they infer first (`analogy_reply`), 0.55
     # (feature MSE 0.06).
     align_steps: int = 800
-    lm_steps: int = 4000
+    lm_steps: int = 6000
     align_replay: int = 1  # extra copies of ALIGN_TASKS in the `lm` stage's task draw (no forgetting)
     lm_batch: int = 16
     lm_lr: float = 5e-4
@@ -274,6 +274,43 @@ def _restore_done(model: CoDi2Model, workdir: Path) -> None:
                 )
 
 
+PERCEPTION_STAGES = ("encoders", "image_decoder", "audio_decoder")
+
+
+def adopt_perception(workdir: Path, model_dir: str | Path) -> None:
+    """Take the encoders, decoders and tokenizer of a finished tiny model as this run's perception.
+
+    Writes them where their stages would have (`<stage>/final.pt` + `done`), so the run trains only
+    the reasoning stages (`align`, `lm`) on top — how a paper-scale CoDi-2 reuses pretrained
+    ImageBind and diffusion models. A workdir whose perception stages already ran is refused: mixing
+    two perception backbones would train the LM against features its decoders never saw.
+    """
+    from codi2_agent.model import load_model
+
+    marker = json.dumps({"adopted_from": str(model_dir)})
+    started = [s for s in PERCEPTION_STAGES if (workdir / s).exists()]
+    if started == list(PERCEPTION_STAGES) and all(
+        (workdir / s / "done").is_file() and (workdir / s / "done").read_text() == marker for s in started
+    ):
+        return  # a resumed run: adopted from the same folder before
+    if started or (workdir / "tokenizer").exists():
+        raise ValueError(
+            f"workdir {workdir} already has its own perception stages or tokenizer "
+            f"({started or ['tokenizer']}); adopt a model's perception into a fresh workdir"
+        )
+    source = load_model(model_dir)  # checks the folder's integrity manifest first
+    source.processor.tokenizer.save_pretrained(workdir / "tokenizer")
+    encoders = {
+        f"{m}.encoder.{k}": v for m in ("image", "audio") for k, v in source.encoders[m].state_dict().items()
+    }
+    parts: dict[str, dict[str, torch.Tensor]] = {"encoders": encoders}
+    parts |= {f"{m}_decoder": source.decoders[m].state_dict() for m in ("image", "audio")}
+    for stage, state in parts.items():
+        (workdir / stage).mkdir(parents=True)
+        torch.save(state, workdir / stage / "final.pt")
+        (workdir / stage / "done").write_text(marker)
+
+
 def train(
     out: str | Path,
     *,
@@ -282,11 +319,14 @@ def train(
     recipe: TinyRecipe | None = None,
     stages: Sequence[str] = STAGES,
     progress: bool | None = None,
+    perception_from: str | Path | None = None,
 ) -> Path | None:
     """Run (or resume) the recipe's `stages`; when every stage is done, save the model to `out`.
 
     Returns `out` when the model was written, None when stages remain (run them, then call again).
     `progress`: tqdm bars per stage; None (default) draws them only when stderr is a terminal.
+    `perception_from`: a finished tiny model folder whose encoders and decoders this run adopts
+    (`adopt_perception`); the run then trains `align` and `lm` only.
     """
     if preset != "tiny":
         raise ValueError(
@@ -302,6 +342,9 @@ def train(
     workdir = Path(workdir) if workdir is not None else out.parent / f".{out.name}-work"
     workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(recipe.threads)
+    if perception_from is not None:
+        adopt_perception(workdir, perception_from)
+        stages = [s for s in stages if s not in PERCEPTION_STAGES]
     (workdir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
 
     model = _build_model(recipe, workdir)

@@ -93,3 +93,29 @@ def test_lm_stage_refuses_to_start_before_align(tmp_path):
     with pytest.raises(RuntimeError, match="stage 'align' must finish before 'lm'"):
         train(tmp_path / "m", workdir=work, stages=["lm"], recipe=TinyRecipe.smoke(), progress=False)
     assert not (work / "lm").exists() and not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_a_run_adopts_a_finished_models_perception_and_trains_only_the_lm(tmp_path):
+    recipe = TinyRecipe.smoke()
+    recipe.align_steps, recipe.lm_steps = 4, 2
+    work = tmp_path / "work"
+    out = train(tmp_path / "m", workdir=work, recipe=recipe, perception_from="tiny", progress=False)
+    assert out == tmp_path / "m"
+    shipped, trained = load_model("tiny"), load_model(str(out))
+    for m in ("image", "audio"):  # encoders and decoders are the shipped ones, bit for bit
+        for part in ("encoders", "decoders"):
+            mine, theirs = getattr(trained, part)[m].state_dict(), getattr(shipped, part)[m].state_dict()
+            assert mine.keys() == theirs.keys()
+            assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert not (work / "encoders" / "loss.jsonl").exists()  # adopted, never trained
+    assert (work / "lm" / "loss.jsonl").exists()
+    lm_mine = dict(trained.lm.named_parameters())
+    lm_theirs = dict(shipped.lm.named_parameters())
+    assert any(not torch.equal(p, lm_theirs[k]) for k, p in lm_mine.items())  # the LM is this run's own
+    assert trained.processor.tokenizer.get_vocab() == shipped.processor.tokenizer.get_vocab()
+    # A rerun resumes (same source); a workdir with its own perception refuses another model's.
+    assert train(tmp_path / "m", workdir=work, recipe=recipe, perception_from="tiny", progress=False) == out
+    (work / "encoders" / "done").write_text("{}")
+    with pytest.raises(ValueError, match="already has its own perception"):
+        train(tmp_path / "m", workdir=work, recipe=recipe, perception_from="tiny", progress=False)
