@@ -46,6 +46,7 @@ INSTRUCT = ["edit_image", "analogy_image", "edit_audio", "multi_round"]
 def quick_config(**overrides: object) -> PaperTrainingConfig:
     """Seconds-scale settings: no mixed precision (CPU), a few steps, frequent logs."""
     settings: dict[str, object] = dict(
+        bridge_steps=2,
         align_steps=2,
         instruct_steps=2,
         batch_size=2,

@@ -34,7 +34,8 @@ def train_cmd(
         str | None,
         typer.Option(
             help="Comma-separated stages to run. Tiny: encoders,image_decoder,audio_decoder,align,lm; "
-            "paper: align,instruct.",
+            "paper: bridge,align,instruct (bridge, by default when the align data has audio-caption "
+            "pairs: fits the CLAP audio features to AudioLDM-2's conditioning).",
             show_default=False,
         ),
     ] = None,
@@ -137,11 +138,16 @@ def _train_paper(
     settings: dict[str, Any],
     text_only_p: float,
 ) -> None:
-    """`train --preset paper`: check the arguments and the data folders, then train."""
+    """`train --preset paper`: check the arguments and the data folders, then train.
+
+    Without --stages every stage runs, except `bridge` when the align data holds no audio-caption
+    manifest or shard (it has nothing to train on; audio answers then stay untrained)."""
+    from dataclasses import replace
+
     from codi2_agent.model import CoDi2Config, ModelLoadError
     from codi2_agent.training.datasets import DatasetError
     from codi2_agent.training.paper import PAPER_STAGES, PaperTrainingConfig, train_paper
-    from codi2_agent.training.paper.sources import dataset_sources
+    from codi2_agent.training.paper.sources import audio_caption_files, dataset_sources
 
     if model_dir is None:
         raise _fail("--preset paper needs --model-dir: a folder made by assemble_paper_model", 2)
@@ -150,13 +156,15 @@ def _train_paper(
     align, instruct = align_data or data or [], instruct_data or data or []
     try:
         config = PaperTrainingConfig.from_dict({**settings, "stages": stages or list(PAPER_STAGES)})
-        missing = [
-            s for s, paths in (("align", align), ("instruct", instruct)) if s in config.stages and not paths
-        ]
+        if not stages and not (align and audio_caption_files(align)):
+            config = replace(config, stages=tuple(s for s in config.stages if s != "bridge"))
+            if align:
+                typer.echo("no audio-caption data: bridge stage skipped (audio stays untrained)", err=True)
+        needs = {"bridge": align, "align": align, "instruct": instruct}
+        missing = [s for s in config.stages if not needs[s]]
         if missing:
-            raise ValueError(
-                f"no data for stage(s) {', '.join(missing)}: pass --data (or --{missing[0]}-data)"
-            )
+            option = "instruct" if missing == ["instruct"] else "align"
+            raise ValueError(f"no data for stage(s) {', '.join(missing)}: pass --data (or --{option}-data)")
         sample_rate = CoDi2Config.from_json_file(model_dir / "config.json").sample_rate
         sources = dataset_sources(
             align, instruct, sample_rate=sample_rate, text_only_p=text_only_p, seed=config.seed

@@ -7,7 +7,8 @@ started from (the frozen 7B LM, CLIP, CLAP, unCLIP and AudioLDM-2 stay where the
     config.json                the assembled CoDi2Config (must equal the base folder's)
     adapter/                   peft LoRA adapter (adapter_config.json + adapter_model.safetensors),
                                with the trainable rows of CoDi-2's new tokens
-    codi2_trainable.safetensors  projectors and output heads (trained in full)
+    codi2_trainable.safetensors  projectors and output heads (trained in full), and the CLAP audio
+                               encoder's `expand` (trained by the `bridge` stage) where it has one
     manifest.json              sha256 and size of every file above (`codi2_agent.model.integrity`)
 
 Checkpoint files are untrusted input: before any tensor is loaded the folder is checked against its
@@ -63,8 +64,10 @@ CHECKPOINT_INFO = "codi2_adapter.json"
 ADAPTER_FOLDER = "adapter"
 TRAINABLE_WEIGHTS = "codi2_trainable.safetensors"
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-# CoDi-2's own trained modules, saved in full (the LM's changes are the adapter)
+# CoDi-2's own trained modules, saved in full (the LM's changes are the adapter); the audio
+# encoder's expansion only where the encoder has one (CLAP: C_x's last layer, see `paper.bridge`)
 TRAINED_MODULES = ("projectors", "output_heads")
+AUDIO_EXPAND = "encoders.audio.expand"
 
 
 class CheckpointMismatchError(CorruptWeightsError):
@@ -95,12 +98,20 @@ def _base_fingerprint(base: Path) -> str | None:
 
 
 # --- writing -----------------------------------------------------------------------------------------
+def trained_modules(model: CoDi2Model) -> dict[str, torch.nn.Module]:
+    """{name in the checkpoint: module} of every module a checkpoint holds in full."""
+    modules = {name: model.get_submodule(name) for name in TRAINED_MODULES}
+    if isinstance(getattr(model.encoders["audio"], "expand", None), torch.nn.Module):
+        modules[AUDIO_EXPAND] = model.get_submodule(AUDIO_EXPAND)
+    return modules
+
+
 def trainable_state_dict(model: CoDi2Model) -> dict[str, torch.Tensor]:
-    """Projectors and output heads, float32 on the CPU (the part saved in full)."""
+    """Projectors, output heads (and the CLAP expansion), float32 on the CPU (the part saved in full)."""
     return {
         f"{name}.{key}": value.detach().float().cpu().contiguous()
-        for name in TRAINED_MODULES
-        for key, value in getattr(model, name).state_dict().items()
+        for name, module in trained_modules(model).items()
+        for key, value in module.state_dict().items()
     }
 
 
@@ -199,8 +210,7 @@ def load_trainable_weights(model: CoDi2Model, folder: str | Path) -> None:
     adapter = _read_tensors(adapter_path)
     _check_tensors(adapter_path, adapter, get_peft_model_state_dict(model.lm))
     set_peft_model_state_dict(model.lm, adapter)
-    for name in TRAINED_MODULES:
-        module = getattr(model, name)
+    for name, module in trained_modules(model).items():
         prefix = f"{name}."
         state = {k[len(prefix) :]: v for k, v in trained.items() if k.startswith(prefix)}
         module.load_state_dict(state)  # copies into the existing tensors: their dtype and device stay

@@ -1,7 +1,10 @@
 """`PaperTrainingConfig`: every knob of paper-scale training, validated, saved beside the checkpoints.
 
-Two stages, as LLaVA and CoDi-2 train:
+Three stages; the last two as LLaVA and CoDi-2 train:
 
+- `bridge`: audio-caption pairs. Only the CLAP audio encoder's `expand` trains, so that C_x(audio)
+  lands on AudioLDM-2's own conditioning for the caption (see `paper.bridge`); without it the audio
+  features the later stages regress onto are a random projection AudioLDM-2 cannot read.
 - `align`: paired data (captions <-> media). The LM stays frozen; the projectors, the output heads
   and the rows of CoDi-2's new tokens learn to map the encoders' features in and out of it.
 - `instruct`: in-context instruction data (edits, exemplars, multi-turn). LoRA on the LM's attention
@@ -13,8 +16,8 @@ model's own config fields (`alpha`, `diffusion_loss_weight`), and the diffusion 
 
 Example:
     >>> cfg = PaperTrainingConfig(align_steps=10, instruct_steps=20)
-    >>> cfg.steps("instruct"), cfg.lora.rank
-    (20, 16)
+    >>> cfg.steps("instruct"), cfg.steps("bridge"), cfg.lora.rank
+    (20, 1000, 16)
     >>> PaperTrainingConfig(batch_size=0)
     Traceback (most recent call last):
     ...
@@ -31,7 +34,7 @@ from typing import Any
 
 __all__ = ["MIXED_PRECISION", "PAPER_STAGES", "LoraSettings", "PaperTrainingConfig"]
 
-PAPER_STAGES = ("align", "instruct")
+PAPER_STAGES = ("bridge", "align", "instruct")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -74,10 +77,15 @@ class PaperTrainingConfig:
     effective batch: `batch_size * grad_accum * processes`."""
 
     stages: tuple[str, ...] = PAPER_STAGES
+    bridge_steps: int = 1000
     align_steps: int = 2000
     instruct_steps: int = 10000
     batch_size: int = 4
     grad_accum: int = 8
+    bridge_lr: float = 1e-3  # the CLAP expansion only (a linear map, regressed)
+    # also regress expand(CLAP_text(caption)) onto the same target (CLAP's joint space): off, as
+    # measured at tiny size it gave a worse audio fit (see the README's paper training section)
+    bridge_text_inputs: bool = False
     align_lr: float = 1e-3  # projectors, heads and token rows only (LLaVA's stage-1 rate)
     instruct_lr: float = 2e-4  # LoRA + the same parts
     weight_decay: float = 0.0
@@ -103,11 +111,12 @@ class PaperTrainingConfig:
         unknown = [s for s in self.stages if s not in PAPER_STAGES]
         if unknown or not self.stages:
             raise ValueError(f"stages must be some of {list(PAPER_STAGES)}, got {list(self.stages)}")
-        for name in ("align_steps", "instruct_steps", "batch_size", "grad_accum", "save_every", "log_every"):
+        steps = ("bridge_steps", "align_steps", "instruct_steps")
+        for name in (*steps, "batch_size", "grad_accum", "save_every", "log_every"):
             _at_least(name, getattr(self, name), 1)
         _at_least("keep_checkpoints", self.keep_checkpoints, 1)
         _at_least("shuffle_buffer", self.shuffle_buffer, 0)
-        for name in ("align_lr", "instruct_lr", "weight_decay", "max_grad_norm", "warmup_steps"):
+        for name in ("bridge_lr", "align_lr", "instruct_lr", "weight_decay", "max_grad_norm", "warmup_steps"):
             _at_least(name, getattr(self, name), 0)
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(
@@ -115,10 +124,10 @@ class PaperTrainingConfig:
             )
 
     def steps(self, stage: str) -> int:
-        return self.align_steps if stage == "align" else self.instruct_steps
+        return int(getattr(self, f"{stage}_steps"))
 
     def lr(self, stage: str) -> float:
-        return self.align_lr if stage == "align" else self.instruct_lr
+        return float(getattr(self, f"{stage}_lr"))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

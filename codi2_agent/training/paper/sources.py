@@ -1,5 +1,7 @@
-"""Dataset folders as the two stages' data sources (the readers of `codi2_agent.training.datasets`).
+"""Dataset folders as the stages' data sources (the readers of `codi2_agent.training.datasets`).
 
+- `bridge`: the audio-caption pairs of the align folders, once each (``caption_audio``), read from
+  their audio-caption manifests and webdataset shards only (image manifests are not opened);
 - `align`: the caption pairs of every folder, both directions (``caption_image``, ``text_to_image``,
   ``caption_audio``, ``text_to_audio``), folders interleaved;
 - `instruct`: every task of every folder (pairs, edit triplets, subject sets), each sample with
@@ -18,9 +20,17 @@ from pathlib import Path
 from codi2_agent.data.samples import Sample
 from codi2_agent.training.paper.data import DataSource
 
-__all__ = ["ALIGN_TASKS", "dataset_sources"]
+__all__ = ["ALIGN_TASKS", "audio_caption_files", "dataset_sources"]
 
 ALIGN_TASKS = frozenset({"caption_image", "text_to_image", "caption_audio", "text_to_audio"})
+_AUDIO_PAIR_FORMATS = ("audio_caption", "webdataset")  # the formats that can hold audio-caption pairs
+
+
+def audio_caption_files(paths: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """(file, format) of every audio-caption manifest and webdataset shard in the dataset folders."""
+    from codi2_agent.training.datasets import find_sources
+
+    return [(s.path, s.format) for p in paths for s in find_sources(p)[1] if s.format in _AUDIO_PAIR_FORMATS]
 
 
 def dataset_sources(
@@ -32,7 +42,8 @@ def dataset_sources(
     text_only_p: float = 0.3,
     seed: int = 0,
 ) -> dict[str, DataSource]:
-    """{"align": ..., "instruct": ...} reading the given dataset folders (or single manifests/shards).
+    """{"bridge": ..., "align": ..., "instruct": ...} reading the given dataset folders (or single
+    manifests/shards).
 
     The folders are scanned now, so a wrong path or an unreadable folder fails before any model
     loads (`DatasetFormatError`, `FileNotFoundError`).
@@ -52,8 +63,19 @@ def dataset_sources(
     def align_samples() -> Iterator[Sample]:
         return folders(align, ALIGN_TASKS)
 
+    audio_files = audio_caption_files(align)
+
+    def bridge_samples() -> Iterator[Sample]:
+        streams = {
+            str(i): open_dataset(p, fmt, sample_rate=sample_rate, tasks={"caption_audio"}, seed=seed)
+            for i, (p, fmt) in enumerate(audio_files)
+        }
+        if len(streams) > 1:
+            return mix(streams, seed=seed)
+        return next(iter(streams.values()), iter(()))  # no audio pairs: the bridge says so
+
     def instruct_samples() -> Iterator[Sample]:
         builder = InContextBuilder(shots=shots, text_only_p=text_only_p, seed=seed)
         return builder(folders(instruct, None))
 
-    return {"align": align_samples, "instruct": instruct_samples}
+    return {"bridge": bridge_samples, "align": align_samples, "instruct": instruct_samples}

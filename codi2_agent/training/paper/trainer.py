@@ -4,7 +4,8 @@ One process per device, started by `accelerate launch` (or plain `python` for on
 process loads the assembled model folder, freezes the encoders and decoders, wraps the LM in LoRA
 (peft) and trains the parts its stage trains (see `settings`):
 
-    align     projectors + output heads + CoDi-2's token rows     (paired data)
+    bridge    the CLAP audio encoder's expand (see `paper.bridge`)  (audio-caption pairs)
+    align     projectors + output heads + CoDi-2's token rows       (paired data)
     instruct  the same + LoRA on the LM's attention projections     (in-context instruction data)
 
 Layout of the run folder (`out`):
@@ -56,6 +57,7 @@ __all__ = [
     "build_accelerator",
     "optimizer_step",
     "prepare_model",
+    "stage_seed",
     "train_paper",
     "trainable_parameters",
 ]
@@ -65,6 +67,13 @@ logger = logging.getLogger(__name__)
 PROGRESS = "progress.json"
 RUN_INFO = "training.json"
 _DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Per-stage seed offsets: align and instruct keep the ones they had before bridge came first
+_STAGE_SEEDS = {"align": 0, "instruct": 1, "bridge": 2}
+
+
+def stage_seed(stage: str) -> int:
+    """The offset added to `config.seed` for `stage`'s RNG and data order."""
+    return _STAGE_SEEDS[stage]
 
 
 class Objective(nn.Module):
@@ -111,6 +120,41 @@ def _newest_checkpoint(stage_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def read_progress(checkpoint: Path, processes: int) -> tuple[int, list[int]]:
+    """(step, data position per process) of a checkpoint, refused when another number of
+    processes wrote it (each one's position is its own shard's)."""
+    progress = json.loads((checkpoint / PROGRESS).read_text())
+    step, positions = int(progress["step"]), list(progress["positions"])
+    if len(positions) != processes:
+        raise ValueError(
+            f"{checkpoint} was written by {len(positions)} processes; resume it with as many "
+            f"(this run has {processes})"
+        )
+    return step, positions
+
+
+def complete_checkpoint(folder: Path, step: int, positions: list[int], keep: int) -> None:
+    """Write progress.json (the mark of a complete checkpoint), then drop all but the newest `keep`."""
+    (folder / PROGRESS).write_text(json.dumps({"step": step, "positions": positions}) + "\n")
+    for old in sorted(folder.parent.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def mark_done(stage_dir: Path, steps: int) -> None:
+    """`final/` is written: mark the stage done and drop its checkpoints (the final holds the weights)."""
+    (stage_dir / "done").write_text(json.dumps({"steps": steps}) + "\n")
+    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
+
+
+def log_record(acc: Any, log_path: Path, stage: str, record: dict[str, Any]) -> None:
+    """One logged step: a line of `<stage>/log.jsonl` (main process) and the trackers' `<stage>/...`."""
+    if acc.is_main_process:
+        with log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+    if acc.log_with:
+        acc.log({f"{stage}/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
+
+
 def build_accelerator(config: PaperTrainingConfig, out: Path, trackers: Sequence[Any] = ()) -> Any:
     """The `accelerate.Accelerator` paper training runs under; the launch (processes, DDP, FSDP,
     DeepSpeed) comes from the environment `accelerate launch` sets. `trackers`: accelerate
@@ -155,6 +199,9 @@ def prepare_model(model: CoDi2Model, config: PaperTrainingConfig, device: torch.
         model.encoders[modality].place(device, frozen_dtype)  # type: ignore[operator]
         if config.diffusion:
             model.decoders[modality].place(device, frozen_dtype)  # type: ignore[operator]
+    expand = getattr(model.encoders["audio"], "expand", None)
+    if isinstance(expand, nn.Module):  # trained by `bridge`: float32 like the other trained weights
+        expand.float()
     return model
 
 
@@ -212,8 +259,9 @@ class PaperTrainer:
     Args:
         model_dir: the assembled model folder (frozen parts, the LM, the untrained projectors/heads).
         out: the run folder (created; an existing one is resumed).
-        data: one source for every stage, or {"align": source, "instruct": source}. A source is a
-            re-iterable of `Sample`s or a callable returning one (see `paper.data`).
+        data: one source for every stage, or {"align": source, "instruct": source} (and "bridge";
+            without it the bridge reads the audio-caption pairs of "align"'s source). A source is
+            a re-iterable of `Sample`s or a callable returning one (see `paper.data`).
         config: steps, batch, LoRA, precision; default `PaperTrainingConfig()`.
         progress: tqdm bar on the main process (None: only when stderr is a terminal).
         trackers: accelerate `GeneralTracker` instances that get the logged losses too (named
@@ -234,6 +282,8 @@ class PaperTrainer:
         self.out = Path(out).expanduser()
         self.config = config or PaperTrainingConfig()
         self.data = dict(data) if isinstance(data, Mapping) else dict.fromkeys(PAPER_STAGES, data)
+        if "bridge" not in self.data and "align" in self.data:
+            self.data["bridge"] = self.data["align"]
         missing = [s for s in self.config.stages if s not in self.data]
         if missing:
             raise ValueError(f"no data for stage(s) {missing}; pass data={{'align': ..., 'instruct': ...}}")
@@ -290,6 +340,13 @@ class PaperTrainer:
         from tqdm.auto import tqdm
 
         acc, cfg = self.accelerator, self.config
+        if stage == "bridge":
+            from codi2_agent.training.paper.bridge import run_bridge
+
+            data = self.data[stage]
+            return run_bridge(
+                acc, cfg, model, data, stage_dir, base_model=self.model_dir, progress=self.progress
+            )
         final = stage_dir / "final"
         if (stage_dir / "done").exists():
             load_trainable_weights(model, final)
@@ -311,17 +368,11 @@ class PaperTrainer:
         ]
         step, positions = 0, [0] * acc.num_processes
         if checkpoint is not None:
-            progress = json.loads((checkpoint / PROGRESS).read_text())
-            step, positions = int(progress["step"]), list(progress["positions"])
-            if len(positions) != acc.num_processes:
-                raise ValueError(
-                    f"{checkpoint} was written by {len(positions)} processes; resume it with as many "
-                    f"(this run has {acc.num_processes})"
-                )
+            step, positions = read_progress(checkpoint, acc.num_processes)
             acc.load_state(str(checkpoint))
             logger.info("resuming stage %s at step %d from %s", stage, step, checkpoint)
         else:
-            torch.manual_seed(cfg.seed + PAPER_STAGES.index(stage))
+            torch.manual_seed(cfg.seed + stage_seed(stage))
         stream = BatchStream(
             self.data[stage],
             model.processor,
@@ -330,7 +381,7 @@ class PaperTrainer:
             world=acc.num_processes,
             position=positions[acc.process_index],
             shuffle_buffer=cfg.shuffle_buffer,
-            seed=cfg.seed + PAPER_STAGES.index(stage),
+            seed=cfg.seed + stage_seed(stage),
             name=stage,
         )
         log_path = stage_dir / "log.jsonl"
@@ -351,11 +402,7 @@ class PaperTrainer:
                 mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
                 record = {"step": done, "lr": scheduler.get_last_lr()[0], **mean}
                 record["tokens_per_s"] = tokens * acc.num_processes / max(time.perf_counter() - t0, 1e-9)
-                if acc.is_main_process:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                if acc.log_with:
-                    acc.log({f"{stage}/{k}": v for k, v in record.items() if k != "step"}, step=done)
+                log_record(acc, log_path, stage, record)
                 bar.set_postfix(loss=f"{mean['loss']:.4f}")
                 t0, window, tokens = time.perf_counter(), [], 0
             if done % cfg.save_every == 0 and done < total:
@@ -394,10 +441,7 @@ class PaperTrainer:
         acc.save_state(str(folder))
         positions = acc.gather_for_metrics(torch.tensor([stream.position], device=acc.device)).tolist()
         if acc.is_main_process:
-            (folder / PROGRESS).write_text(json.dumps({"step": step, "positions": positions}) + "\n")
-            older = sorted((stage_dir / "checkpoints").glob("step-*"))[: -self.config.keep_checkpoints]
-            for old in older:
-                shutil.rmtree(old, ignore_errors=True)
+            complete_checkpoint(folder, step, positions, self.config.keep_checkpoints)
         acc.wait_for_everyone()
 
     def _save_final(self, model: CoDi2Model, wrapped: Any, stage: str, stage_dir: Path, step: int) -> None:
@@ -408,8 +452,7 @@ class PaperTrainer:
                 model, stage_dir / "final", base_model=self.model_dir, stage=stage, step=step,
                 lm_state_dict=lm_state, trainable=trained,
             )  # fmt: skip
-            (stage_dir / "done").write_text(json.dumps({"steps": step}) + "\n")
-            shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # the final holds the weights
+            mark_done(stage_dir, step)
         acc.wait_for_everyone()
 
 
