@@ -185,8 +185,12 @@ class ClipImageEncoder(MediaEncoder):
 class ClapAudioEncoder(MediaEncoder):
     """AudioLDM-2's CLAP audio tower: waveform -> pooled 512-d embed -> (B, K, 768) via a learned map.
 
-    AudioLDM-2's UNet reads a sequence of K x 768 "generated prompt embeds"; the linear expansion is
-    part of this encoder (saved in `expand.safetensors`) so C_x(x) lives in that space.
+    AudioLDM-2's UNet reads a sequence of K x 768 "generated prompt embeds" (what its GPT-2 makes
+    from a caption); the linear `expand` is part of this encoder (saved in `expand.safetensors`).
+    Assembling a paper folder creates it random: C_x(x) is then not a sequence AudioLDM-2 can read.
+    Paper training's `bridge` stage (`codi2_agent.training.paper.bridge`) trains it, regressing
+    `expand(CLAP(audio))` onto the pipeline's own conditioning for the audio's caption; its
+    checkpoints carry the trained `expand`, and an exported folder writes it here.
     """
 
     EXPAND = "expand.safetensors"

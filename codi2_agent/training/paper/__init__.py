@@ -1,8 +1,9 @@
 """Paper-scale CoDi-2 training: LoRA on any causal LM, accelerate for 1 to N GPUs, servable checkpoints.
 
 `train_paper(model_dir, out, data)` (or `codi2-agent train --preset paper`) trains an assembled
-paper folder in two stages (`align`, then `instruct`); `load_model(checkpoint)` serves the result
-with its adapter attached or merged; `export_merged` / `codi2-agent export` writes a standalone folder.
+paper folder in three stages (`bridge`, `align`, then `instruct`); `load_model(checkpoint)` serves
+the result with its adapter attached or merged; `export_merged` / `codi2-agent export` writes a
+standalone folder.
 """
 
 from codi2_agent.training.paper.checkpoint import (
