@@ -1,14 +1,15 @@
 """`codi2-agent`: the command line. Bad input exits non-zero with a one-line reason, never a traceback.
 
 Commands: ``demo`` (the scripted session), ``chat`` (talk to the model in the terminal), ``run``
-(a YAML pipeline; see `codi2_agent.pipelines`), ``train``, ``export`` (merge a paper training
-checkpoint into a standalone folder), ``eval``, ``bench``, ``info`` and
+(a YAML pipeline; see `codi2_agent.pipelines`), ``train``, ``train-ablate`` (compare variants of
+the reasoning stages on frozen perception), ``export`` (merge a paper training checkpoint into a
+standalone folder), ``eval``, ``bench``, ``info`` and
 ``serve`` (the model over HTTP on Ray Serve).
 Results go to stdout; progress bars and spinners go to the terminal only (nothing when piped).
 
 Each command lives in a module of this package (``run``: demo and run; ``chat``; ``train_eval``:
-train, export, eval and bench; ``info``; ``serve``; ``data``: data check) and is registered on
-`app` below, in the order ``--help`` lists them.
+train, export, eval and bench; ``ablate``: train-ablate; ``info``; ``serve``; ``data``: data
+check) and is registered on `app` below, in the order ``--help`` lists them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+from codi2_agent.cli.ablate import train_ablate
 from codi2_agent.cli.chat import chat
 from codi2_agent.cli.data import data_app
 from codi2_agent.cli.info import info
@@ -38,6 +40,7 @@ app.command()(demo)
 app.command()(chat)
 app.command("run")(run_cmd)
 app.command("train")(train_cmd)
+app.command("train-ablate")(train_ablate)
 app.command("export")(export_cmd)
 app.command("eval")(eval_cmd)
 app.command()(bench)

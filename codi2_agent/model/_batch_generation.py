@@ -121,19 +121,7 @@ class BatchGenerationMixin(AnswerRepairMixin):
             self.eval()
         prompts = [self._prompt(c) for c in conversations]
         rules = [self._text_rules(k, m) for k, m in zip(kinds, row_budgets, strict=True)]
-        texts, targets, c_mllm = self._decode_texts_together(prompts, rules)
-        for i, text in enumerate(texts):  # as `generate` does (its step 3b), row by row
-            if contradiction(text) is not None:
-                greedy = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-                answer = self._consistent_answer(*prompts[i], rules[i], greedy)
-                texts[i], targets[i] = (
-                    self.processor.decode(answer.ids),
-                    self._answer_target(answer, rules[i]),
-                )
-                c_mllm.pop(i, None)
-                target = targets[i]
-                if target is not None:
-                    c_mllm[i] = self._c_mllm_after(*prompts[i], list(answer.ids), target)[0]
+        texts, targets, c_mllm = self._answers_together(prompts, rules)
         results = [GenerationOutput(text=text) for text in texts]
         # Decode the media, one batch per (modality, steps, guidance)
         groups: dict[tuple[Modality, int | None, float | None], list[int]] = {}
@@ -171,6 +159,29 @@ class BatchGenerationMixin(AnswerRepairMixin):
                 )
                 start = end
         return results
+
+    def _answers_together(
+        self,
+        prompts: Sequence[tuple[torch.Tensor, dict[Modality, torch.Tensor]]],
+        rules: Sequence[_TextRules],
+    ) -> tuple[list[str], list[Modality | None], dict[int, torch.Tensor]]:
+        """`_decode_texts_together`, then a self-contradicting answer decoded again, row by row, as
+        `generate` does (its step 3b): everything of an answer but its media (the ablation tool's
+        read-out stops here too)."""
+        texts, targets, c_mllm = self._decode_texts_together(prompts, rules)
+        for i, text in enumerate(texts):
+            if contradiction(text) is not None:
+                greedy = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+                answer = self._consistent_answer(*prompts[i], rules[i], greedy)
+                texts[i], targets[i] = (
+                    self.processor.decode(answer.ids),
+                    self._answer_target(answer, rules[i]),
+                )
+                c_mllm.pop(i, None)
+                target = targets[i]
+                if target is not None:
+                    c_mllm[i] = self._c_mllm_after(*prompts[i], list(answer.ids), target)[0]
+        return texts, targets, c_mllm
 
     def _decode_texts_together(
         self,

@@ -1,0 +1,148 @@
+"""The reasoning-stage ablation: frozen perception, variants x seeds trained, scored without diffusion."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from codi2_agent.data import world
+from codi2_agent.media import Modality
+from codi2_agent.model import load_model
+from codi2_agent.training import TinyRecipe, train
+from codi2_agent.training.ablation import (
+    ClassMeanReadout,
+    load_variants,
+    run_ablation,
+)
+
+# Smoke settings cut further: the ablation never trains perception, it only needs finished stages.
+PERCEPTION = replace(
+    TinyRecipe.smoke(),
+    threads=1,  # two threads on a busy two-core machine spin against each other: 5-10x slower
+    encoder_steps=4,
+    encoder_batch=16,
+    image_decoder_steps=1,
+    audio_decoder_steps=1,
+    decoder_batch=4,
+    pool_images=32,
+    pool_audio=16,
+    align_steps=3,
+    lm_steps=2,
+    lm_batch=4,
+)
+TASKS = ["caption_image", "edit_audio", "text_to_image"]
+
+
+@pytest.fixture(scope="module")
+def perception(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("perception")
+    stages = ["encoders", "image_decoder", "audio_decoder"]
+    assert train(work / "model", workdir=work, recipe=PERCEPTION, stages=stages, progress=False) is None
+    return work
+
+
+def test_ablation_trains_each_variant_on_the_frozen_perception_and_scores_it(perception, tmp_path):
+    variants = load_variants(
+        {"base": {}, "narrow": {"lm_lr": 1e-3, "num_media_tokens": 1, "lm": {"num_hidden_layers": 2}}}
+    )
+    out = tmp_path / "ablation"
+    rows = run_ablation(perception, variants, [0], out, tasks=TASKS, per_task=3, progress=False, threads=1)
+
+    data = json.loads((out / "scores.json").read_text())
+    assert [(r["variant"], r["task"]) for r in data["rows"]] == [
+        (v, t) for v in ("base", "narrow") for t in TASKS
+    ]
+    assert len(rows) == 6 and data["seeds"] == [0] and data["variants"]["narrow"]["lm_lr"] == 1e-3
+    for row in data["rows"]:
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["n"] == 3
+        assert row["per_attribute"] and all(0.0 <= v <= 1.0 for v in row["per_attribute"].values())
+        if row["task"] == "caption_image":  # a text answer: parsed, no features
+            assert row["feature_mse"] is None and set(row["per_attribute"]) == set(world.IMAGE_ATTRIBUTES)
+        else:
+            assert row["feature_mse"] > 0.0 and 0.0 <= row["readout_ceiling"] <= 1.0
+    assert set(data["compare"]) == {"base", "narrow"}
+    assert data["compare"]["base"]["all_tasks"]["accuracy"]["std"] == 0.0  # one seed: no spread
+    table = (out / "scores.txt").read_text()
+    assert all(name in table for name in ("base", "narrow", *TASKS, "all_tasks"))
+
+    for name in ("base", "narrow"):
+        run = out / "runs" / name / "seed0"
+        assert (run / "align" / "done").exists() and (run / "lm" / "done").exists()
+        # the perception is shared, not retrained: the very same file
+        assert os.path.samefile(run / "encoders" / "final.pt", perception / "encoders" / "final.pt")
+    # A second call resumes: nothing trains again, the scores are the same; other overrides under a
+    # used name are refused rather than mixed into the finished runs.
+    log = (out / "runs/base/seed0/lm/loss.jsonl").read_text()
+    again = run_ablation(perception, variants, [0], out, tasks=TASKS, per_task=3, progress=False, threads=1)
+    timeless = [replace(r, seconds=0.0) for r in rows]
+    assert [replace(r, seconds=0.0) for r in again] == timeless and (
+        out / "runs/base/seed0/lm/loss.jsonl"
+    ).read_text() == log
+    with pytest.raises(ValueError, match="runs/base/seed0 was made for"):
+        run_ablation(perception, load_variants({"base": {"lm_steps": 5}}), [0], out, tasks=TASKS, threads=1)
+    # the model overrides took effect: 1 media token and 2 layers in the narrow run's weights
+    base = torch.load(out / "runs/base/seed0/lm/final.pt")
+    narrow = torch.load(out / "runs/narrow/seed0/lm/final.pt")
+    width = base["projectors.image.3.weight"].shape[1]
+    assert base["projectors.image.3.weight"].shape[0] == 2 * width
+    assert narrow["projectors.image.3.weight"].shape[0] == width
+    assert any(".layers.3." in k for k in base) and not any(".layers.2." in k for k in narrow)
+
+
+def test_class_mean_readout_reads_true_features_and_is_fooled_by_other_values():
+    model = load_model("tiny")
+    readout = ClassMeanReadout.fit(model)
+    rng = np.random.default_rng(5)
+    for kind, attributes in world.ATTRIBUTES.items():
+        targets = [world.random_attrs(kind, rng, "test") for _ in range(24)]
+
+        def features(attrs, kind=kind):
+            media = [world.render(a, world.render_seed(rng, "test")) for a in attrs]
+            with torch.no_grad():
+                return model.encode_media(kind, model.processor.media_tensor(Modality(kind), media))
+
+        assert readout.accuracy(kind, features(targets), targets)["all"] == 1.0
+        for attribute, values in attributes.items():
+            shifted = [
+                world.edit(a, attribute, values[(values.index(a[attribute]) + 1) % len(values)])
+                for a in targets
+            ]
+            wrong = readout.accuracy(kind, features(shifted), targets)[attribute]
+            assert wrong <= 1.0 / len(values), (kind, attribute, wrong)
+
+
+def test_bad_input_is_a_value_error_naming_it(perception, tmp_path):
+    with pytest.raises(ValueError, match="unknown override field 'lm_steps_typo'"):
+        load_variants({"v": {"lm_steps_typo": 3}})
+    with pytest.raises(ValueError, match="'encoder_steps' configures the frozen perception"):
+        load_variants({"v": {"encoder_steps": 3}})
+    with pytest.raises(ValueError, match=r"unknown lm override field\(s\) \['vocab_size'\]"):
+        load_variants({"v": {"lm": {"vocab_size": 10}}})
+    with pytest.raises(ValueError, match="lm_lr must be a learning rate"):
+        load_variants({"v": {"lm_lr": -1}})
+
+    partial = tmp_path / "partial"
+    for stage in ("encoders", "image_decoder"):  # audio_decoder never trained
+        (partial / stage).mkdir(parents=True)
+        for name in ("done", "final.pt"):
+            (partial / stage / name).write_bytes((perception / stage / name).read_bytes())
+    with pytest.raises(ValueError, match="lacks the finished stage 'audio_decoder'"):
+        run_ablation(partial, load_variants({"v": {}}), [0], tmp_path / "out")
+
+    # the command line: `python -m codi2_agent.training.ablation` (= `codi2-agent train-ablate`)
+    (tmp_path / "variants.json").write_text(json.dumps({"v": {"steps": 1}}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "codi2_agent.training.ablation", "--workdir", str(perception),
+         "--variants", str(tmp_path / "variants.json"), "--seeds", "0,1", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: variant 'v': unknown override field 'steps'")
