@@ -154,3 +154,19 @@ def test_dataset_folders_give_the_bridge_each_audio_pair_once(tmp_path):
     assert all(media.audio.size == 1600 for media, _ in pairs)
     images = dataset_sources([tmp_path / "sounds" / "pictures.jsonl"], [], sample_rate=16000)
     assert list(images["bridge"]()) == []  # no audio manifest: nothing, which the stage then names
+
+
+def test_the_command_line_names_a_bridge_without_audio_pairs(model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from codi2_agent.cli import app
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    (folder / "pairs.jsonl").write_text('{"image": "a.png", "caption": "a red star"}\n')
+    args = ["train", "--preset", "paper", "--model-dir", model_dir, "--data", folder]
+    args += ["--out", tmp_path / "run", "--stages", "bridge", "--mixed-precision", "no"]
+    run = CliRunner().invoke(app, [str(a) for a in args])
+    assert run.exit_code == 2, run.output[-2000:]
+    assert "error: the bridge stage needs audio-caption pairs" in run.stderr
+    assert isinstance(run.exception, SystemExit)  # a clean exit, no traceback
