@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -230,19 +230,20 @@ class ClassMeanReadout:
                 row[attribute] = values[index]
         return out
 
+    def verdicts(
+        self, modality: Modality | str, features: torch.Tensor, expected: Sequence[Mapping[str, str]]
+    ) -> list[dict[str, bool]]:
+        """Per sample, whether each attribute of `expected` was read right from `features`."""
+        predicted = self.predict(modality, features)
+        return [{a: p[a] == e[a] for a in p} for p, e in zip(predicted, expected, strict=True)]
+
     def accuracy(
         self, modality: Modality | str, features: torch.Tensor, expected: Sequence[Mapping[str, str]]
     ) -> dict[str, float]:
         """Per-attribute accuracy and `all` (every attribute right) of `features` against `expected`."""
-        predicted = self.predict(modality, features)
-        attributes = list(self.means[Modality.parse(modality).value])
-        scores = {
-            a: float(np.mean([p[a] == e[a] for p, e in zip(predicted, expected, strict=True)]))
-            for a in attributes
-        }
-        scores["all"] = float(
-            np.mean([all(p[a] == e[a] for a in attributes) for p, e in zip(predicted, expected, strict=True)])
-        )
+        verdicts = self.verdicts(modality, features, expected)
+        scores = {a: float(np.mean([v[a] for v in verdicts])) for a in verdicts[0]}
+        scores["all"] = float(np.mean([all(v.values()) for v in verdicts]))
         return scores
 
 
@@ -357,18 +358,24 @@ def _score_media(
     items: Sequence[Any],
     features: Sequence[torch.Tensor | None],
 ) -> ScoreRow:
-    modality = items[0].target.modality
-    predicted = torch.stack([f for f in features if f is not None]).float().flatten(1).cpu()
-    if len(predicted) != len(items):
-        raise RuntimeError(
-            f"{task}: the model answered {len(predicted)} of {len(items)} samples with a medium"
-        )
-    expected = [s.target_attrs for s in items]
-    target_features = _encode(model, modality, [s.target for s in items])
-    scores = readout.accuracy(modality, predicted, expected)
-    ceiling = readout.accuracy(modality, target_features, expected)["all"]
-    mse = float(torch.nn.functional.mse_loss(predicted, target_features))
-    return ScoreRow("", 0, task, len(items), scores.pop("all"), scores, mse, ceiling)
+    if any(f is None for f in features):
+        raise RuntimeError(f"{task}: the model answered a sample that needs a medium with text only")
+    verdicts, ceiling, mse = [], [], []
+    # a task's answers may mix modalities (multi_round edits images and sounds): read each in its own space
+    for modality in dict.fromkeys(s.target.modality for s in items):
+        rows = [i for i, s in enumerate(items) if s.target.modality is modality]
+        expected = [items[i].target_attrs for i in rows]
+        predicted = torch.stack([cast(torch.Tensor, features[i]) for i in rows]).float().flatten(1).cpu()
+        truth = _encode(model, modality, [items[i].target for i in rows])
+        verdicts += readout.verdicts(modality, predicted, expected)
+        ceiling += [all(v.values()) for v in readout.verdicts(modality, truth, expected)]
+        mse += (predicted - truth).pow(2).mean(-1).tolist()
+    attributes = dict.fromkeys(a for v in verdicts for a in v)
+    per_attribute = {a: float(np.mean([v[a] for v in verdicts if a in v])) for a in attributes}
+    accuracy = float(np.mean([all(v.values()) for v in verdicts]))
+    return ScoreRow(
+        "", 0, task, len(items), accuracy, per_attribute, float(np.mean(mse)), float(np.mean(ceiling))
+    )
 
 
 # --- runs ---------------------------------------------------------------------------------------------

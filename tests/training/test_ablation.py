@@ -37,7 +37,7 @@ PERCEPTION = replace(
     lm_steps=2,
     lm_batch=4,
 )
-TASKS = ["caption_image", "edit_audio", "text_to_image"]
+TASKS = ["caption_image", "multi_round", "text_to_image"]  # multi_round: image and audio answers
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,8 @@ def test_ablation_trains_each_variant_on_the_frozen_perception_and_scores_it(per
         if row["task"] == "caption_image":  # a text answer: parsed, no features
             assert row["feature_mse"] is None and set(row["per_attribute"]) == set(world.IMAGE_ATTRIBUTES)
         else:
+            if row["task"] == "multi_round":  # 2 sounds and 1 picture to edit: both read-outs
+                assert set(row["per_attribute"]) == set(world.AUDIO_ATTRIBUTES) | set(world.IMAGE_ATTRIBUTES)
             assert row["feature_mse"] > 0.0 and 0.0 <= row["readout_ceiling"] <= 1.0
     assert set(data["compare"]) == {"base", "narrow"}
     assert data["compare"]["base"]["all_tasks"]["accuracy"]["std"] == 0.0  # one seed: no spread
