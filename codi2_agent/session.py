@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from codi2_agent._session_threads import ThreadOperationsMixin
 from codi2_agent.artifacts import ArtifactStore
 from codi2_agent.locking import LOCKS_FOLDER, FileThreadLocks, ThreadBusyError
 from codi2_agent.media import Media, MediaRef, Modality
@@ -157,7 +158,7 @@ class TurnResult:
         return "".join(parts)
 
 
-class Session:
+class Session(ThreadOperationsMixin):
     """One conversation thread with CoDi-2: say things, get text, images and sounds back.
 
     Args:
@@ -305,12 +306,6 @@ class Session:
         snapshot = self.graph.get_state(self.config)
         return any(task.interrupts for task in snapshot.tasks)
 
-    def threads(self) -> list[str]:
-        """This tenant's threads in this session's checkpoints."""
-        from codi2_agent.graphs import thread_ids
-
-        return thread_ids(self.graph.checkpointer, self.tenant)
-
     @contextmanager
     def _writing(self, review: Literal["refuse", "require", "ignore"] = "refuse") -> Iterator[None]:
         """Hold the thread's one-writer lock, check the review state, and drop a turn an earlier
@@ -343,22 +338,6 @@ class Session:
             if dropped:
                 logger.warning("thread %r: forgot %d exemplar(s) a crash left behind", self.thread, dropped)
         self._reconciled = True
-
-    def where(self) -> dict[str, str]:
-        """Where this session's parts live: folder, artifacts, memory, checkpoints, model."""
-        checkpointer = self.graph.checkpointer
-        conn = getattr(checkpointer, "conn", None)
-        database = _sqlite_path(conn) if conn is not None else None
-        memory = self.memory
-        return {
-            "root": str(self.root),
-            "artifacts": str(self.artifacts.root),
-            "memory": "off" if memory is None else repr(memory),
-            "checkpoints": database or type(checkpointer).__name__,
-            "model": self.backend.name,
-            "thread": self.thread,
-            "tenant": self.tenant,
-        }
 
     # --- turns ----------------------------------------------------------------------------------
     def say(self, text: str = "", *media: Media | MediaRef | str | Path, options: TurnOptions | None = None,
@@ -529,51 +508,6 @@ class Session:
             artifacts=self.artifacts,
         )
 
-    # --- history and thread operations ----------------------------------------------------------
-    def history(self) -> list[TurnResult]:
-        """Every answered turn of the thread, oldest first."""
-        return self._results()
-
-    def __iter__(self) -> Iterator[TurnResult]:
-        return iter(self.history())
-
-    def rewind(self, turn: int) -> TurnResult | None:
-        """Make the thread end after `turn` turns (0: empty); later turns stop counting — their media
-        are no longer references or exemplars — but stay in the checkpoint history. Returns the new
-        last turn, or None when the thread is empty."""
-        from codi2_agent.graphs import rewind_thread
-
-        with self._writing():
-            rewind_thread(self.graph, self.config, turn)
-        return self._latest()
-
-    def undo(self) -> TurnResult | None:
-        """Forget the last turn; returns the new last turn, or None when the thread is empty again."""
-        turn = self.turn
-        if turn == 0:
-            raise ValueError("nothing to undo: the thread has no turns")
-        return self.rewind(turn - 1)
-
-    def copy(self, thread: str, *, at_turn: int | None = None) -> Session:
-        """Make `thread` a copy of this thread (as it was after `at_turn` turns; default now), sharing
-        this session's parts. Any turns `thread` had stop counting; use `fork` to refuse that."""
-        from codi2_agent.graphs import copy_thread
-
-        if thread == self.thread:
-            raise ValueError("a copy needs another thread id")
-        other = self.open_thread(thread)
-        with other._writing(review="ignore"):
-            copy_thread(self.graph, self.config, other.config, at_turn=at_turn)
-        return other
-
-    def fork(self, thread: str) -> Session:
-        """A new thread that starts as a copy of this one (same model, memory and store)."""
-        if thread == self.thread:
-            raise ValueError("a fork needs a new thread id")
-        if self.open_thread(thread).turn:
-            raise ValueError(f"thread {thread!r} already has turns")
-        return self.copy(thread)
-
     # --- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
         """Release the memory and checkpoint database (threads opened from this session too)."""
@@ -595,14 +529,6 @@ def _interactive() -> bool:
         return True
     stream = sys.stderr
     return bool(getattr(stream, "isatty", lambda: False)())
-
-
-def _sqlite_path(conn: Any) -> str | None:
-    try:
-        row = conn.execute("PRAGMA database_list").fetchone()
-    except Exception:  # not a sqlite3 connection
-        return None
-    return str(row[2]) if row and row[2] else None
 
 
 def _text(message: BaseMessage) -> str:
