@@ -16,11 +16,8 @@ from codi2_agent.data import world
 from codi2_agent.media import Modality
 from codi2_agent.model import load_model
 from codi2_agent.training import TinyRecipe, train
-from codi2_agent.training.ablation import (
-    ClassMeanReadout,
-    load_variants,
-    run_ablation,
-)
+from codi2_agent.training.ablation import load_variants, run_ablation
+from codi2_agent.training.ablation_readout import ClassMeanReadout, eval_samples, predict_answers
 
 # Smoke settings cut further: the ablation never trains perception, it only needs finished stages.
 PERCEPTION = replace(
@@ -98,8 +95,24 @@ def test_ablation_trains_each_variant_on_the_frozen_perception_and_scores_it(per
     assert any(".layers.3." in k for k in base) and not any(".layers.2." in k for k in narrow)
 
 
-def test_class_mean_readout_reads_true_features_and_is_fooled_by_other_values():
-    model = load_model("tiny")
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped tiny model: trained encoders, so the read-out has something to read."""
+    return load_model("tiny")
+
+
+def test_predicted_features_are_what_generate_decodes(shipped):
+    samples = eval_samples(["analogy_image", "multi_round"], 3, seed=1234)  # image and audio answers
+    items = samples["analogy_image"] + samples["multi_round"]
+    texts, features = predict_answers(shipped, items)
+    for item, text, feature in zip(items, texts, features, strict=True):
+        out = shipped.generate(item.messages, output=item.target.modality.value, num_inference_steps=1)
+        assert text == out.text
+        torch.testing.assert_close(feature, out.features, atol=1e-5, rtol=1e-4)
+
+
+def test_class_mean_readout_reads_true_features_and_is_fooled_by_other_values(shipped):
+    model = shipped
     readout = ClassMeanReadout.fit(model)
     rng = np.random.default_rng(5)
     for kind, attributes in world.ATTRIBUTES.items():
