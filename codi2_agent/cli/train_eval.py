@@ -41,6 +41,14 @@ def train_cmd(
     ] = None,
     smoke: Annotated[bool, typer.Option(help="Tiny: minutes-scale settings (a check, not a model).")] = False,
     threads: Annotated[int, typer.Option(help="Tiny: torch CPU threads.")] = 2,
+    perception_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Tiny: a finished model ('tiny' or a folder) whose encoders and decoders this run adopts "
+            "(then only align and lm train).",
+            show_default=False,
+        ),
+    ] = None,
     model_dir: Annotated[
         Path | None, typer.Option(help="Paper: the assembled model folder (assemble_paper_model).")
     ] = None,
@@ -57,10 +65,14 @@ def train_cmd(
         list[Path] | None,
         typer.Option(help="Paper: dataset folder(s) for instruct only.", show_default=False),
     ] = None,
+    bridge_steps: Annotated[
+        int, typer.Option(help="Paper: optimiser steps of bridge (the CLAP expansion).", min=1)
+    ] = 1000,
     align_steps: Annotated[int, typer.Option(help="Paper: optimiser steps of align.", min=1)] = 2000,
     instruct_steps: Annotated[int, typer.Option(help="Paper: optimiser steps of instruct.", min=1)] = 10000,
     batch_size: Annotated[int, typer.Option(help="Paper: samples per device per micro-batch.", min=1)] = 4,
     grad_accum: Annotated[int, typer.Option(help="Paper: micro-batches per optimiser step.", min=1)] = 8,
+    bridge_lr: Annotated[float, typer.Option(help="Paper: learning rate of bridge.")] = 1e-3,
     align_lr: Annotated[float, typer.Option(help="Paper: learning rate of align.")] = 1e-3,
     instruct_lr: Annotated[float, typer.Option(help="Paper: learning rate of instruct.")] = 2e-4,
     lora_rank: Annotated[int, typer.Option(help="Paper: LoRA rank.", min=1)] = 16,
@@ -87,7 +99,9 @@ def train_cmd(
     text_only_p: Annotated[
         float, typer.Option(help="Paper: share of instruct exemplars shown as captions.")
     ] = 0.3,
-    seed: Annotated[int, typer.Option(help="Paper: seed of the data order and LoRA init.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Both: the run's seed (tiny: every stage; paper: data order, LoRA init).")
+    ] = 0,
 ) -> None:
     """Train (or resume) a model: the tiny preset reproduces the shipped weights; the paper preset
     trains an assembled paper folder with LoRA (run it under `accelerate launch` for several GPUs)."""
@@ -96,8 +110,9 @@ def train_cmd(
         _train_paper(
             out, model_dir, chosen, data, align_data, instruct_data,
             dict(
-                align_steps=align_steps, instruct_steps=instruct_steps, batch_size=batch_size,
-                grad_accum=grad_accum, align_lr=align_lr, instruct_lr=instruct_lr,
+                bridge_steps=bridge_steps, align_steps=align_steps, instruct_steps=instruct_steps,
+                batch_size=batch_size, grad_accum=grad_accum, bridge_lr=bridge_lr, align_lr=align_lr,
+                instruct_lr=instruct_lr,
                 lora=dict(
                     rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
                     target_modules=_names(lora_targets) or None,
@@ -113,9 +128,16 @@ def train_cmd(
     from codi2_agent.training import STAGES, TinyRecipe, train
 
     recipe = TinyRecipe.smoke() if smoke else TinyRecipe()
-    recipe.threads = threads
+    recipe.threads, recipe.seed = threads, seed
     try:
-        result = train(out, preset=preset, workdir=workdir, recipe=recipe, stages=chosen or list(STAGES))
+        result = train(
+            out,
+            preset=preset,
+            workdir=workdir,
+            recipe=recipe,
+            stages=chosen or list(STAGES),
+            perception_from=perception_from,
+        )
     except (ValueError, RuntimeError) as e:
         raise _fail(str(e)) from None
     typer.echo(

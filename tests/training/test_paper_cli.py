@@ -46,12 +46,14 @@ def test_train_paper_then_export_from_the_command_line(tmp_path):
         "train", "--preset", "paper", "--model-dir", model_dir, "--data", data, "--out", tmp_path / "run",
         "--align-steps", "1", "--instruct-steps", "1", "--batch-size", "2", "--grad-accum", "1",
         "--lora-rank", "2", "--mixed-precision", "no", "--no-gradient-checkpointing", "--save-every", "1",
+        "--bridge-steps", "3", "--bridge-lr", "0.002",
     )  # fmt: skip
     assert run.exit_code == 0, run.output[-3000:]
     final = tmp_path / "run" / "instruct" / "final"
     assert f"checkpoint written to {final}" in run.stdout
     settings = json.loads((tmp_path / "run" / "training.json").read_text())
     assert settings["config"]["lora"]["rank"] == 2 and settings["base_model"] == str(model_dir.resolve())
+    assert (settings["config"]["bridge_steps"], settings["config"]["bridge_lr"]) == (3, 0.002)
     exported = _cli("export", final, tmp_path / "standalone")
     assert exported.exit_code == 0, exported.output[-3000:]
     assert (tmp_path / "standalone" / "language_model" / "config.json").is_file()
