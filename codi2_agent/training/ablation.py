@@ -49,7 +49,7 @@ import torch
 
 from codi2_agent.model import CoDi2Config, CoDi2Model
 from codi2_agent.training.ablation_readout import ClassMeanReadout, ScoreRow, eval_samples, score_model
-from codi2_agent.training.recipe import TinyRecipe, _restore_done, _train_lm
+from codi2_agent.training.recipe import PERCEPTION_STAGES, TinyRecipe, _restore_done, _train_lm
 
 __all__ = [
     "LM_FIELDS",
@@ -68,7 +68,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PERCEPTION_STAGES = ("encoders", "image_decoder", "audio_decoder")
 RECIPE_FIELDS = ("align_steps", "lm_steps", "align_replay", "lm_batch", "lm_lr")
 MODEL_FIELDS = ("num_media_tokens", "projector_type", "alpha", "lm")
 LM_FIELDS = (

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-COMMANDS = ["demo", "chat", "run", "train", "eval", "bench", "info", "serve"]
+COMMANDS = ["demo", "chat", "run", "train", "train-ablate", "eval", "bench", "info", "serve"]
 
 STEPS = "2"  # diffusion steps: the decoders run, quickly
 
