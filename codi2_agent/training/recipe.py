@@ -48,7 +48,7 @@ class TinyRecipe:
     encoder_steps: int = 500
     encoder_batch: int = 64
     image_decoder_steps: int = 3500
-    audio_decoder_steps: int = 2500
+    audio_decoder_steps: int = 1500
     decoder_batch: int = 32
     decoder_lr: float = 1e-3
     decoder_ema: float = 0.999
