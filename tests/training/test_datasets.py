@@ -15,14 +15,16 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from codi2_agent.media import CorruptMediaError, Media, MediaNotFoundError, MediaTooLargeError
+from codi2_agent.media import CorruptMediaError, Media, MediaError, MediaNotFoundError, MediaTooLargeError
 from codi2_agent.training.datasets import (
     BadRecordError,
     CorruptShardError,
+    DatasetError,
     DatasetFormatError,
     ProblemLog,
     UnsafePathError,
     find_sources,
+    load_media,
     open_dataset,
 )
 
@@ -369,3 +371,50 @@ def test_a_subject_with_one_readable_picture_is_a_problem(tmp_path: Path) -> Non
     assert list(open_dataset(tmp_path, problems=problems)) == []
     assert Counter(problems.counts) == {"MediaNotFoundError": 1, "BadRecordError": 1}
     assert isinstance(Media.open(tmp_path / "s/a.png"), Media)
+
+
+# --- deferred decoding (training's reading) -----------------------------------------------------
+DECODED_ON_USE = {"corrupt", "missing", "huge", "sound_for_image"}  # the rest are the record's own
+
+
+def test_deferred_decoding_files_media_problems_when_the_media_are_used(hostile: Path) -> None:
+    good = {"image": "good.png", "caption": "a good one"}
+    jsonl(hostile / "pairs.jsonl", [good, *(record for record, _ in BAD_RECORDS.values()), "", good])
+    problems = ProblemLog()
+    samples = list(
+        open_dataset(hostile, "image_caption", problems=problems, max_file_bytes=4000, defer_decoding=True)
+    )
+    lines = {case: line for line, case in enumerate(BAD_RECORDS, start=2)}
+    assert len(samples) == 4 + 2 * len(DECODED_ON_USE)
+    assert {p.line for p in problems.problems} == {lines[c] for c in BAD_RECORDS if c not in DECODED_ON_USE}
+    failed: dict[str, Exception] = {}
+    for sample in samples:
+        try:
+            load_media(sample)
+        except (MediaError, DatasetError) as e:
+            failed[sample.meta["source"]] = e
+    assert {source: type(e) for source, e in failed.items()} == {
+        f"pairs.jsonl:{lines[c]}": BAD_RECORDS[c][1] for c in DECODED_ON_USE
+    }
+    assert all(str(e).startswith(f"{source}: ") for source, e in failed.items())  # located
+    expected = [(line, kind.__name__) for line, (_, kind) in enumerate(BAD_RECORDS.values(), start=2)]
+    assert sorted((p.line, p.kind) for p in problems.problems) == expected  # each medium filed once
+
+    jsonl(hostile / "pairs.jsonl", [good, BAD_RECORDS["corrupt"][0]])
+    strict = list(open_dataset(hostile, "image_caption", strict=True, defer_decoding=True))
+    with pytest.raises(CorruptMediaError, match=r"^pairs\.jsonl:2: "):
+        load_media(strict[-1])
+
+
+def test_a_deferred_subject_keeps_an_unreadable_picture_and_fails_the_samples_that_show_it(
+    tmp_path: Path,
+) -> None:
+    png(tmp_path / "s/a.png", (4, 4))
+    jsonl(tmp_path / "subjects.jsonl", [{"subject": "s", "images": ["s/a.png", "s/missing.png"]}])
+    problems = ProblemLog()
+    samples = list(open_dataset(tmp_path, problems=problems, defer_decoding=True))
+    assert len(samples) == 2 and problems.total == 0  # nothing decoded, nothing known to be wrong
+    for sample in samples:  # one shows the missing picture, the other must draw it
+        with pytest.raises(MediaNotFoundError, match=r"^subjects\.jsonl:1: "):
+            load_media(sample)
+    assert problems.counts == {"MediaNotFoundError": 1}  # one picture, filed once

@@ -8,6 +8,8 @@
 - `InContextBuilder`: k exemplars of the same task in front of each sample, and the paper's
   text-only trick; `mix`: several streams interleaved with weights;
 - `check_dataset`: counts and problems of a folder (``codi2-agent data check DIR``);
+- ``defer_decoding=True``: media come as `DeferredMedia`, decoded on first use (`load_media`
+  decodes a sample's), so reading past a sample costs no decoding (resumed training);
 - untrusted input: `UnsafePathError`, `BadRecordError`, `CorruptShardError`, the media errors of
   `codi2_agent.media`; lenient by default (counted in a `ProblemLog` and skipped), or strict.
 
@@ -18,6 +20,7 @@ Example:
     >>> # stream = InContextBuilder(shots=(1, 2), text_only_p=0.3)(mix({"p": pairs, "e": edits}, [3, 1]))
 """
 
+from codi2_agent.training.datasets._deferred import DeferredMedia, load_media
 from codi2_agent.training.datasets._errors import (
     BadRecordError,
     CorruptShardError,
@@ -45,6 +48,7 @@ __all__ = [
     "DatasetError",
     "DatasetFormatError",
     "DatasetProblem",
+    "DeferredMedia",
     "InContextBuilder",
     "ProblemLog",
     "ReadOptions",
@@ -53,6 +57,7 @@ __all__ = [
     "check_dataset",
     "detect_manifest",
     "find_sources",
+    "load_media",
     "mix",
     "open_dataset",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "DatasetProblem",
     "ProblemLog",
     "UnsafePathError",
+    "located",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,16 +89,16 @@ class ProblemLog:
         """
         problem = DatasetProblem(file, line, type(error).__name__, str(error))
         if self.strict:
-            raise _located(error, problem) from error
+            raise located(error, file, line) from error
         self.counts[problem.kind] += 1
         if len(self.problems) < self.keep:
             self.problems.append(problem)
         logger.log(self.log_level, "skipped %s", problem)
 
 
-def _located(error: Exception, problem: DatasetProblem) -> Exception:
-    """`error`'s class with the problem's location in front of the message."""
-    where = f"{problem.file}:{problem.line}" if problem.line is not None else problem.file
+def located(error: Exception, file: str, line: int | None = None) -> Exception:
+    """`error`'s class with its location (`file`:`line`) in front of the message."""
+    where = f"{file}:{line}" if line is not None else file
     if isinstance(error, (DatasetError, MediaError)):
         try:
             return type(error)(f"{where}: {error}")

@@ -2,6 +2,7 @@
 
 `DatasetRoot` turns a path written in a record into a file inside the dataset folder, or refuses
 it (`UnsafePathError`), and decodes media with size caps; audio is resampled to the model's rate.
+With `ReadOptions.defer_decoding` it decodes nothing yet and hands out `DeferredMedia` instead.
 `iter_jsonl` / `iter_csv` stream records one line at a time, so a reader holds one record (and
 its media) at a time, whatever the size of the file.
 """
@@ -20,10 +21,12 @@ from typing import Any, Literal
 import numpy as np
 
 from codi2_agent.media import Media, MediaLimits, Modality
+from codi2_agent.training.datasets._deferred import DeferredMedia, Origin
 from codi2_agent.training.datasets._errors import BadRecordError, ProblemLog, UnsafePathError
 
 __all__ = [
     "DatasetRoot",
+    "Origin",
     "ReadOptions",
     "Record",
     "iter_csv",
@@ -49,6 +52,10 @@ class ReadOptions:
         max_duration_s: clips longer than this are refused on their header.
         tasks: only samples of these tasks are built (None: all); e.g. ``{"caption_image"}``.
         seed: seeds the choice of prompt phrasings, so a dataset reads the same every time.
+        defer_decoding: hand out media undecoded (`DeferredMedia`), decoded when first used. A
+            sample read but never used (another process's share, or read past on resume) then
+            costs no decoding; a bad medium is reported when it is used, not when it is read, and
+            a subject's pictures all count as readable until then. Training sets it.
     """
 
     sample_rate: int = 16000
@@ -58,6 +65,7 @@ class ReadOptions:
     max_duration_s: float = 60.0
     tasks: frozenset[str] | None = None
     seed: int = 0
+    defer_decoding: bool = False
 
     def wants(self, task: str) -> bool:
         return self.tasks is None or task in self.tasks
@@ -105,16 +113,33 @@ class DatasetRoot:
             raise UnsafePathError(f"field {field!r}: {written!r} leads outside the dataset folder ({path})")
         return path
 
-    def open_media(self, written: object, field: str, kind: MediaKind, caption: str | None = None) -> Media:
-        """Decode the `kind` file a record names (size-capped; audio at the model's rate)."""
+    def open_media(
+        self, written: object, field: str, kind: MediaKind, origin: Origin, caption: str | None = None
+    ) -> Media:
+        """The `kind` file a record names (size-capped; audio at the model's rate); `origin` is
+        where a deferred medium's problem is filed when it is decoded."""
         path = self.resolve(written, field)
-        media = Media.open(path, limits=self.options.limits, caption=caption)
-        return self.checked(media, kind, f"field {field!r}: {written}")
+        return self._media(path, kind, f"field {field!r}: {written}", origin, caption)
 
-    def decode(self, data: bytes, name: str, kind: MediaKind, caption: str | None = None) -> Media:
-        """Decode media bytes (a tar member) the same way."""
-        media = Media.open(data, limits=self.options.limits, caption=caption, name=name)
-        return self.checked(media, kind, name)
+    def decode(
+        self, data: bytes, name: str, kind: MediaKind, origin: Origin, caption: str | None = None
+    ) -> Media:
+        """Media bytes (a tar member) the same way."""
+        return self._media(data, kind, name, origin, caption)
+
+    def _media(
+        self, source: Path | bytes, kind: MediaKind, where: str, origin: Origin, caption: str | None
+    ) -> Media:
+        if self.options.defer_decoding:
+            return DeferredMedia(self, source, kind, where, origin, caption)
+        media = self.decode_now(source, kind, where)
+        media.caption = caption
+        return media
+
+    def decode_now(self, source: Path | bytes, kind: MediaKind, where: str) -> Media:
+        """Decode a file of the folder (already resolved) or a tar member's bytes as `kind`."""
+        name = where if isinstance(source, bytes) else None
+        return self.checked(Media.open(source, limits=self.options.limits, name=name), kind, where)
 
     def checked(self, media: Media, kind: MediaKind, where: str) -> Media:
         if media.modality is not Modality(kind):

@@ -2,6 +2,8 @@
 
 Every record is read and its media decoded exactly as training would read them, leniently, so one
 report lists every problem (with its file and line) and counts the samples per format and task.
+Decoding is never deferred here (`ReadOptions.defer_decoding` is ignored): finding bad media is the
+point.
 `codi2-agent data check DIR` prints it.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +65,7 @@ def check_dataset(
         raise ValueError(f"limit must be >= 1, got {limit}")
     folder, sources = find_sources(path, format)
     report = CheckReport(folder.resolve(), sources)
-    root = DatasetRoot(folder, options or ReadOptions())
+    root = DatasetRoot(folder, replace(options or ReadOptions(), defer_decoding=False))
     for source in sources:
         for sample in itertools.islice(source.read(root, report.problems), limit):
             report.samples[(source.format, sample.task)] += 1

@@ -21,7 +21,14 @@ from codi2_agent.data.samples import Sample
 from codi2_agent.media import MediaError
 from codi2_agent.training.datasets._errors import BadRecordError, DatasetError, ProblemLog
 from codi2_agent.training.datasets._samples import EDIT_TASKS, edit_sample
-from codi2_agent.training.datasets._source import DatasetRoot, MediaKind, Record, media_kind, text_field
+from codi2_agent.training.datasets._source import (
+    DatasetRoot,
+    MediaKind,
+    Origin,
+    Record,
+    media_kind,
+    text_field,
+)
 from codi2_agent.training.datasets.pairs import records
 
 __all__ = ["INPUT_KEYS", "INSTRUCTION_KEYS", "OUTPUT_KEYS", "read_edits"]
@@ -48,8 +55,9 @@ def read_edits(root: DatasetRoot, manifest: Path, problems: ProblemLog) -> Itera
                 for keys in (_INPUT_CAPTION_KEYS, _OUTPUT_CAPTION_KEYS)
             ]
             (in_key, in_path), (out_key, out_path) = _path(record, INPUT_KEYS), _path(record, OUTPUT_KEYS)
-            source = root.open_media(in_path, in_key, kind, captions[0])
-            target = root.open_media(out_path, out_key, kind, captions[1])
+            origin = Origin(problems, name, line)
+            source = root.open_media(in_path, in_key, kind, origin, captions[0])
+            target = root.open_media(out_path, out_key, kind, origin, captions[1])
         except (DatasetError, MediaError) as e:
             problems.report(e, name, line)
             continue

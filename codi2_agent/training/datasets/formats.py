@@ -183,8 +183,9 @@ def open_dataset(
     Args:
         path: the dataset folder, or one ``.tar`` shard / ``.jsonl`` / ``.csv`` manifest.
         format: ``"auto"`` (detected per file) or one of `FORMATS`.
-        options: `ReadOptions` (the model's sample rate, size caps, tasks, seed); keyword
-            arguments override single fields, e.g. ``sample_rate=48000, tasks={"caption_image"}``.
+        options: `ReadOptions` (the model's sample rate, size caps, tasks, seed, deferred
+            decoding); keyword arguments override single fields, e.g. ``sample_rate=48000,
+            tasks={"caption_image"}`` or ``defer_decoding=True`` (media decoded on first use).
         problems: where skipped records are counted (a new lenient `ProblemLog` by default);
             pass your own to look at them afterwards. Its own ``strict`` applies.
         strict: with no `problems` given, raise the first problem instead of skipping it.

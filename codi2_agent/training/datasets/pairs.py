@@ -25,6 +25,7 @@ from codi2_agent.training.datasets._samples import pair_samples
 from codi2_agent.training.datasets._source import (
     DatasetRoot,
     MediaKind,
+    Origin,
     Record,
     iter_csv,
     iter_jsonl,
@@ -64,7 +65,9 @@ def _read_pairs(
         try:
             caption = text_field(record, CAPTION_KEYS, options.max_record_bytes)
             assert caption is not None
-            media = _open_audio(root, record) if kind == "audio" else _open_image(root, record)
+            origin = Origin(problems, name, line)
+            opener = _open_audio if kind == "audio" else _open_image
+            media = opener(root, record, origin)
         except (DatasetError, MediaError) as e:
             problems.report(e, name, line)
             continue
@@ -73,18 +76,18 @@ def _read_pairs(
         )
 
 
-def _open_image(root: DatasetRoot, record: Record) -> Media:
+def _open_image(root: DatasetRoot, record: Record, origin: Origin) -> Media:
     key = next((k for k in IMAGE_KEYS if k in record), IMAGE_KEYS[0])
-    return root.open_media(record.get(key), key, "image")
+    return root.open_media(record.get(key), key, "image", origin)
 
 
-def _open_audio(root: DatasetRoot, record: Record) -> Media:
+def _open_audio(root: DatasetRoot, record: Record, origin: Origin) -> Media:
     key = next((k for k in AUDIO_KEYS if k in record), None)
     if key is not None:
-        return root.open_media(record[key], key, "audio")
+        return root.open_media(record[key], key, "audio", origin)
     if "youtube_id" not in record:
         text_field(record, AUDIO_KEYS, 0)  # raises: names the fields that were expected
-    return root.open_media(_audiocaps_file(root, record), "youtube_id", "audio")
+    return root.open_media(_audiocaps_file(root, record), "youtube_id", "audio", origin)
 
 
 def _audiocaps_file(root: DatasetRoot, record: Record) -> str:

@@ -12,6 +12,8 @@ Every picture of a subject is the answer of one sample, whose request shows up t
 `max_references` of the other pictures (chosen by the seed) and asks for a new one, naming the
 answer's caption when it has one. A subject needs at least two readable pictures. Only one
 subject's pictures are held at a time; a subject is read up to `MAX_SUBJECT_IMAGES` pictures.
+With deferred decoding (`ReadOptions.defer_decoding`) every picture a subject names counts as
+readable when it is read: one that later fails to decode fails the samples that show it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from codi2_agent.data.samples import Sample
 from codi2_agent.media import Media, MediaError
 from codi2_agent.training.datasets._errors import BadRecordError, DatasetError, ProblemLog
 from codi2_agent.training.datasets._samples import SUBJECT_TASK, subject_sample
-from codi2_agent.training.datasets._source import DatasetRoot, media_kind, text_field
+from codi2_agent.training.datasets._source import DatasetRoot, Origin, media_kind, text_field
 from codi2_agent.training.datasets.pairs import records
 
 __all__ = ["MAX_SUBJECT_IMAGES", "read_subject_folders", "read_subjects", "subject_folders"]
@@ -59,7 +61,8 @@ def read_subjects(root: DatasetRoot, manifest: Path, problems: ProblemLog) -> It
                 caption = (
                     text_field({"c": captions[i]}, ("c",), options.max_record_bytes) if captions else None
                 )
-                pictures.append(root.open_media(written, f"images[{i}]", "image", caption))
+                origin = Origin(problems, name, line)
+                pictures.append(root.open_media(written, f"images[{i}]", "image", origin, caption))
             except (DatasetError, MediaError) as e:
                 problems.report(e, name, line)
         yield from _subject_samples(str(subject), pictures, rng, where, problems)
@@ -89,7 +92,8 @@ def read_subject_folders(root: DatasetRoot, problems: ProblemLog) -> Iterator[Sa
                 if caption_file.is_file():
                     root.resolve(f"{name}/{caption_file.name}", "caption")
                     caption = _caption_text(caption_file, root.options.max_record_bytes)
-                pictures.append(root.open_media(written, "image", "image", caption))
+                origin = Origin(problems, written)
+                pictures.append(root.open_media(written, "image", "image", origin, caption))
             except (DatasetError, MediaError) as e:
                 problems.report(e, written)
         yield from _subject_samples(folder.name, pictures, rng, name, problems)

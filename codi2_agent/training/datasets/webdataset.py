@@ -8,7 +8,8 @@ base name)::
                        000003.flac 000003.txt         (a sound: caption_audio / text_to_audio)
 
 The tar is read front to back (``mode="r|*"``, compressed or not): one sample's members are held
-at a time, never the shard. Nothing is extracted to disk, so member names cannot write anywhere;
+at a time, never the shard (with deferred decoding, a sample keeps its medium's bytes until it is
+used). Nothing is extracted to disk, so member names cannot write anywhere;
 links and devices inside a shard are refused as problems.
 """
 
@@ -25,7 +26,7 @@ from codi2_agent.data.samples import Sample
 from codi2_agent.media import MediaError, MediaTooLargeError
 from codi2_agent.training.datasets._errors import BadRecordError, CorruptShardError, DatasetError, ProblemLog
 from codi2_agent.training.datasets._samples import pair_samples
-from codi2_agent.training.datasets._source import DatasetRoot, MediaKind, media_kind, text_field
+from codi2_agent.training.datasets._source import DatasetRoot, MediaKind, Origin, media_kind, text_field
 from codi2_agent.training.datasets.pairs import CAPTION_KEYS
 
 __all__ = ["read_shard", "split_key"]
@@ -50,7 +51,8 @@ def read_shard(root: DatasetRoot, shard: Path, problems: ProblemLog) -> Iterator
             try:
                 kind, media_name = _media_member(members)
                 caption = _caption(members, options.max_record_bytes)
-                media = root.decode(members[media_name], f"{where}.{media_name}", kind)
+                origin = Origin(problems, where)
+                media = root.decode(members[media_name], f"{where}.{media_name}", kind, origin)
             except (DatasetError, MediaError) as e:
                 problems.report(e, where)
                 continue

@@ -6,12 +6,20 @@ seeded shuffle buffer and are numbered as they leave it; process `rank` of `worl
 samples whose number is `rank` modulo `world`, so processes never see the same sample in a step.
 The position of a run is the number of samples the whole group has consumed: a resumed run reads
 past exactly that many (through the same seeded buffer) and continues with the very batches the
-interrupted run would have drawn. Reading past them is not free: a reader decodes their media again
-(with today's readers, roughly the time the data loading of those steps took).
+interrupted run would have drawn.
 
-A sample that fails `Sample.check()` or does not encode (too long, a bad medium) is skipped and
-counted, not fatal: one bad record in a million must not end a multi-day run. A source that yields
-nothing usable at all is an error.
+Media are decoded by the taker, not the reader: the dataset readers of the paper sources hand out
+`DeferredMedia` (decoded on first use), and a process decodes the media of its own share of samples
+only, when it encodes them. So reading past samples (another process's, or on resume the ones
+already consumed) costs the reading of their records, not the decoding of their media. Measured on
+this 2-core CPU, resuming at 3150 samples of 1500 JPEG pictures (256 px) and 100 four-second
+44.1 kHz clips (one run each): `align` took 2.95 s and decoded 1607 media when readers decoded
+eagerly, 0.19 s and none with deferred decoding; `instruct` (through the in-context builder)
+2.16 s, then 0.34 s.
+
+A sample that fails `Sample.check()`, does not encode (too long) or has a medium that does not
+decode is skipped and counted, not fatal: one bad record in a million must not end a multi-day
+run. A source that yields nothing usable at all is an error.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import numpy as np
 from codi2_agent.data.samples import Sample
 from codi2_agent.media import MediaError
 from codi2_agent.model.processing_codi2 import CoDi2Processor, EncodedSample
+from codi2_agent.training.datasets import load_media
 
 __all__ = ["BatchStream", "DataSource", "EmptyDataError"]
 
@@ -74,7 +83,8 @@ class BatchStream:
         self.epoch = 0
         self._samples = enumerate(self._shuffled(self._endless()))
         # A resumed run reads its way back to where the interrupted one stopped: the same samples
-        # come out of the source (and the shuffle buffer) again; they are not encoded or trained on.
+        # come out of the source (and the shuffle buffer) again; they are not encoded, decoded or
+        # trained on.
         for _ in range(position):
             next(self._samples)
 
@@ -108,7 +118,9 @@ class BatchStream:
         try:
             if not isinstance(sample, Sample):
                 raise ValueError(f"expected a codi2_agent.data.samples.Sample, got {type(sample).__name__}")
-            return self.processor.encode_sample(sample.check())
+            encoded = self.processor.encode_sample(sample.check())
+            load_media(sample)  # deferred media decode here, where a bad one skips its sample
+            return encoded
         except (ValueError, MediaError) as e:
             kind = type(e).__name__
             self.skipped[kind] += 1

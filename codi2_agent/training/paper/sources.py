@@ -9,7 +9,9 @@
   paper's text-only trick).
 
 Each source is a callable that opens the folders afresh, so every epoch (and a resumed run)
-reads the same samples in the same order.
+reads the same samples in the same order. Media are decoded when a sample is used, not when it is
+read (``defer_decoding``): the samples of other processes, and those a resumed run reads past, cost
+no decoding.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def dataset_sources(
 
     def folders(paths: Sequence[str | Path], tasks: frozenset[str] | None) -> Iterator[Sample]:
         streams = {
-            str(i): open_dataset(p, sample_rate=sample_rate, tasks=tasks, seed=seed)
+            str(i): open_dataset(p, sample_rate=sample_rate, tasks=tasks, seed=seed, defer_decoding=True)
             for i, p in enumerate(paths)
         }
         return mix(streams, seed=seed) if len(streams) > 1 else next(iter(streams.values()))
@@ -67,7 +69,9 @@ def dataset_sources(
 
     def bridge_samples() -> Iterator[Sample]:
         streams = {
-            str(i): open_dataset(p, fmt, sample_rate=sample_rate, tasks={"caption_audio"}, seed=seed)
+            str(i): open_dataset(
+                p, fmt, sample_rate=sample_rate, tasks={"caption_audio"}, seed=seed, defer_decoding=True
+            )
             for i, (p, fmt) in enumerate(audio_files)
         }
         if len(streams) > 1:
