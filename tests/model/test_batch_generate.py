@@ -25,6 +25,10 @@ STEPS = 4
 PIXEL_TOLERANCE = 1  # of 255
 SAMPLE_TOLERANCE = 1e-4
 FEATURE_TOLERANCE = 1e-4
+# C_x of the decoded media: classifier-free guidance (3.5 in the tiny config) extrapolates
+# uncond + s * (cond - uncond), so a float difference between a batch's and a lone row's UNet call
+# (oneDNN picks kernels by batch size) comes out up to 2s - 1 = 6 times larger, at every DDIM step.
+MEDIA_FEATURE_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,7 @@ def assert_same_answer(batched: GenerationOutput, alone: GenerationOutput) -> No
         torch.testing.assert_close(batched.features, alone.features, atol=FEATURE_TOLERANCE, rtol=0)
     assert len(batched.media_features) == len(alone.media_features)
     for b_feat, a_feat in zip(batched.media_features, alone.media_features, strict=True):
-        torch.testing.assert_close(b_feat, a_feat, atol=FEATURE_TOLERANCE, rtol=0)
+        torch.testing.assert_close(b_feat, a_feat, atol=MEDIA_FEATURE_TOLERANCE, rtol=0)
 
 
 def check_rows(model: CoDi2Model, conversations: list[Any], outputs: list[str], **per_row: list[Any]) -> list:

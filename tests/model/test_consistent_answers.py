@@ -149,12 +149,17 @@ def test_no_entry_point_returns_a_contradiction(shipped: CoDi2Model) -> None:
 
 
 def test_a_stream_repairs_only_what_it_has_not_sent(shipped: CoDi2Model) -> None:
+    # Greedy decoding says "the shape changed from cross to cross" here. `generate` re-decodes the
+    # whole answer ("the colour changed from red to blue"); a stream has sent "the shape changed"
+    # token by token already, so only the clause after it is decoded again.
     pieces = list(shipped.generate_stream(_demo_prompt(), output="text"))
     *texts, out = pieces
     sent_before_the_clause = "".join(texts[:-1])
-    assert sent_before_the_clause == "the scene changed"  # sent as decoded, before the repair
+    assert sent_before_the_clause == "the shape changed"  # sent as decoded, before the repair
     assert out.text.startswith(sent_before_the_clause) and contradiction(out.text) is None
-    assert parse_change(out.text)[0] == "scene" and "from" in texts[-1]
+    assert parse_change(out.text)[0] == "shape" and "from" in texts[-1]
+    whole = shipped.generate(_demo_prompt(), output="text").text
+    assert not whole.startswith(sent_before_the_clause)  # the stream kept what it had sent
 
 
 def test_a_repaired_answer_that_ends_in_a_medium_reads_the_repaired_text(shipped: CoDi2Model) -> None:

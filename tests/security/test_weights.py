@@ -330,7 +330,7 @@ def test_bad_config_values_are_a_config_error_naming_file_and_field(
 def test_an_edited_config_without_a_new_manifest_is_refused_before_it_is_parsed(folder: Path) -> None:
     path = folder / "config.json"
     config = json.loads(path.read_text())
-    assert config["image_decoder"]["guidance_scale"] == 1.0
+    assert config["image_decoder"]["guidance_scale"] == 3.5
     config["image_decoder"]["guidance_scale"] = 7.5  # a valid value, and the same size: only the hash tells
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     assert refused(folder).startswith(f"{path}: sha256 differs from manifest.json (expected ")
