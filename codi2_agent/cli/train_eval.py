@@ -138,7 +138,7 @@ def train_cmd(
             stages=chosen or list(STAGES),
             perception_from=perception_from,
         )
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, FileNotFoundError) as e:  # a missing --perception-from model too
         raise _fail(str(e)) from None
     typer.echo(
         f"model written to {result}" if result else "stages done; run the remaining stages to assemble"

@@ -91,6 +91,7 @@ def test_info_shows_model_and_session_parts(cli: Any, model_arg: str, model, tmp
         (["demo", "--model", "no/such/model"], "no/such/model"),
         (["chat", "--model", "nonsense"], "neither a shipped model"),
         (["train", "--out", "x", "--stages", "bogus"], "unknown stages"),
+        (["train", "--out", "x", "--perception-from", "no/such/model"], "no/such/model does not exist"),
         (["bench", "--only", "nope"], "unknown benchmark"),
     ],
 )
