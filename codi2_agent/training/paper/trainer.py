@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -54,10 +55,14 @@ from codi2_agent.training.paper.settings import PAPER_STAGES, PaperTrainingConfi
 __all__ = [
     "Objective",
     "PaperTrainer",
+    "UnsupportedLaunchError",
     "build_accelerator",
     "optimizer_step",
     "prepare_model",
+    "refuse_rewrapping_under_fsdp",
+    "split_full_state",
     "stage_seed",
+    "storage_dtype",
     "train_paper",
     "trainable_parameters",
 ]
@@ -155,17 +160,45 @@ def log_record(acc: Any, log_path: Path, stage: str, record: dict[str, Any]) -> 
         acc.log({f"{stage}/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
 
 
+class UnsupportedLaunchError(RuntimeError):
+    """`accelerate launch` asked for a distributed mode (FSDP, DeepSpeed) this machine cannot run."""
+
+
+# The variable `accelerate launch` sets for a distributed mode (from the config's distributed_type)
+_MODE_VARIABLES = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
+
+
+def _refuse_modes_without_gpu(cpu: bool) -> None:
+    """accelerate (1.x) runs FSDP and DeepSpeed only on GPUs and other accelerators: on the CPU it
+    either stops in its FSDP plugin ("no available devices found", when the config syncs module
+    states) or drops the request and runs plain DDP, replicating a model FSDP was meant to shard.
+    Say so before anything loads."""
+    requested = [m for m, v in _MODE_VARIABLES.items() if os.environ.get(v, "").lower() == "true"]
+    if cpu and requested:
+        raise UnsupportedLaunchError(
+            f"the accelerate config asks for {requested[0]}, which accelerate runs only on GPUs, and "
+            "this machine has none (torch.cuda.is_available() is False). On the CPU, launch "
+            "with codi2_agent/training/configs/ddp.yaml (processes talk over gloo) or without a config"
+        )
+
+
 def build_accelerator(config: PaperTrainingConfig, out: Path, trackers: Sequence[Any] = ()) -> Any:
     """The `accelerate.Accelerator` paper training runs under; the launch (processes, DDP, FSDP,
     DeepSpeed) comes from the environment `accelerate launch` sets. `trackers`: accelerate
-    `GeneralTracker` instances to log to besides the named `config.log_with` ones."""
+    `GeneralTracker` instances to log to besides the named `config.log_with` ones.
+
+    Raises:
+        UnsupportedLaunchError: the launch asks for FSDP or DeepSpeed on a machine without a GPU.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
+    # without a GPU: the CPU, and gloo between processes when a launcher started several
+    cpu = not torch.cuda.is_available()
+    _refuse_modes_without_gpu(cpu)
     log_with = [*config.log_with, *trackers]
     return Accelerator(
-        # without a GPU: the CPU, and gloo between processes when a launcher started several
-        cpu=not torch.cuda.is_available(),
+        cpu=cpu,
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum,
         log_with=log_with or None,
@@ -177,10 +210,50 @@ def build_accelerator(config: PaperTrainingConfig, out: Path, trackers: Sequence
     )
 
 
-def prepare_model(model: CoDi2Model, config: PaperTrainingConfig, device: torch.device) -> CoDi2Model:
+def storage_dtype(config: PaperTrainingConfig, distributed_type: Any = None) -> torch.dtype:
+    """The dtype the frozen weights are held in: the mixed-precision one, except under FSDP.
+
+    FSDP (1) flattens each wrapped unit's parameters into one tensor of one dtype ("Must flatten
+    tensors with uniform dtype"), and LoRA's float32 weights sit in the decoder layers beside the
+    frozen ones; so under FSDP every weight is stored in float32, sharded across the GPUs, and
+    FSDP's mixed-precision policy (accelerate's bf16) computes in bf16."""
+    return torch.float32 if _is_fsdp(distributed_type) else _DTYPES[config.mixed_precision]
+
+
+def _is_fsdp(distributed_type: Any) -> bool:
+    """accelerate's `DistributedType.FSDP` (or its name)."""
+    return getattr(distributed_type, "name", str(distributed_type)) == "FSDP"
+
+
+# The stages accelerate wraps the model for (bridge trains the audio encoder's `expand` unwrapped)
+_WRAPPED_STAGES = ("align", "instruct")
+
+
+def refuse_rewrapping_under_fsdp(distributed_type: Any, out: Path, stages: Sequence[str]) -> None:
+    """FSDP's auto-wrap replaces the LM's decoder layers by FSDP units in place, and torch refuses to
+    wrap a module holding such units again ("FSDP auto wrapping requires modules to not already
+    have FSDP applied"): under FSDP one launch trains one of align / instruct (the next launch loads
+    the finished stage's result). Raised before anything loads, not after the first stage."""
+    pending = [s for s in stages if s in _WRAPPED_STAGES and not (out / s / "done").exists()]
+    if _is_fsdp(distributed_type) and len(pending) > 1:
+        earlier = ",".join(s for s in stages if s not in _WRAPPED_STAGES[1:])
+        raise UnsupportedLaunchError(
+            f"under FSDP one launch trains one of the stages {pending}: FSDP wraps the LM's layers in "
+            f"place and cannot wrap them a second time. Launch with --stages {earlier}, then launch "
+            f"again with --stages {pending[-1]} (it loads {pending[0]}'s result)"
+        )
+
+
+def prepare_model(
+    model: CoDi2Model,
+    config: PaperTrainingConfig,
+    device: torch.device,
+    frozen_dtype: torch.dtype | None = None,
+) -> CoDi2Model:
     """Freeze `model`, wrap its LM in LoRA (with the token rows), keep trained weights in float32 and
-    move what a step touches to `device` (the decoders only when L_DM is on). Returns `model`."""
-    frozen_dtype = _DTYPES[config.mixed_precision]
+    move what a step touches to `device` (the decoders only when L_DM is on). Frozen weights are
+    held in `frozen_dtype` (default: the mixed-precision dtype; see `storage_dtype`). Returns `model`."""
+    frozen_dtype = frozen_dtype or _DTYPES[config.mixed_precision]
     model.requires_grad_(False)
     lm = model.lm
     if config.gradient_checkpointing:
@@ -296,12 +369,13 @@ class PaperTrainer:
         """The base model from its folder, frozen parts in the training dtype, prepared for training."""
         from codi2_agent.model import load_model
 
-        model = load_model(self.model_dir, device="cpu", dtype=_DTYPES[self.config.mixed_precision])
+        dtype = storage_dtype(self.config, self.accelerator.distributed_type)
+        model = load_model(self.model_dir, device="cpu", dtype=dtype)
         if model.config.preset != "paper":
             raise ValueError(
                 f"{self.model_dir} holds a {model.config.preset!r} model; paper training needs 'paper'"
             )
-        return prepare_model(model, self.config, self.accelerator.device)
+        return prepare_model(model, self.config, self.accelerator.device, dtype)
 
     def _configure_deepspeed(self) -> None:
         """DeepSpeed sizes its engine from the batch; there is no DataLoader for it to read that from."""
@@ -316,6 +390,7 @@ class PaperTrainer:
     def train(self) -> Path:
         """Run (or resume) every stage of the config; return the last stage's `final/` checkpoint."""
         acc = self.accelerator
+        refuse_rewrapping_under_fsdp(acc.distributed_type, self.out, self.config.stages)
         self.out.mkdir(parents=True, exist_ok=True)
         if acc.is_main_process:
             info = {"base_model": str(self.model_dir), "config": self.config.to_dict()}
@@ -418,13 +493,7 @@ class PaperTrainer:
         self, model: CoDi2Model, wrapped: Any
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The LM's and the trained modules' full state (gathered from every process under FSDP)."""
-        full = self.accelerator.get_state_dict(wrapped)
-        lm_state = {k[len("lm.") :]: v for k, v in full.items() if k.startswith("lm.")}
-        trained = trainable_state_dict(model)
-        for key in trained:
-            if key in full:
-                trained[key] = full[key].detach().float().cpu().contiguous()
-        return lm_state, trained
+        return split_full_state(model, self.accelerator.get_state_dict(wrapped))
 
     def _save_checkpoint(
         self, model: CoDi2Model, wrapped: Any, stage: str, stage_dir: Path, step: int, stream: BatchStream
@@ -454,6 +523,20 @@ class PaperTrainer:
             )  # fmt: skip
             mark_done(stage_dir, step)
         acc.wait_for_everyone()
+
+
+def split_full_state(
+    model: CoDi2Model, full: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The wrapped `Objective`'s full state dict -> (the LM's state, the trained modules' state), as
+    `save_adapter_checkpoint` takes them. Under FSDP the modules' own tensors are shards; `full` is
+    what the FSDP state-dict gather returned."""
+    lm_state = {k[len("lm.") :]: v for k, v in full.items() if k.startswith("lm.")}
+    trained = trainable_state_dict(model)
+    for key in trained:
+        if key in full:
+            trained[key] = full[key].detach().float().cpu().contiguous()
+    return lm_state, trained
 
 
 def _keep_weights_out(models: list[Any], weights: list[Any], output_dir: str) -> None:
