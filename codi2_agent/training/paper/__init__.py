@@ -15,7 +15,7 @@ from codi2_agent.training.paper.checkpoint import (
 from codi2_agent.training.paper.data import BatchStream, DataSource, EmptyDataError
 from codi2_agent.training.paper.lora import attach_lora, attention_targets
 from codi2_agent.training.paper.settings import PAPER_STAGES, LoraSettings, PaperTrainingConfig
-from codi2_agent.training.paper.trainer import PaperTrainer, train_paper
+from codi2_agent.training.paper.trainer import PaperTrainer, UnsupportedLaunchError, train_paper
 
 __all__ = [
     "PAPER_STAGES",
@@ -26,6 +26,7 @@ __all__ = [
     "LoraSettings",
     "PaperTrainer",
     "PaperTrainingConfig",
+    "UnsupportedLaunchError",
     "attach_lora",
     "attention_targets",
     "export_merged",
