@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -50,6 +50,7 @@ from codi2_agent._media_files import (
 __all__ = [
     "CorruptMediaError",
     "EmptyMediaError",
+    "HasMedia",
     "Media",
     "MediaError",
     "MediaLimits",
@@ -417,6 +418,33 @@ class Media:
         return self.sample_rate == other.sample_rate and np.array_equal(self.audio, other.audio)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class HasMedia:
+    """The first image and the first sound of an answer's media, as `.image` and `.audio`.
+
+    A mixin for results that carry media (`GenerationOutput`, `TurnResult`): the class provides
+    `media`, a list of `Media` (a field, or a property that loads them), and gets the two shortcuts,
+    each the first medium of its modality or None when the answer has none.
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:  # declared for type checkers only: a class attribute here would shadow a field
+
+        @property
+        def media(self) -> list[Media]: ...
+
+    @property
+    def image(self) -> Media | None:
+        return self._first(Modality.IMAGE)
+
+    @property
+    def audio(self) -> Media | None:
+        return self._first(Modality.AUDIO)
+
+    def _first(self, modality: Modality) -> Media | None:
+        return next((m for m in self.media if m.modality is modality), None)
 
 
 # --- decoding helpers ---------------------------------------------------------------------------

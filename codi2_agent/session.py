@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from codi2_agent._session_threads import ThreadOperationsMixin
 from codi2_agent.artifacts import ArtifactStore
 from codi2_agent.locking import LOCKS_FOLDER, FileThreadLocks, ThreadBusyError
-from codi2_agent.media import Media, MediaRef, Modality
+from codi2_agent.media import HasMedia, Media, MediaRef, Modality
 
 if TYPE_CHECKING:
     from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -68,7 +68,7 @@ class ReviewPendingError(RuntimeError):
 
 
 @dataclass
-class TurnResult:
+class TurnResult(HasMedia):
     """One turn's answer: text and media (references into the session's artifact store).
 
     Shows inline in Jupyter (images, audio players); `save` writes the media to files.
@@ -93,14 +93,6 @@ class TurnResult:
                 raise ValueError("this TurnResult has no artifact store to load media from")
             self._media = [self.artifacts.get(r) for r in self.refs]
         return self._media
-
-    @property
-    def image(self) -> Media | None:
-        return next((m for m in self.media if m.modality is Modality.IMAGE), None)
-
-    @property
-    def audio(self) -> Media | None:
-        return next((m for m in self.media if m.modality is Modality.AUDIO), None)
 
     @property
     def ids(self) -> list[str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from codi2_agent.media import Media, Modality, OutputKind
+from codi2_agent.media import HasMedia, Media, Modality, OutputKind
 
 __all__ = ["GenerationOutput"]
 
@@ -36,7 +36,7 @@ def _seeded_generator(seed: int | None) -> torch.Generator | None:
 
 
 @dataclass
-class GenerationOutput:
+class GenerationOutput(HasMedia):
     """`generate`'s result: the text answer and any generated media (with its c_MLLM features)."""
 
     text: str
@@ -47,11 +47,3 @@ class GenerationOutput:
     # With `verify=n`: cosine of the kept medium's C_x to c_MLLM, and of every decoded candidate's.
     agreement: float | None = None
     candidate_agreements: list[float] = field(default_factory=list)
-
-    @property
-    def image(self) -> Media | None:
-        return next((m for m in self.media if m.modality is Modality.IMAGE), None)
-
-    @property
-    def audio(self) -> Media | None:
-        return next((m for m in self.media if m.modality is Modality.AUDIO), None)
