@@ -24,9 +24,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,12 +53,18 @@ __all__ = [
     "CHECKPOINT_INFO",
     "TRAINABLE_WEIGHTS",
     "CheckpointMismatchError",
+    "IncompleteCheckpointError",
     "export_merged",
     "is_adapter_checkpoint",
     "load_adapter_checkpoint",
     "load_trainable_weights",
     "save_adapter_checkpoint",
+    "save_lora_adapter",
     "trainable_state_dict",
+    "trainable_state_names",
+    "unwrapped_modules",
+    "unwrapped_name",
+    "unwrapped_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,6 +82,11 @@ AUDIO_EXPAND = "encoders.audio.expand"
 class CheckpointMismatchError(CorruptWeightsError):
     """A checkpoint that does not fit the model it is loaded into: tensors missing, unexpected or of
     another shape, another config, or another base model than the one it was trained from."""
+
+
+class IncompleteCheckpointError(ValueError):
+    """The state handed to `save_adapter_checkpoint` lacks tensors the model trains (a LoRA layer, a
+    token row, a head): nothing is written, rather than a checkpoint that fails or misleads later."""
 
 
 class CheckpointInfo(BaseModel):
@@ -106,6 +120,11 @@ def trained_modules(model: CoDi2Model) -> dict[str, torch.nn.Module]:
     return modules
 
 
+def trainable_state_names(model: CoDi2Model) -> list[str]:
+    """The names `trainable_state_dict` has (no tensor copied)."""
+    return [f"{name}.{key}" for name, module in trained_modules(model).items() for key in module.state_dict()]
+
+
 def trainable_state_dict(model: CoDi2Model) -> dict[str, torch.Tensor]:
     """Projectors, output heads (and the CLAP expansion), float32 on the CPU (the part saved in full)."""
     return {
@@ -115,6 +134,109 @@ def trainable_state_dict(model: CoDi2Model) -> dict[str, torch.Tensor]:
     }
 
 
+# Module wrappers that training may put around parts of the LM, each holding the wrapped module as one
+# child: FSDP (1) units, activation-checkpoint wrappers and torch.compile's `OptimizedModule` (whole
+# models, or repeated blocks with accelerate's `compile_regions`; torch exports no name for its
+# `_orig_mod`). A parameter's name then carries the child's name as a segment of its own.
+_COMPILED_MODULE = "_orig_mod"
+
+
+@functools.cache
+def _wrapper_segments() -> frozenset[str]:
+    # imported when needed: torch.distributed.fsdp takes a second to import, and serving never needs it
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_WRAPPED_MODULE
+    from torch.distributed.fsdp._common_utils import FSDP_WRAPPED_MODULE
+
+    return frozenset({FSDP_WRAPPED_MODULE, _CHECKPOINT_WRAPPED_MODULE, _COMPILED_MODULE})
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter or module name without wrapper segments, as the unwrapped model names it:
+    ``layers.0._fsdp_wrapped_module.self_attn.q_proj`` -> ``layers.0.self_attn.q_proj``."""
+    segments = _wrapper_segments()
+    return ".".join(part for part in name.split(".") if part not in segments)
+
+
+def unwrapped_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` keyed by `unwrapped_name` (FSDP's full state dict is already; other gathers may not be)."""
+    clean: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = unwrapped_name(key)
+        if name in clean:
+            raise ValueError(f"state dict keys {key!r} and another both name {name!r} once unwrapped")
+        clean[name] = value
+    return clean
+
+
+@contextmanager
+def unwrapped_modules(root: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Within the block, every wrapper below `root` is replaced by the module it wraps, so that
+    `root.named_modules()` gives the unwrapped model's names; the wrappers are back afterwards.
+
+    peft selects an adapter's entries of a state dict by the names of its LoRA layers in the module
+    tree; under FSDP those names carry ``_fsdp_wrapped_module`` inside (each decoder layer is a unit,
+    peft strips the segment only at the start of a name), while the gathered state dict's keys do
+    not, so the wrapped layers' LoRA weights would be left out. Nothing may run the model meanwhile.
+    """
+    segments, swapped = _wrapper_segments(), []
+    try:
+        pending = [root]
+        while pending:
+            parent = pending.pop()
+            for name, child in list(parent._modules.items()):
+                inner = child
+                while inner is not None and (wrapped := segments & inner._modules.keys()):
+                    inner = inner._modules[next(iter(wrapped))]
+                if inner is not child:
+                    parent._modules[name] = inner
+                    swapped.append((parent, name, child))
+                if inner is not None:
+                    pending.append(inner)
+        yield root
+    finally:
+        for parent, name, child in reversed(swapped):
+            parent._modules[name] = child
+
+
+def _missing(names: Iterable[str], found: Iterable[str]) -> list[str]:
+    return sorted(set(names).difference(found))
+
+
+def _refuse_incomplete(what: str, missing: list[str]) -> None:
+    if missing:
+        raise IncompleteCheckpointError(
+            f"the {what} to save lacks {len(missing)} trained tensor(s) of the model: "
+            f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''} (no checkpoint written)"
+        )
+
+
+def save_lora_adapter(
+    lm: Any, folder: Path, lm_state_dict: Mapping[str, torch.Tensor] | None = None
+) -> list[str]:
+    """`lm.save_pretrained(folder)` of a peft model, from `lm_state_dict` when given (a gathered full
+    state of `lm`; wrapper segments in its keys are dropped); returns the names of the tensors written.
+
+    peft selects the adapter's entries by module name: it sees the unwrapped names here (see
+    `unwrapped_modules`), and every adapter tensor the unwrapped LM has must be among those written.
+
+    Raises:
+        IncompleteCheckpointError: `lm_state_dict` lacks an adapter tensor (a LoRA layer, a token row).
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    state = unwrapped_state_dict(lm_state_dict) if lm_state_dict is not None else None
+    with unwrapped_modules(lm):
+        # passed explicitly so that peft does not check the tensors: under FSDP they are this
+        # process's shards; only their names count
+        expected = get_peft_model_state_dict(lm, state_dict=lm.state_dict(), save_embedding_layers=False)
+        lm.save_pretrained(folder, state_dict=state, save_embedding_layers=False)
+    with safe_open(folder / PEFT_WEIGHTS, framework="pt") as f:
+        written = sorted(f.keys())
+    _refuse_incomplete("LM adapter", _missing(expected, written))
+    return written
+
+
 def save_adapter_checkpoint(
     model: CoDi2Model,
     folder: str | Path,
@@ -122,23 +244,34 @@ def save_adapter_checkpoint(
     base_model: str | Path,
     stage: str,
     step: int,
-    lm_state_dict: dict[str, torch.Tensor] | None = None,
-    trainable: dict[str, torch.Tensor] | None = None,
+    lm_state_dict: Mapping[str, torch.Tensor] | None = None,
+    trainable: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `model`'s adapter, trained modules, config and manifest to `folder` (replaced whole).
 
     `model.lm` must be a peft model. `lm_state_dict` / `trainable`: the LM's and the trained modules'
-    full state, when they must be gathered first (FSDP); default: read from `model`.
+    full state, when they must be gathered first (FSDP); default: read from `model`. Keys may carry
+    wrapper segments (``_fsdp_wrapped_module.``, see `unwrapped_name`).
+
+    Raises:
+        IncompleteCheckpointError: the given state lacks a tensor the model trains; `folder` is left
+            as it was.
     """
     from safetensors.torch import save_file
 
     folder, base = Path(folder), Path(base_model).resolve()
+    trained = trainable_state_dict(model) if trainable is None else unwrapped_state_dict(trainable)
+    _refuse_incomplete("trained modules' state", _missing(trainable_state_names(model), trained))
     partial = folder.parent / f".{folder.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    model.lm.save_pretrained(partial / ADAPTER_FOLDER, state_dict=lm_state_dict, save_embedding_layers=False)
+    try:
+        save_lora_adapter(model.lm, partial / ADAPTER_FOLDER, lm_state_dict)
+    except IncompleteCheckpointError:
+        shutil.rmtree(partial)
+        raise
     save_file(
-        trainable if trainable is not None else trainable_state_dict(model),
+        trained,
         partial / TRAINABLE_WEIGHTS,
         metadata={"format": "pt", "stage": stage, "step": str(step)},
     )

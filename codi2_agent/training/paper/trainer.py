@@ -46,7 +46,8 @@ from codi2_agent.model.modeling_codi2 import CoDi2Model, CoDi2Output
 from codi2_agent.training.paper.checkpoint import (
     load_trainable_weights,
     save_adapter_checkpoint,
-    trainable_state_dict,
+    trainable_state_names,
+    unwrapped_state_dict,
 )
 from codi2_agent.training.paper.data import BatchStream, DataSource
 from codi2_agent.training.paper.lora import attach_lora, new_token_ids
@@ -530,12 +531,15 @@ def split_full_state(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The wrapped `Objective`'s full state dict -> (the LM's state, the trained modules' state), as
     `save_adapter_checkpoint` takes them. Under FSDP the modules' own tensors are shards; `full` is
-    what the FSDP state-dict gather returned."""
+    what the FSDP state-dict gather returned (empty on all but the main process), the only source:
+    a tensor it lacks stays missing, and `save_adapter_checkpoint` refuses the state."""
+    full = unwrapped_state_dict(full)
     lm_state = {k[len("lm.") :]: v for k, v in full.items() if k.startswith("lm.")}
-    trained = trainable_state_dict(model)
-    for key in trained:
-        if key in full:
-            trained[key] = full[key].detach().float().cpu().contiguous()
+    trained = {
+        key: full[key].detach().float().cpu().contiguous()
+        for key in trainable_state_names(model)
+        if key in full
+    }
     return lm_state, trained
 
 
