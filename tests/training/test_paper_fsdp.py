@@ -31,9 +31,8 @@ import torch
 from paper_training_support import assemble_tiny, quick_config
 from safetensors.torch import load_file
 
-from codi2_agent.training.paper import PaperTrainingConfig
+from codi2_agent.training.paper import IncompleteCheckpointError, PaperTrainingConfig
 from codi2_agent.training.paper.checkpoint import (
-    IncompleteCheckpointError,
     save_adapter_checkpoint,
     trainable_state_dict,
     unwrapped_name,

@@ -8,6 +8,7 @@ standalone folder.
 
 from codi2_agent.training.paper.checkpoint import (
     CheckpointMismatchError,
+    IncompleteCheckpointError,
     export_merged,
     is_adapter_checkpoint,
     load_adapter_checkpoint,
@@ -23,6 +24,7 @@ __all__ = [
     "CheckpointMismatchError",
     "DataSource",
     "EmptyDataError",
+    "IncompleteCheckpointError",
     "LoraSettings",
     "PaperTrainer",
     "PaperTrainingConfig",
