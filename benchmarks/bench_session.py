@@ -182,10 +182,10 @@ def _timed_backend(model: Any, store: Any) -> Any:
             self.seconds = {"media": 0.0, "other": 0.0, "caption": 0.0}
             self.last: Any = None
 
-        def _caption(self, media: Any) -> Any:  # output captions are read inside generate()
+        def _caption(self, media: Any, **kwargs: Any) -> Any:  # output captions are read inside generate()
             t0 = time.perf_counter()
             try:
-                return super()._caption(media)
+                return super()._caption(media, **kwargs)
             finally:
                 self.seconds["caption"] += time.perf_counter() - t0
 

@@ -300,7 +300,7 @@ class LocalBackend:
             self.model.cache_features(media.modality, media, features)
             caption = request.captions[i] if i < len(request.captions) else None
             if caption is None and request.caption_outputs:
-                caption = self._caption(media)
+                caption = self._caption(media, drafts=_caption_drafts(request, out.text))
             refs.append(ref.model_copy(update={"caption": caption}))
             if new:
                 created.append(ref.id)
@@ -314,10 +314,13 @@ class LocalBackend:
             agreement=out.agreement,
         )
 
-    def _caption(self, media: Media) -> str | None:
-        """What the model reads back from a medium it made (None unless it reads like words)."""
+    def _caption(self, media: Media, *, drafts: Sequence[str] = ()) -> str | None:
+        """What the model reads back from a medium it made (None unless it reads like words).
+
+        `drafts`: texts the caption probably repeats; they save LM calls, never change the caption."""
         question = self.vocabulary.prompt(f"caption_{media.modality.value}")
-        text = self.model.generate([media, question], output="text", max_new_tokens=24).text.strip()
+        out = self.model.generate([media, question], output="text", max_new_tokens=24, draft_texts=drafts)
+        text = out.text.strip()
         return text if len(_WORD_RE.findall(text)) >= 2 else None
 
     async def agenerate(
@@ -338,6 +341,15 @@ def _generate_kwargs(request: GenerateRequest) -> dict[str, Any]:
         "verify": request.verify,
         "verify_threshold": request.verify_threshold,
     }
+
+
+def _caption_drafts(request: GenerateRequest, reply: str) -> list[str]:
+    """What an output's caption probably repeats, likeliest first: the captions of the prompt's media
+    (an edit changes one word of its source's; the subject comes last in a prompt), then the prompt's
+    words ("draw a small red star in the snow"), then the model's reply."""
+    parts = [part for turn in request.prompt for part in turn.parts][::-1]
+    captions = [p.caption for p in parts if isinstance(p, MediaRef) and p.caption]
+    return [*captions, *(p for p in parts if isinstance(p, str)), reply]
 
 
 _WORD_RE = re.compile(r"[a-zA-Z]{2,}")

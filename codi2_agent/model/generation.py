@@ -21,10 +21,11 @@ from codi2_agent.model._generation_types import (
     _seeded_generator,
     _TextRules,
 )
-from codi2_agent.model._lm_cache import cache_kwargs, cache_of
+from codi2_agent.model._lm_cache import cache_kwargs, cache_of, drop_last
 from codi2_agent.model.configuration_codi2 import check_sampling_arguments
 from codi2_agent.model.consistency import clause_start, contradiction, opens_clause
 from codi2_agent.model.decoders import ProgressCallback
+from codi2_agent.model.drafts import TextDrafts
 from codi2_agent.model.processing_codi2 import GEN, MARKER, PLACEHOLDER, Turn
 from codi2_agent.model.streaming import TextPieceDecoder
 from codi2_agent.model.verification import check_verify_arguments, decode_verified
@@ -75,6 +76,7 @@ class GenerationMixin(BatchGenerationMixin):
         return_media_features: bool = False,
         verify: int | None = None,
         verify_threshold: float | None = None,
+        draft_texts: Sequence[str] = (),
     ) -> GenerationOutput:
         """Answer an interleaved prompt (or a conversation of turns) with text and/or media.
 
@@ -91,6 +93,9 @@ class GenerationMixin(BatchGenerationMixin):
         (cosine) is kept; `agreement` / `candidate_agreements` report the scores. `verify=1` is the
         plain answer, scored. With `verify_threshold`, candidate 0 is kept without decoding the others
         when its agreement reaches the threshold (`codi2_agent.model.verification`).
+        `draft_texts`: texts the answer probably copies (a caption of an edited image repeats its
+        source's): their tokens are proposed and checked several per LM call, so a copying answer
+        takes fewer calls; what is chosen stays the greedy choice (`codi2_agent.model.drafts`).
         `generate_stream` gives the same answer with its text as it is decoded; `generate_batch`
         answers several prompts at once.
 
@@ -111,6 +116,7 @@ class GenerationMixin(BatchGenerationMixin):
             return_media_features=return_media_features,
             verify=verify,
             verify_threshold=verify_threshold,
+            draft_texts=draft_texts,
         )
         return next(step for step in steps if isinstance(step, GenerationOutput))
 
@@ -198,6 +204,7 @@ class GenerationMixin(BatchGenerationMixin):
         verify: int | None,
         verify_threshold: float | None,
         keep_streamed: bool = False,
+        draft_texts: Sequence[str] = (),
     ) -> Iterator[int | list[int] | GenerationOutput]:
         """`generate` step by step. The arguments are checked and the prompt read now; the iterator
         then yields each text token id as it is chosen, the answer's final ids once the text is
@@ -222,6 +229,7 @@ class GenerationMixin(BatchGenerationMixin):
             verify=verify,
             verify_threshold=verify_threshold,
             keep_streamed=keep_streamed,
+            drafts=TextDrafts.from_texts(self.tokenizer, draft_texts) if draft_texts else None,
         )
 
     @torch.no_grad()
@@ -239,29 +247,46 @@ class GenerationMixin(BatchGenerationMixin):
         verify: int | None = None,
         verify_threshold: float | None = None,
         keep_streamed: bool = False,
+        drafts: TextDrafts | None = None,
     ) -> Iterator[int | list[int] | GenerationOutput]:
-        # 2. Read the prompt
+        # 2. Read the prompt (and a first draft of the answer: `codi2_agent.model.drafts`)
         ids = prompt_ids[None].to(self._input_device)  # (1, T)
         target = rules.target
-        out = self.lm(inputs_embeds=self.embed(ids, media_features=feats), use_cache=True)
-        past, logits = cache_of(out), out.logits[:, -1].float()  # greedy choice in fp32: no bf16 ties
-        # 3. Decode text greedily until </s>, a generation marker or the budget (see `_text_rules`)
+        draft = drafts.propose([], rules.budget) if drafts else []
+        first = torch.cat([ids, ids.new_tensor([draft])], dim=1) if draft else ids
+        out = self.lm(inputs_embeds=self.embed(first, media_features=feats), use_cache=True)
+        # rows[i]: the logits after the prompt and draft[:i]; greedy choice in fp32: no bf16 ties
+        past, rows = cache_of(out), out.logits[0, -len(draft) - 1 :].float()
+        # 3. Decode text greedily until </s>, a generation marker or the budget (see `_text_rules`).
+        # A draft token the greedy choice equals is already in the cache: no LM call for it.
         eos = self.tokenizer.eos_token_id
         text_ids: list[int] = []
         marker: Modality | None = None
         for _ in range(rules.budget):
-            logits[:, rules.banned] = float("-inf")
+            logits = rows[0]
+            logits[rules.banned] = float("-inf")
             nxt = int(logits.argmax(-1))
             if nxt == eos:
                 break
             marker = self._marker(nxt)
-            step = self.lm(input_ids=ids.new_tensor([[nxt]]), **cache_kwargs(past), use_cache=True)
-            past, logits = cache_of(step), step.logits[:, -1].float()
+            if draft and nxt == draft[0]:
+                draft, rows = draft[1:], rows[1:]
+            else:
+                drop_last(past, len(draft))  # the draft's tokens from here on were not chosen
+                draft = (
+                    []
+                    if marker is not None or not drafts
+                    else drafts.propose([*text_ids, nxt], rules.budget - len(text_ids) - 1)
+                )
+                step_ids = ids.new_tensor([[nxt, *draft]])
+                step = self.lm(input_ids=step_ids, **cache_kwargs(past), use_cache=True)
+                past, rows = cache_of(step), step.logits[0].float()
             if marker is not None:
                 target = marker
                 break
             text_ids.append(nxt)
             yield nxt
+        drop_last(past, len(draft))  # the cache holds the prompt and the answer, nothing proposed
         # 3b. An answer that names the same value on both sides ("from forest to forest") is decoded
         # again: the most probable answer that does not (docs: codi2_agent/model/consistency.py)
         repaired = contradiction(self.processor.decode(text_ids)) is not None
