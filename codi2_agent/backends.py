@@ -40,6 +40,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -289,6 +290,10 @@ class LocalBackend:
             )
             return [self._result(r, out, t0) for r, out in zip(requests, outs, strict=True)]
 
+    @cached_property
+    def _writer(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="codi2-artifact-writer")
+
     def _result(self, request: GenerateRequest, out: GenerationOutput, t0: float) -> GenerateResult:
         """Store the model's media (content addressing: a retried request writes nothing new) and keep
         their features, which the caption below and the memory's embedding then reuse."""
@@ -296,11 +301,15 @@ class LocalBackend:
         for i, (media, features) in enumerate(zip(out.media, out.media_features, strict=True)):
             artifact_id = media.sha256()
             new = artifact_id not in self.artifacts
-            ref = self.artifacts.put(media, turn=request.turn)
+            media.content_id = artifact_id  # the key of its cached features, which the caption reads
             self.model.cache_features(media.modality, media, features)
+            # The file is written (and synced to disk) on another thread while the model captions the
+            # medium here: the write waits on the disk, the caption on the CPU.
+            stored = self._writer.submit(self.artifacts.put, media, turn=request.turn)
             caption = request.captions[i] if i < len(request.captions) else None
             if caption is None and request.caption_outputs:
                 caption = self._caption(media, drafts=_caption_drafts(request, out.text))
+            ref = stored.result()
             refs.append(ref.model_copy(update={"caption": caption}))
             if new:
                 created.append(ref.id)
