@@ -1,7 +1,7 @@
 """Serving benchmark: concurrent sessions in-process vs on `codi2-agent serve` (Ray Serve, loopback).
 
 Run: `.venv/bin/python benchmarks/bench_serve.py [--model tiny|PATH] [--sessions 1,2,4,8]
-[--steps N] [--threads 1] [--repeats 2] [--batch-wait 0.05] [--out FILE]`. Prints a table and
+[--steps N] [--threads 1] [--repeats 2] [--batch-wait S] [--out FILE] [--note TEXT]`. Prints a table and
 writes it to FILE (default benchmarks/results/serve.txt).
 
 Each session is a real `Session` thread doing a three-turn edit ("draw a large red star in the
@@ -11,7 +11,8 @@ store, memory and checkpoint database, as a server hosting many users has). Thre
 
 - ``in-process``: today's `LocalBackend` in this process, one turn at a time (its lock);
 - ``served, unbatched``: `RemoteBackend` against `codi2-agent serve`, ``max_batch_size: 1``;
-- ``served, batched``: the same with ``max_batch_size: 8`` (``@serve.batch``);
+- ``served, batched``: the same with the shipped batching (``serve_config.yaml``'s ``user_config``:
+  ``max_batch_size: 8``, ``batch_wait_timeout_s``, ``max_batch_wait_s``);
 - ``batched, 2 replicas``: that deployment with ``num_replicas: 2`` (one model per core).
 
 One server process (one Ray instance) hosts the served modes as three applications, and the
@@ -126,11 +127,12 @@ MODES = {
 
 
 def start_server(
-    folder: Path, model: str, *, threads: int, steps: int | None, wait: float
+    folder: Path, model: str, *, threads: int, steps: int | None, batching: dict[str, Any]
 ) -> tuple[Any, dict[str, str], float]:
     """One `codi2-agent serve` (one Ray instance) with an application per served mode (`MODES`: the
     model unbatched, batched, batched on two replicas), so the modes are measured side by side,
-    under the same load. Returns (process, urls, seconds to ready)."""
+    under the same load. `batching`: the batched modes' ``user_config`` (unbatched: size 1).
+    Returns (process, urls, seconds to ready)."""
     import socket
 
     import yaml
@@ -149,7 +151,7 @@ def start_server(
         app.update(name=name, route_prefix=f"/{name}")
         app["args"]["artifacts"] = str(folder / f"{name}-artifacts")  # one folder per application
         (deployment,) = app["deployments"]
-        deployment["user_config"] = {"max_batch_size": batch, "batch_wait_timeout_s": wait}
+        deployment["user_config"] = {**batching, "max_batch_size": batch}
         deployment["num_replicas"] = replicas
         deployment["ray_actor_options"] = {"num_cpus": 0.5}  # four replicas fit Ray's 2 CPUs
         data["applications"].append(app)
@@ -213,13 +215,22 @@ def main(argv: list[str] | None = None) -> str:
     # (a tiny image turn measured 2.5 s with one thread and ~50 s with two under a load of 12).
     parser.add_argument("--threads", type=int, default=1, help="torch threads, in-process and per replica")
     parser.add_argument(
-        "--batch-wait", type=float, default=0.05, help="batch_wait_timeout_s of the batched server"
+        "--batch-wait",
+        type=float,
+        default=None,
+        help="batch_wait_timeout_s of the batched server (default: the shipped serve config's)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="rounds over every mode and level")
     parser.add_argument("--out", type=Path, default=None, help=f"table file (default {RESULTS})")
     parser.add_argument("--note", default="", help="a line added to the table's header")
     args = parser.parse_args(argv)
     levels = [int(n) for n in args.sessions.split(",")]
+    from codi2_agent.serving.service import BatchSettings
+
+    # the batching a user ships (serve_config.yaml's user_config), unless told otherwise
+    args.batching = BatchSettings().model_dump()
+    if args.batch_wait is not None:
+        args.batching["batch_wait_timeout_s"] = args.batch_wait
     load_start = os.getloadavg()[0]
 
     import torch
@@ -243,7 +254,7 @@ def main(argv: list[str] | None = None) -> str:
         bases["in-process"].say(script(0)[0])
         cold["in-process: load + first turn"] = time.perf_counter() - t0
         process, urls, ready_s = start_server(
-            root, args.model, threads=args.threads, steps=args.steps, wait=args.batch_wait
+            root, args.model, threads=args.threads, steps=args.steps, batching=args.batching
         )
         cold["server: launch to /ready (Ray + 4 replicas)"] = ready_s
         try:
@@ -288,9 +299,11 @@ def report(
     lines = [
         f"# codi2-agent serving on Ray Serve, loopback ({time.strftime('%Y-%m-%d')})",
         f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} torch thread(s) in-process and per replica; model: {args.model}; "
-        f"{steps} image DDIM steps; output captions on (the session default); "
-        f"batched server: max_batch_size 8, batch_wait_timeout_s {args.batch_wait}",
+        f"{args.threads} torch thread(s) per model process, the same in-process and per replica; "
+        f"model: {args.model}; {steps} image DDIM steps; output captions on (the session default)",
+        "# batched server: "
+        + ", ".join(f"{k} {v}" for k, v in args.batching.items())
+        + (" (the shipped serve config's)" if args.batch_wait is None else ""),
         "# each session: 3 turns (draw, edit, edit) through Session; N sessions at once, one thread each",
         f"# load average at start: {load_start:.2f}, at end: {os.getloadavg()[0]:.2f}",
     ]
@@ -314,7 +327,8 @@ def report(
     lines += [f"  {name:<40} {seconds:>7.2f} s" for name, seconds in cold.items()]
     lines += ["", "server batching (GET /v1/stats: model calls by batch size)"]
     lines += [
-        f"  {mode:<20} {s['batches']} calls for {s['requests']} requests, sizes {s['batch_sizes']}"
+        f"  {mode:<20} {s['batches']} calls for {s['requests']} requests, sizes {s['batch_sizes']}, "
+        f"model idle waiting for arrivals {s.get('gather_seconds', 0.0):.2f} s"
         for mode, s in stats.items()
     ]
     lines[-len(stats) :] = [

@@ -79,7 +79,12 @@ def write_config(folder: Path, model_dir: Path, port: int) -> Path:
                         "num_replicas": 1,
                         "ray_actor_options": {"num_cpus": 1},
                         # long enough for requests sent together from test threads to meet in one batch
-                        "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.25},
+                        # (and for requests sent 0.1 s apart to count as arriving together)
+                        "user_config": {
+                            "max_batch_size": 8,
+                            "batch_wait_timeout_s": 0.25,
+                            "max_batch_wait_s": 2.0,
+                        },
                     }
                 ],
             }

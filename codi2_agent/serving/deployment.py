@@ -17,7 +17,8 @@
 ``?include=media,embeddings`` on either generate route attaches the outputs' bytes and memory
 embeddings to the answer (``attachments``), so a client needs no call after it for those.
 Requests to ``/v1/generate`` that arrive together are answered by one `LocalBackend.generate_batch`
-call (``@serve.batch``); a bad request is refused before it joins a batch. Errors are JSON
+call (``@serve.batch`` gathers them; `ModelBatcher` starts the model once they stop arriving); a bad
+request is refused before it joins a batch. Errors are JSON
 (`codi2_agent.serving.wire.error_body`): 400 bad input, 404 unknown artifact, 413 too large,
 500 anything else.
 """
@@ -37,6 +38,7 @@ from ray import serve
 from codi2_agent._media_errors import MediaTooLargeError
 from codi2_agent.artifacts import ArtifactNotFoundError
 from codi2_agent.backends import GenerateRequest, GenerateResult
+from codi2_agent.serving.batching import Arrival, ModelBatcher
 from codi2_agent.serving.service import BatchSettings, ModelService, Outcome, ServerSettings
 from codi2_agent.serving.wire import ARTIFACT_HEADER, error_body, vectors_to_wire
 
@@ -95,21 +97,23 @@ class CoDi2Server:
     def __init__(self, settings: dict[str, Any]) -> None:
         parsed = ServerSettings.model_validate(settings)
         self.service = ModelService(parsed)
-        self._waiting: list[tuple[GenerateRequest, asyncio.Future[Outcome]]] = []
-        self._model_free = asyncio.Lock()
+        self.batcher: ModelBatcher[GenerateRequest, Outcome] = ModelBatcher(
+            self._call_model, **BatchSettings().model_dump()
+        )
         self.reconfigure(parsed.model_dump(include=set(BatchSettings.model_fields)))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Ray Serve's ``user_config``: batch size and wait, applied to a running replica."""
+        """Ray Serve's ``user_config``: batch size and waits, applied to a running replica."""
         batching = BatchSettings.model_validate(user_config or {})
-        self._max_batch_size = batching.max_batch_size
+        self.batcher.configure(**batching.model_dump())
         batched: Any = self._generate_batched  # @serve.batch's handle has the setters
         batched.set_max_batch_size(batching.max_batch_size)
         batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         logger.info(
-            "batching: up to %d requests, waiting %.3f s",
+            "batching: up to %d requests, until none arrived for %.3f s (at most %.3f s)",
             batching.max_batch_size,
             batching.batch_wait_timeout_s,
+            batching.max_batch_wait_s,
         )
 
     def check_health(self) -> None:
@@ -118,42 +122,21 @@ class CoDi2Server:
             raise RuntimeError("the model is not loaded")
 
     # Ray Serve forms the next batch as soon as the last one is handed over, while the model still
-    # runs it: requests arriving during a model call would be split into small batches that then
-    # queue. So batches only gather requests here (any number in flight), and the model takes
-    # everything waiting whenever it is free, up to max_batch_size.
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, max_concurrent_batches=64)
-    async def _generate_batched(self, requests: list[GenerateRequest]) -> list[Outcome]:
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in requests]
-        self._waiting.extend(zip(requests, futures, strict=True))
-        while not all(f.done() for f in futures):
-            await self._run_waiting(futures)
-        return [f.result() for f in futures]
+    # runs it, and closes a batch a fixed time after its first request: so batches only gather
+    # requests here (any number in flight), and `ModelBatcher` starts the model when it is free and
+    # the requests stop arriving, on everything waiting, up to max_batch_size.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, max_concurrent_batches=64)
+    async def _generate_batched(self, items: list[tuple[Arrival, GenerateRequest]]) -> list[Outcome]:
+        return await self.batcher.answer([a for a, _ in items], [r for _, r in items])
 
-    async def _run_waiting(self, mine: list[asyncio.Future[Outcome]]) -> None:
-        """One model call on the requests waiting once the model is free, unless another call has
-        answered all of `mine` meanwhile (then its caller returns at once)."""
-        async with self._model_free:
-            if all(f.done() for f in mine):
-                return
-            taken, self._waiting = (
-                self._waiting[: self._max_batch_size],
-                self._waiting[self._max_batch_size :],
-            )
-            if not taken:
-                return
-            requests = [request for request, _ in taken]
-            try:
-                # The model call blocks: off the event loop, so health checks and uploads still answer.
-                if len(requests) == 1:
-                    outcomes = [Outcome(result=await asyncio.to_thread(self.service.generate, requests[0]))]
-                else:
-                    outcomes = await asyncio.to_thread(self.service.generate_many, requests)
-            except Exception as e:  # a lone request's own error
-                outcomes = [Outcome(error=e) for _ in taken]
-            for (_, future), outcome in zip(taken, outcomes, strict=True):
-                if not future.done():
-                    future.set_result(outcome)
+    async def _call_model(self, requests: list[GenerateRequest]) -> list[Outcome]:
+        try:
+            # The model call blocks: off the event loop, so health checks and uploads still answer.
+            if len(requests) == 1:
+                return [Outcome(result=await asyncio.to_thread(self.service.generate, requests[0]))]
+            return await asyncio.to_thread(self.service.generate_many, requests)
+        except Exception as e:  # a lone request's own error
+            return [Outcome(error=e) for _ in requests]
 
     # --- liveness -----------------------------------------------------------------------------------
     @api.get("/health")
@@ -171,14 +154,18 @@ class CoDi2Server:
 
     @api.get("/v1/stats")
     async def stats(self) -> dict[str, Any]:
-        return self.service.stats.as_dict()
+        return {**self.service.stats.as_dict(), "gather_seconds": round(self.batcher.gather_seconds, 3)}
 
     # --- generation ---------------------------------------------------------------------------------
     @api.post("/v1/generate")
     async def generate(self, request: Request) -> dict[str, Any]:
-        include = _include(request)
-        parsed = await asyncio.to_thread(self.service.request, await _json(request))
-        outcome: Outcome = await self._generate_batched(parsed)
+        arrival = self.batcher.expect()  # from now on a free model waits for this request (bounded)
+        try:
+            include = _include(request)
+            parsed = await asyncio.to_thread(self.service.request, await _json(request))
+            outcome: Outcome = await self._generate_batched((arrival, parsed))
+        finally:
+            self.batcher.discard(arrival)  # refused or cancelled before it joined a batch
         return await self._answer(outcome.unwrap(), include)
 
     async def _answer(self, result: GenerateResult, include: list[str]) -> dict[str, Any]:

@@ -56,6 +56,8 @@ def default_config(
     """One application, one replica on one CPU, batches of up to 8 (as ``serve_config.yaml``)."""
     from ray.serve.schema import ServeDeploySchema
 
+    from codi2_agent.serving.service import BatchSettings
+
     return ServeDeploySchema.model_validate(
         {
             "http_options": {"host": host, "port": port},
@@ -71,7 +73,7 @@ def default_config(
                             "num_replicas": 1,
                             "max_ongoing_requests": 64,
                             "ray_actor_options": {"num_cpus": 1, "num_gpus": 0},
-                            "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02},
+                            "user_config": BatchSettings().model_dump(),
                         }
                     ],
                 }

@@ -39,12 +39,21 @@ class BadRequestError(ValueError):
 
 class BatchSettings(BaseModel):
     """How requests are grouped into one model call (a deployment's ``user_config``, which Ray Serve
-    applies to running replicas without restarting them)."""
+    applies to running replicas without restarting them; `codi2_agent.serving.batching`).
+
+    Args:
+        max_batch_size: the most requests in one model call.
+        batch_wait_timeout_s: a free model starts once no request arrived for this long (a lone
+            request waits this long). Sessions send their next turns some tens of ms apart after a
+            shared answer (measured on 2 loaded cores: gaps up to ~30 ms), hence 0.05.
+        max_batch_wait_s: the longest a free model waits for arriving requests.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(default=8, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.02, ge=0)
+    batch_wait_timeout_s: float = Field(default=0.05, ge=0)
+    max_batch_wait_s: float = Field(default=0.25, ge=0)
 
 
 class ServerSettings(BatchSettings):
@@ -57,8 +66,8 @@ class ServerSettings(BatchSettings):
         num_inference_steps: diffusion steps for requests that do not say (None: the model's).
         device, dtype: placement, as `load_model` takes them (None: ``CODI2_*`` settings, then CPU).
         threads: torch CPU threads per replica (None: Ray's default, the replica's ``num_cpus``).
-        max_batch_size, batch_wait_timeout_s: dynamic batching defaults (`BatchSettings`); the
-            deployment's ``user_config`` overrides them.
+        max_batch_size, batch_wait_timeout_s, max_batch_wait_s: dynamic batching defaults
+            (`BatchSettings`); the deployment's ``user_config`` overrides them.
         warm_up: run one short generate when a replica starts, so no request pays for lazy loading.
     """
 

@@ -16,7 +16,7 @@ from served_model import free_port
 from codi2_agent.backends import TransientBackendError, as_backend
 from codi2_agent.serving import BackendUnavailableError, RemoteBackend, ServeConfigError, load_config
 from codi2_agent.serving.launch import APP_IMPORT_PATH, default_config, with_overrides
-from codi2_agent.serving.service import ServerSettings
+from codi2_agent.serving.service import BatchSettings, ServerSettings
 
 EXAMPLE_CONFIG = Path(__file__).parents[2] / "codi2_agent" / "serving" / "serve_config.yaml"
 
@@ -56,7 +56,9 @@ def test_the_example_config_is_a_valid_serve_config() -> None:
     ServerSettings.model_validate(app.args)  # our arguments, every one known
     (deployment,) = app.deployments
     assert deployment.name == "CoDi2Server" and deployment.num_replicas == 1
-    assert deployment.user_config == {"max_batch_size": 8, "batch_wait_timeout_s": 0.02}
+    # the shipped batching: what BatchSettings defaults to, and what `default_config` deploys
+    shipped = default_config().applications[0].deployments[0].user_config
+    assert deployment.user_config == BatchSettings().model_dump() == shipped
     assert config.http_options.port == default_config().http_options.port == 8000
 
 

@@ -124,6 +124,32 @@ def test_a_batch_answers_as_each_request_alone(server: Server, remote: RemoteBac
         assert np.abs(a - b).max() <= 2  # equal up to float rounding
 
 
+def test_requests_sent_a_little_apart_reach_the_model_as_one_call(
+    server: Server, remote: RemoteBackend
+) -> None:
+    # As sessions answered together send their next turns: one after another, 0.1 s apart, over 0.5 s
+    # (the test server's quiet gap is 0.25 s). A window fixed from the first request would close on
+    # the first three or so and start the model on those.
+    requests = [request(f"draw a {COLOURS[i % 4]} square", seed=10 + i) for i in range(6)]
+    results: list[GenerateResult | None] = [None] * len(requests)
+
+    def send(i: int) -> None:
+        results[i] = remote.generate(requests[i])
+
+    before = stats(server)
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join(timeout=120)
+    after = stats(server)
+    assert all(r is not None and r.media for r in results)
+    assert after["batches"] - before["batches"] == 1  # one model call answered all six
+    assert after["batch_sizes"].get("6", 0) == before["batch_sizes"].get("6", 0) + 1
+    assert after["gather_seconds"] > before["gather_seconds"]  # the free model waited for them
+
+
 def test_the_stream_sends_text_pieces_before_the_result(remote: RemoteBackend) -> None:
     # Random weights write their whole reply budget before a forced image's marker: many tokens.
     items = list(remote.stream(request("draw a red star", seed=3)))
