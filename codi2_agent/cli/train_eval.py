@@ -49,6 +49,14 @@ def train_cmd(
             show_default=False,
         ),
     ] = None,
+    retrain: Annotated[
+        str | None,
+        typer.Option(
+            help="Tiny, with --perception-from: decoder stages to train anew on the adopted encoders "
+            "instead of adopting them (image_decoder, audio_decoder).",
+            show_default=False,
+        ),
+    ] = None,
     model_dir: Annotated[
         Path | None, typer.Option(help="Paper: the assembled model folder (assemble_paper_model).")
     ] = None,
@@ -137,6 +145,7 @@ def train_cmd(
             recipe=recipe,
             stages=chosen or list(STAGES),
             perception_from=perception_from,
+            retrain=_names(retrain),
         )
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # a missing --perception-from model too
         raise _fail(str(e)) from None

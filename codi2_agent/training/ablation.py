@@ -49,7 +49,14 @@ import torch
 
 from codi2_agent.model import CoDi2Config, CoDi2Model
 from codi2_agent.training.ablation_readout import ClassMeanReadout, ScoreRow, eval_samples, score_model
-from codi2_agent.training.recipe import PERCEPTION_STAGES, TinyRecipe, _restore_done, _train_lm
+from codi2_agent.training.recipe import (
+    PERCEPTION_FILE,
+    PERCEPTION_STAGES,
+    TinyRecipe,
+    _restore_done,
+    _train_lm,
+    perception_config,
+)
 
 __all__ = [
     "LM_FIELDS",
@@ -134,12 +141,13 @@ class Variant:
                 raise ValueError(f"variant {self.name!r}: {key} must be {what}, got {value!r}")
         return replace(base, **self.recipe, seed=seed)
 
-    def config(self) -> CoDi2Config:
-        """The tiny config (with the tiny world's vocabulary) and this variant's model overrides."""
+    def config(self, perception: Mapping[str, Any] | None = None) -> CoDi2Config:
+        """The tiny config (with the tiny world's vocabulary and the perception workdir's shapes,
+        `perception_config`) and this variant's model overrides."""
         from codi2_agent.data.phrasing import tiny_vocabulary
 
         overrides = dict(self.model)
-        base = CoDi2Config.tiny(vocabulary=tiny_vocabulary())
+        base = CoDi2Config.tiny(vocabulary=tiny_vocabulary(), **(perception or {}))
         if "lm" in overrides:
             lm = overrides["lm"]
             if not isinstance(lm, Mapping):
@@ -233,6 +241,8 @@ def _prepare_run(perception: Path, run_dir: Path, variant: Variant, seed: int) -
                 f"run folder {run_dir} was made for {found}, not {claim}; use another --out or delete it"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
+    if (perception / PERCEPTION_FILE).is_file() and not (run_dir / PERCEPTION_FILE).exists():
+        _link_or_copy(str(perception / PERCEPTION_FILE), str(run_dir / PERCEPTION_FILE))
     for part in (*PERCEPTION_STAGES, "tokenizer"):
         if not (run_dir / part).exists():
             shutil.copytree(
@@ -262,7 +272,7 @@ def train_run(
     torch.set_num_threads(recipe.threads)
     (run_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
-    model = CoDi2Model.from_config(variant.config(), tokenizer, seed=seed)
+    model = CoDi2Model.from_config(variant.config(perception_config(run_dir)), tokenizer, seed=seed)
     _restore_done(model, run_dir)  # frozen encoders and decoders (and any finished reasoning stage)
     for stage in ("align", "lm"):
         _train_lm(model, recipe, run_dir, progress, stage=stage)

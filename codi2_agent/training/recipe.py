@@ -31,7 +31,15 @@ from codi2_agent.media import Modality
 from codi2_agent.model import CoDi2Config, CoDi2Model, build_tokenizer
 from codi2_agent.training.loop import StageConfig, run_stage
 
-__all__ = ["PERCEPTION_STAGES", "STAGES", "TinyRecipe", "adopt_perception", "train"]
+__all__ = [
+    "PERCEPTION_FILE",
+    "PERCEPTION_STAGES",
+    "STAGES",
+    "TinyRecipe",
+    "adopt_perception",
+    "perception_config",
+    "train",
+]
 
 STAGES = ("encoders", "image_decoder", "audio_decoder", "align", "lm")
 # Paired media <-> text tasks: the `align` stage's whole diet and the `lm` stage's replayed share.
@@ -242,8 +250,57 @@ def _build_model(recipe: TinyRecipe, workdir: Path) -> CoDi2Model:
     else:
         tokenizer = build_tokenizer(corpus(), vocab_size=recipe.vocab_size)
         tokenizer.save_pretrained(tok_dir)
-    config = CoDi2Config.tiny(vocabulary=tiny_vocabulary())
+    config = CoDi2Config.tiny(vocabulary=tiny_vocabulary(), **perception_config(workdir))
+    if not (workdir / PERCEPTION_FILE).exists():  # a fresh workdir: its perception gets today's shapes
+        _record_perception(workdir, dict.fromkeys(PERCEPTION_STAGES, config))
     return CoDi2Model.from_config(config, tokenizer, seed=recipe.seed)
+
+
+# A workdir's perception shapes: the config fields its encoder and decoder stages were trained with,
+# written when its model is first built (or its perception adopted) and read back on every build, so a
+# workdir keeps loading after the recipe's defaults change (v3's deeper audio decoder did).
+PERCEPTION_FILE = "perception.json"
+_STAGE_FIELDS = {
+    "encoders": (
+        "image_size",
+        "sample_rate",
+        "audio_num_samples",
+        "n_mels",
+        "mel_frames",
+        "image_encoder",
+        "audio_encoder",
+    ),
+    "image_decoder": ("image_decoder",),
+    "audio_decoder": ("audio_decoder",),
+}
+
+
+def perception_config(workdir: str | Path) -> dict[str, Any]:
+    """The CoDi2Config fields `workdir`'s perception stages have ({} for a workdir that predates them)."""
+    path = Path(workdir) / PERCEPTION_FILE
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    known = {f for names in _STAGE_FIELDS.values() for f in names}
+    if not isinstance(data, dict) or set(data) - known:
+        raise ValueError(f"{path} must be a JSON object of perception fields ({sorted(known)})")
+    return data
+
+
+def _record_perception(workdir: Path, configs: dict[str, CoDi2Config]) -> None:
+    """Write each perception stage's fields, taken from the config that stage's weights belong to."""
+    fields = {f: configs[stage].to_dict()[f] for stage in PERCEPTION_STAGES for f in _STAGE_FIELDS[stage]}
+    (workdir / PERCEPTION_FILE).write_text(json.dumps(fields, indent=2) + "\n")
+
+
+def _load_stage(part: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        part.load_state_dict(state)
+    except RuntimeError as e:  # torch lists every mismatched tensor; the first line names the problem
+        raise ValueError(
+            f"{path} does not fit the model built for its workdir ({str(e).splitlines()[0]}): the stage "
+            f"ran with other shapes than {PERCEPTION_FILE} (or the recipe's defaults) give"
+        ) from None
 
 
 def _restore_done(model: CoDi2Model, workdir: Path) -> None:
@@ -253,13 +310,15 @@ def _restore_done(model: CoDi2Model, workdir: Path) -> None:
         state = torch.load(enc, map_location="cpu")
         for m in ("image", "audio"):
             prefix = f"{m}.encoder."
-            model.encoders[m].load_state_dict(
-                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            _load_stage(
+                model.encoders[m],
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)},
+                enc,
             )
     for m in ("image", "audio"):
         path = workdir / f"{m}_decoder" / "final.pt"
         if path.exists():
-            model.decoders[m].load_state_dict(torch.load(path, map_location="cpu"))
+            _load_stage(model.decoders[m], torch.load(path, map_location="cpu"), path)
     for stage in ("align", "lm"):  # in order: `lm` continues from (and overrides) `align`
         path = workdir / stage / "final.pt"
         if path.exists():
@@ -277,22 +336,41 @@ def _restore_done(model: CoDi2Model, workdir: Path) -> None:
 PERCEPTION_STAGES = ("encoders", "image_decoder", "audio_decoder")
 
 
-def adopt_perception(workdir: Path, model_dir: str | Path) -> None:
+RETRAINABLE = ("image_decoder", "audio_decoder")  # perception stages a run may train anew on adopted encoders
+
+
+def _check_retrain(retrain: Sequence[str]) -> None:
+    wrong = sorted(set(retrain) - set(RETRAINABLE))
+    if wrong:
+        raise ValueError(
+            f"cannot retrain {wrong} on an adopted perception (the decoders and the LM read the encoders' "
+            f"features); retrainable: {list(RETRAINABLE)}, or train every stage without --perception-from"
+        )
+
+
+def adopt_perception(workdir: Path, model_dir: str | Path, *, retrain: Sequence[str] = ()) -> None:
     """Take the encoders, decoders and tokenizer of a finished tiny model as this run's perception.
 
     Writes them where their stages would have (`<stage>/final.pt` + `done`), so the run trains only
     the reasoning stages (`align`, `lm`) on top — how a paper-scale CoDi-2 reuses pretrained
-    ImageBind and diffusion models. A workdir whose perception stages already ran is refused: mixing
-    two perception backbones would train the LM against features its decoders never saw.
+    ImageBind and diffusion models. `retrain`: decoder stages left out, to be trained anew (with the
+    recipe's current shapes) on the adopted encoders. The source's shapes go to `perception.json`.
+    A workdir whose perception stages already ran is refused: mixing two perception backbones would
+    train the LM against features its decoders never saw.
     """
     from codi2_agent.model import load_model
 
-    marker = json.dumps({"adopted_from": str(model_dir)})
-    started = [s for s in PERCEPTION_STAGES if (workdir / s).exists()]
-    if started == list(PERCEPTION_STAGES) and all(
-        (workdir / s / "done").is_file() and (workdir / s / "done").read_text() == marker for s in started
+    _check_retrain(retrain)
+    adopted = [s for s in PERCEPTION_STAGES if s not in retrain]
+    claim: dict[str, Any] = {"adopted_from": str(model_dir)}
+    if retrain:
+        claim["retrained"] = sorted(retrain)
+    marker = json.dumps(claim)
+    if all(
+        (workdir / s / "done").is_file() and (workdir / s / "done").read_text() == marker for s in adopted
     ):
-        return  # a resumed run: adopted from the same folder before
+        return  # a resumed run: adopted from the same folder, with the same stages left out, before
+    started = [s for s in PERCEPTION_STAGES if (workdir / s).exists()]
     if started or (workdir / "tokenizer").exists():
         raise ValueError(
             f"workdir {workdir} already has its own perception stages or tokenizer "
@@ -305,10 +383,12 @@ def adopt_perception(workdir: Path, model_dir: str | Path) -> None:
     }
     parts: dict[str, dict[str, torch.Tensor]] = {"encoders": encoders}
     parts |= {f"{m}_decoder": source.decoders[m].state_dict() for m in ("image", "audio")}
-    for stage, state in parts.items():
+    for stage in adopted:
         (workdir / stage).mkdir(parents=True)
-        torch.save(state, workdir / stage / "final.pt")
+        torch.save(parts[stage], workdir / stage / "final.pt")
         (workdir / stage / "done").write_text(marker)
+    today = CoDi2Config.tiny()
+    _record_perception(workdir, {s: source.config if s in adopted else today for s in PERCEPTION_STAGES})
 
 
 def train(
@@ -320,13 +400,15 @@ def train(
     stages: Sequence[str] = STAGES,
     progress: bool | None = None,
     perception_from: str | Path | None = None,
+    retrain: Sequence[str] = (),
 ) -> Path | None:
     """Run (or resume) the recipe's `stages`; when every stage is done, save the model to `out`.
 
     Returns `out` when the model was written, None when stages remain (run them, then call again).
     `progress`: tqdm bars per stage; None (default) draws them only when stderr is a terminal.
     `perception_from`: a finished tiny model folder whose encoders and decoders this run adopts
-    (`adopt_perception`); the run then trains `align` and `lm` only.
+    (`adopt_perception`); the run then trains `align` and `lm` only, plus the decoder stages named in
+    `retrain` (trained anew on the adopted encoders, with the recipe's current shapes).
     """
     if preset != "tiny":
         raise ValueError(
@@ -337,14 +419,19 @@ def train(
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; expected some of {list(STAGES)}")
+    if retrain and perception_from is None:
+        raise ValueError(
+            "retrain names decoder stages to train anew on an adopted perception (--perception-from)"
+        )
+    _check_retrain(retrain)
     recipe = recipe or TinyRecipe()
     out = Path(out)
     workdir = Path(workdir) if workdir is not None else out.parent / f".{out.name}-work"
     workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(recipe.threads)
     if perception_from is not None:
-        adopt_perception(workdir, perception_from)
-        stages = [s for s in stages if s not in PERCEPTION_STAGES]
+        adopt_perception(workdir, perception_from, retrain=retrain)
+        stages = [s for s in stages if s not in PERCEPTION_STAGES or s in retrain]
     (workdir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
 
     model = _build_model(recipe, workdir)

@@ -92,6 +92,10 @@ def test_info_shows_model_and_session_parts(cli: Any, model_arg: str, model, tmp
         (["chat", "--model", "nonsense"], "neither a shipped model"),
         (["train", "--out", "x", "--stages", "bogus"], "unknown stages"),
         (["train", "--out", "x", "--perception-from", "no/such/model"], "no/such/model does not exist"),
+        (
+            ["train", "--out", "x", "--perception-from", "tiny", "--retrain", "encoders"],
+            "cannot retrain ['encoders']",
+        ),
         (["bench", "--only", "nope"], "unknown benchmark"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -119,3 +120,85 @@ def test_a_run_adopts_a_finished_models_perception_and_trains_only_the_lm(tmp_pa
     (work / "encoders" / "done").write_text("{}")
     with pytest.raises(ValueError, match="already has its own perception"):
         train(tmp_path / "m", workdir=work, recipe=recipe, perception_from="tiny", progress=False)
+
+
+def _model_with_audio_decoder(folder, block_out_channels):
+    """A tiny model folder (shipped encoders and tokenizer) whose audio decoder has other shapes."""
+    from codi2_agent.model import CoDi2Model
+    from codi2_agent.model.configuration_codi2 import DecoderConfig
+
+    shipped = load_model("tiny")
+    decoder = DecoderConfig("tiny_diffusion", block_out_channels=block_out_channels, fold=2)
+    config = shipped.config.replace(audio_decoder=decoder)
+    model = CoDi2Model.from_config(config, shipped.processor.tokenizer, seed=3)
+    model.encoders.load_state_dict(shipped.encoders.state_dict())
+    model.save_pretrained(folder)
+    return model
+
+
+def test_an_adopted_perception_keeps_its_own_shapes(tmp_path):
+    """A workdir built on a source whose decoder differs from the recipe's defaults loads that decoder
+    (its shapes are recorded in perception.json), and weights that do not fit are a named error."""
+    from codi2_agent.training.recipe import PERCEPTION_FILE, _build_model, _restore_done, adopt_perception
+
+    source = _model_with_audio_decoder(tmp_path / "src", (16, 32, 32))
+    work = tmp_path / "work"
+    work.mkdir()
+    adopt_perception(work, tmp_path / "src")
+    recorded = json.loads((work / PERCEPTION_FILE).read_text())
+    assert recorded["audio_decoder"]["block_out_channels"] == [16, 32, 32]
+    assert recorded["image_decoder"] == json.loads(json.dumps(source.config.to_dict()["image_decoder"]))
+    model = _build_model(TinyRecipe.smoke(), work)
+    _restore_done(model, work)
+    mine, theirs = model.decoders["audio"].state_dict(), source.decoders["audio"].state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+    recorded["audio_decoder"]["block_out_channels"] = [32, 64, 64]  # a hand edit that lies
+    (work / PERCEPTION_FILE).write_text(json.dumps(recorded))
+    with pytest.raises(
+        ValueError, match=r"audio_decoder/final\.pt does not fit the model built for its workdir"
+    ):
+        _restore_done(_build_model(TinyRecipe.smoke(), work), work)
+    (work / PERCEPTION_FILE).write_text(json.dumps({"lm": {"hidden_size": 8}}))
+    with pytest.raises(ValueError, match="must be a JSON object of perception fields"):
+        _build_model(TinyRecipe.smoke(), work)
+
+
+def test_retrain_names_only_decoders_and_needs_an_adopted_perception(tmp_path):
+    with pytest.raises(ValueError, match=r"cannot retrain \['encoders'\]"):
+        train(tmp_path / "m", perception_from="tiny", retrain=["encoders"], recipe=TinyRecipe.smoke())
+    with pytest.raises(ValueError, match="--perception-from"):
+        train(tmp_path / "m", retrain=["audio_decoder"], recipe=TinyRecipe.smoke())
+    assert not (tmp_path / ".m-work").exists()  # refused before anything is written
+
+
+@pytest.mark.slow
+def test_a_run_retrains_a_named_decoder_on_adopted_encoders(tmp_path):
+    from codi2_agent.model import CoDi2Config
+    from codi2_agent.training.recipe import PERCEPTION_FILE
+
+    recipe = replace(TinyRecipe.smoke(), align_steps=2, lm_steps=2, audio_decoder_steps=3)
+    work = tmp_path / "work"
+    out = train(
+        tmp_path / "m", workdir=work, recipe=recipe, perception_from="tiny", retrain=["audio_decoder"],
+        progress=False,
+    )  # fmt: skip
+    assert out == tmp_path / "m"
+    shipped, trained = load_model("tiny"), load_model(str(out))
+    for part, m in (("encoders", "image"), ("encoders", "audio"), ("decoders", "image")):
+        mine, theirs = getattr(trained, part)[m].state_dict(), getattr(shipped, part)[m].state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert len((work / "audio_decoder" / "loss.jsonl").read_text().splitlines()) >= 1  # trained here
+    today = json.loads(json.dumps(CoDi2Config.tiny().to_dict()["audio_decoder"]))  # tuples as lists
+    assert json.loads((work / PERCEPTION_FILE).read_text())["audio_decoder"] == today
+    assert json.loads(json.dumps(trained.config.to_dict()["audio_decoder"])) == today
+    # resumable: the same adoption is recognised, nothing retrains
+    before = (work / "audio_decoder" / "loss.jsonl").read_text()
+    assert (
+        train(tmp_path / "m", workdir=work, recipe=recipe, perception_from="tiny", retrain=["audio_decoder"])
+        == out
+    )
+    assert (work / "audio_decoder" / "loss.jsonl").read_text() == before
+    # the same folder adopted *without* the retrain is another perception: refused
+    with pytest.raises(ValueError, match="already has its own perception"):
+        train(tmp_path / "m", workdir=work, recipe=recipe, perception_from="tiny")
