@@ -23,6 +23,8 @@ Reported per mode and N, pooled over the rounds: turns/s, and p50 / p95 of one t
 (what a user waits, queueing included), this process's CPU per turn, and the served model's time
 per turn. Cold start: loading the model and answering a first turn in-process, and
 `codi2-agent serve` from launch to ``/ready`` (Ray, the replicas, the models) plus a first turn.
+Last, with the server stopped, one in-process model call on N image requests at once, per turn:
+the most batching can gain on this machine, whatever the server does.
 The server gets the same torch threads as the in-process runs; the client sessions share the CPUs.
 """
 
@@ -204,6 +206,34 @@ def batch_stats(url: str) -> dict[str, Any]:
     return dict(httpx.get(url + "/v1/stats").json())
 
 
+def model_call_costs(backend: Any, steps: int | None, sizes: list[int], repeats: int = 3) -> dict[int, float]:
+    """Seconds of one in-process model call answering `size` image requests at once
+    (`LocalBackend.generate_batch`, output captions on; size 1 is `generate`), median of `repeats`:
+    what batching can gain at most, whatever the server does."""
+    from codi2_agent.backends import GenerateRequest, PromptTurn
+
+    requests = [
+        GenerateRequest(
+            prompt=(PromptTurn(role="user", parts=(script(i)[0],)),),
+            output="image",
+            seed=i,
+            num_inference_steps=steps,
+            caption_outputs=True,
+        )
+        for i in range(max(sizes))
+    ]
+    times: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(repeats):  # sizes interleaved: load drift hits all alike
+        for size in sizes:
+            t0 = time.perf_counter()
+            if size == 1:
+                backend.generate(requests[0])
+            else:
+                backend.generate_batch(requests[:size])
+            times[size].append(time.perf_counter() - t0)
+    return {size: sorted(t)[len(t) // 2] for size, t in times.items()}
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         description="Concurrent sessions: in-process vs served vs served+batched."
@@ -285,12 +315,20 @@ def main(argv: list[str] | None = None) -> str:
             for session in bases.values():
                 session.close()
             stop_server(process)
+        # 3. the model call itself, by batch size (the server stopped: this process alone)
+        costs = model_call_costs(backend, args.steps, sorted({1, *levels}))
     runs = [pooled[(mode, n)] for mode in bases for n in levels]
-    return report(args, runs, cold, stats, load_start, model)
+    return report(args, runs, cold, stats, costs, load_start, model)
 
 
 def report(
-    args: Any, runs: list[Run], cold: dict[str, float], stats: dict[str, Any], load_start: float, model: Any
+    args: Any,
+    runs: list[Run],
+    cold: dict[str, float],
+    stats: dict[str, Any],
+    costs: dict[int, float],
+    load_start: float,
+    model: Any,
 ) -> str:
     import torch
 
@@ -334,6 +372,12 @@ def report(
     lines[-len(stats) :] = [
         line + (" (one replica's)" if MODES[mode][2] > 1 else "")
         for line, mode in zip(lines[-len(stats) :], stats, strict=True)
+    ]
+    lines += ["", "one in-process model call on N image requests (generate_batch, captions on; median of 3)"]
+    lines += [
+        f"  N={size:<3} {seconds:6.2f} s per call  {seconds / size:6.3f} s per turn  "
+        f"{costs[1] / (seconds / size):5.2f}x a lone call's turns/s"
+        for size, seconds in costs.items()
     ]
     lines += ["", "targets"]
     for mode in ("served, batched", "batched, 2 replicas"):
