@@ -42,6 +42,27 @@ __all__ = [
 ]
 
 STAGES = ("encoders", "image_decoder", "audio_decoder", "align", "lm")
+# The stages that make the perception (encoders C_x and the decoders); a run may adopt them from a
+# finished model and retrain decoders on the adopted encoders, never the encoders themselves.
+PERCEPTION_STAGES = ("encoders", "image_decoder", "audio_decoder")
+RETRAINABLE = PERCEPTION_STAGES[1:]
+# A workdir's perception shapes: the config fields its encoder and decoder stages were trained with,
+# written when its model is first built (or its perception adopted) and read back on every build, so a
+# workdir keeps loading after the recipe's defaults change (a deeper audio decoder, say).
+PERCEPTION_FILE = "perception.json"
+_STAGE_FIELDS = {
+    "encoders": (
+        "image_size",
+        "sample_rate",
+        "audio_num_samples",
+        "n_mels",
+        "mel_frames",
+        "image_encoder",
+        "audio_encoder",
+    ),
+    "image_decoder": ("image_decoder",),
+    "audio_decoder": ("audio_decoder",),
+}
 # Paired media <-> text tasks: the `align` stage's whole diet and the `lm` stage's replayed share.
 ALIGN_TASKS = ("caption_audio", "caption_image", "text_to_audio", "text_to_image")
 
@@ -256,25 +277,6 @@ def _build_model(recipe: TinyRecipe, workdir: Path) -> CoDi2Model:
     return CoDi2Model.from_config(config, tokenizer, seed=recipe.seed)
 
 
-# A workdir's perception shapes: the config fields its encoder and decoder stages were trained with,
-# written when its model is first built (or its perception adopted) and read back on every build, so a
-# workdir keeps loading after the recipe's defaults change (v3's deeper audio decoder did).
-PERCEPTION_FILE = "perception.json"
-_STAGE_FIELDS = {
-    "encoders": (
-        "image_size",
-        "sample_rate",
-        "audio_num_samples",
-        "n_mels",
-        "mel_frames",
-        "image_encoder",
-        "audio_encoder",
-    ),
-    "image_decoder": ("image_decoder",),
-    "audio_decoder": ("audio_decoder",),
-}
-
-
 def perception_config(workdir: str | Path) -> dict[str, Any]:
     """The CoDi2Config fields `workdir`'s perception stages have ({} for a workdir that predates them)."""
     path = Path(workdir) / PERCEPTION_FILE
@@ -331,12 +333,6 @@ def _restore_done(model: CoDi2Model, workdir: Path) -> None:
                 part.load_state_dict(
                     {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
                 )
-
-
-PERCEPTION_STAGES = ("encoders", "image_decoder", "audio_decoder")
-
-
-RETRAINABLE = ("image_decoder", "audio_decoder")  # perception stages a run may train anew on adopted encoders
 
 
 def _check_retrain(retrain: Sequence[str]) -> None:
