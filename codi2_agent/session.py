@@ -320,15 +320,23 @@ class Session(ThreadOperationsMixin):
             yield
 
     def _reconcile_memory(self) -> None:
-        """Trim the thread's memory items to its log, once per opened session: a process that died
-        between a memory write and its checkpoint left items no turn of the thread owns, and recall
-        from other threads must never return them."""
+        """Match the thread's memory items to its log, once per opened session. A process that died
+        between a memory write and its checkpoint left items no turn of the thread owns (recall from
+        other threads must never return them); one that died before a write behind its turn landed
+        left records the memory lacks (they are written now)."""
+        from codi2_agent.graphs import restore_memory
+
         memory = self.memory
         if memory is not None and hasattr(memory, "reconcile_thread"):
             keep = {(r.id, r.turn) for r in self.media_log()}
             dropped = memory.reconcile_thread(self.tenant, self.key, keep)
             if dropped:
                 logger.warning("thread %r: forgot %d exemplar(s) a crash left behind", self.thread, dropped)
+        if memory is not None:
+            log = self._thread_log()
+            restored = restore_memory(memory, log, self.artifacts, self.tenant, self.key, self.turn)
+            if restored:
+                logger.warning("thread %r: wrote %d exemplar(s) a crash kept out", self.thread, restored)
         self._reconciled = True
 
     # --- turns ----------------------------------------------------------------------------------

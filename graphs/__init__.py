@@ -38,6 +38,7 @@ from ._planner import Plan, Planner
 from ._postgres import PostgresParts, PostgresUnavailableError, open_postgres
 from ._prompt import ContextPolicy, PromptTooLongError
 from ._references import Resolution, resolve
+from ._remember import restore_memory
 from ._state import (
     SERDE_ALLOWLIST,
     Clarification,
@@ -99,6 +100,7 @@ __all__ = [
     "recover_thread",
     "register_types",
     "resolve",
+    "restore_memory",
     "rewind_thread",
     "session_serializer",
     "split_thread_key",

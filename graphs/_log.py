@@ -73,6 +73,11 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]  # namespace labels may not hold "." or NUL
 
 
+def _row(i: int, r: MediaRecord) -> str:
+    """The store key of the `i`-th record of one `add_media` call (turn, role, position: log order)."""
+    return f"{r.turn:09d}-{0 if r.role == 'input' else 1}-{i:03d}-{r.id[:16]}"
+
+
 class ThreadLog:
     """The media logs and transcripts of a graph's threads, in a LangGraph `BaseStore`."""
 
@@ -149,7 +154,7 @@ class ThreadLog:
         copy = self._fresh(tenant, key)
         with self._lock:
             for i, r in enumerate(records):  # one call per turn and role: keys keep their order
-                row = f"{r.turn:09d}-{0 if r.role == 'input' else 1}-{i:03d}-{r.id[:16]}"
+                row = _row(i, r)
                 self.store.put(
                     self._ns(tenant, key, "media"),
                     row,
@@ -190,6 +195,29 @@ class ThreadLog:
                 meta = dict(m.response_metadata)
                 content = m.content if isinstance(m.content, list) else [{"type": "text", "text": m.content}]
                 self.add_turn(tenant, key, TurnEntry(int(meta["turn"]), request, list(content), meta))
+
+    # --- exemplar-memory writes in flight -----------------------------------------------------------
+    def expect_remembered(self, tenant: str, key: str, records: Sequence[MediaRecord]) -> list[str]:
+        """Note that `records` are on their way to the exemplar memory (written behind the turn).
+        Returns the notes' keys, for `remembered` once the write landed; a note a crash left behind
+        is what `unremembered` lists for the next opener of the thread to write again."""
+        rows = [_row(i, r) for i, r in enumerate(records)]
+        for row, r in zip(rows, records, strict=True):
+            self.store.put(self._ns(tenant, key, "unremembered"), row, {"record": r.model_dump(mode="json")},
+                           index=False)  # fmt: skip
+        return rows
+
+    def remembered(self, tenant: str, key: str, rows: Iterable[str]) -> None:
+        """The memory holds these records now: drop their notes."""
+        for row in rows:
+            self.store.delete(self._ns(tenant, key, "unremembered"), row)
+
+    def unremembered(self, tenant: str, key: str) -> dict[str, MediaRecord]:
+        """Notes of memory writes that never finished, by key (see `expect_remembered`)."""
+        return {
+            item.key: MediaRecord.model_validate(item.value["record"])
+            for item in self.store.search(self._ns(tenant, key, "unremembered"), limit=_ALL)
+        }
 
     def records(self, tenant: str, key: str, ids: Iterable[str], upto: int) -> list[MediaRecord]:
         """The log's records of the given artifact ids (every time each was shown), in order."""

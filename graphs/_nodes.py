@@ -27,6 +27,7 @@ from ._log import ThreadLog, TurnEntry
 from ._planner import Planner
 from ._prompt import ContextPolicy, PromptTooLongError, compose_memory, compose_window
 from ._references import resolve
+from ._remember import MemoryWriter
 from ._retrieve import RetrieveStep
 from ._state import Clarification, MediaRecord, Request, SessionState, TurnOptions
 from ._words import clean_instruction
@@ -84,6 +85,7 @@ class SessionNodes(RetrieveStep):
         self.settings = settings
         self.vocabulary = backend.vocabulary
         self._logs: dict[int, ThreadLog] = {}
+        self._memory_writer = MemoryWriter()
 
     def log(self) -> ThreadLog:
         """The thread log in this run's LangGraph store (the graph's own, or the server's)."""
@@ -132,25 +134,8 @@ class SessionNodes(RetrieveStep):
     def _remember(self, config: RunnableConfig, records: Sequence[MediaRecord]) -> None:
         if self.memory is None or not records:
             return
-        from codi2_agent.memory import NewItem
-
-        entries = [
-            NewItem(
-                self.thread(config),
-                r.ref,
-                turn=r.turn,
-                role=r.role,
-                parents=r.parents,
-                task=r.task,
-                subject=r.subject,
-                caption=r.caption,
-                instruction=r.instruction,
-            )
-            for r in records
-        ]
-        store = self.store(config)
-        media = [store.get(r.ref) for r in records]
-        self.memory.add_many(self.tenant(config), entries, media=media)
+        tenant, thread = self.tenant(config), self.thread(config)
+        self._memory_writer.remember(self.memory, self.log(), self.store(config), tenant, thread, records)
 
     # =============================================================================================
     # 1. ingest: the message's media -> ArtifactStore -> MediaRefs; inputs -> memory

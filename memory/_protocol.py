@@ -5,7 +5,9 @@ asks a memory only for what needs vectors or crosses threads: similarity search,
 explicit references (``@m:`` prefixes, artifact ids) and writing a turn's media. A thread reopened
 after a crash trims the memory back to its log (`reconcile_thread`), since the memory write and the
 checkpoint are two stores. `ExemplarMemory` implements this; another store (a test double, a remote
-service) can too.
+service) can too. A memory whose `write_behind` is True also offers `submit_many` (`add_many` whose
+write lands behind the call, every later read waiting for it): the graph then writes that way, and
+a turn does not wait for the memory.
 
 Example:
     >>> class NoMemory:  # a class without `analogous_edits`, `search`, ... is not a Memory

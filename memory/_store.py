@@ -3,6 +3,7 @@
 - `_collections.py`: reaching Chroma, one checked collection per tenant, record validation;
 - `_vectors.py`: the encoder and the checks every vector passes;
 - `_writes.py`: `add_many` (all-or-nothing, idempotent, edits linked to their sources);
+- `_background.py`: `submit_many`'s writes on a worker thread, and the wait every other method does;
 - `_lookups.py`: reads without vectors — `get`, `items`, `threads`, explicit `reference`s;
 - `_search.py`: similarity — `search`, `analogous_edits`;
 - `_lifecycle.py`: shared-bank opt-in, forgetting, `compact`, reading a tenant out (`records`);
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,7 @@ from codi2_agent.artifacts import ArtifactStore
 from codi2_agent.media import Media, MediaRef, Modality
 
 from . import _lifecycle
+from ._background import BackgroundWrites, after_background_writes
 from ._collections import Collections, check_namespace, connect
 from ._embedding import Embedder, HashingEmbedder, register_embedder
 from ._index_check import IndexReport, close_embedded, open_embedded
@@ -142,6 +145,7 @@ class ExemplarMemory:
         self._lookups = Lookups(self._collections)
         self._search = Search(self._collections, vectors, self._lookups)
         self._writer = Writer(self._collections, vectors, self._now)
+        self._background = BackgroundWrites()
 
     def __repr__(self) -> str:
         return (
@@ -156,7 +160,14 @@ class ExemplarMemory:
 
     def close(self) -> None:
         """Release the Chroma client if this memory created it (embedded: closes the SQLite files, and
-        records the index files as verified for the next open)."""
+        records the index files as verified for the next open). Waits for `submit_many` writes first,
+        and raises the error of one that failed after releasing everything."""
+        try:
+            self._background.close()
+        finally:
+            self._close_client()
+
+    def _close_client(self) -> None:
         self._collections.clear()
         client = self._collections.client
         if self._owns_client and hasattr(client, "close"):
@@ -181,10 +192,12 @@ class ExemplarMemory:
         """The Chroma collection that holds `tenant`'s memory (a pure function of the tenant)."""
         return self._collections.name(tenant)
 
+    @after_background_writes
     def tenants(self) -> list[str]:
         """Tenants that have a memory in this namespace (the shared bank is not listed)."""
         return self._collections.tenants()
 
+    @after_background_writes
     def count(self, tenant: str) -> int:
         """How many items `tenant` holds."""
         col = self._collections.open(tenant)
@@ -216,6 +229,7 @@ class ExemplarMemory:
         vecs = None if embedding is None else np.asarray(embedding, dtype=np.float32).reshape(1, -1)
         return self.add_many(tenant, [entry], vectors=vecs, media=None if media is None else [media])[0]
 
+    @after_background_writes
     def add_many(
         self,
         tenant: str,
@@ -248,7 +262,7 @@ class ExemplarMemory:
         if vectors is not None and embeddings is not None:
             raise ValueError("pass precomputed vectors as vectors= or embeddings=, not both")
         name = "embeddings" if embeddings is not None else "vectors"
-        return self._writer.add_many(
+        prepared = self._writer.prepare(
             tenant,
             entries,
             vectors=vectors if vectors is not None else embeddings,
@@ -256,17 +270,59 @@ class ExemplarMemory:
             media=media,
             artifacts=self.artifacts,
         )
+        return self._writer.commit(prepared)
 
+    def submit_many(
+        self,
+        tenant: str,
+        entries: Sequence[NewItem],
+        *,
+        media: Sequence[Media | None] | None = None,
+        vectors: VectorsLike | None = None,
+    ) -> Future[list[MemoryItem]]:
+        """`add_many` that returns before Chroma has the items ("write-behind"): for a caller that
+        should not wait on the disk, such as a session turn.
+
+        Everything that can refuse the input is checked now and raises here, as in `add_many` (so do
+        the encoder's errors: media are embedded now). Only the write runs later, on this memory's
+        writer thread, in submission order. Every other method of this memory waits for the writes
+        still pending, so this process reads its own writes; a write that failed (nothing of it is
+        stored) raises its `ExemplarMemoryError` from the next such call, or from `close()`.
+
+        Returns:
+            A `Future` of the stored items (`add_many`'s return value).
+        """
+        prepared = self._writer.prepare(
+            tenant, entries, vectors=vectors, vectors_name="vectors", media=media, artifacts=self.artifacts
+        )
+        return self._background.submit(lambda: self._writer.commit(prepared))
+
+    @property
+    def write_behind(self) -> bool:
+        """Whether a `submit_many` write overlaps the caller's own work, so a session turn should not
+        wait for it: True on a Chroma server (its HTTP client waits for the answer without holding
+        Python's GIL). False for embedded Chroma: its Rust binding holds the GIL for the whole write
+        (5-40 ms, mostly disk syncs), so the caller's next Python step would wait for it anyway."""
+        impl = self._collections.client.get_settings().chroma_api_impl
+        return "fastapi" in impl.lower()
+
+    def flush(self) -> None:
+        """Wait until every `submit_many` write so far is in Chroma; raise the error of one that failed."""
+        self._background.settle()
+
+    @after_background_writes
     def write_records(self, tenant: str, items: Sequence[MemoryItem], vectors: np.ndarray) -> None:
         """Store already-built items exactly as given, with their (N, dim) vectors — the other half of
         `records` (import). Checked and rolled back like `add_many`; ids are not recomputed."""
         self._writer.write_records(tenant, items, vectors)
 
     # --- lookups without vectors -----------------------------------------------------------------
+    @after_background_writes
     def get(self, tenant: str, item_id: str) -> MemoryItem:
         """The item with this id (see `item_id`), or `UnknownReferenceError`."""
         return self._lookups.get(tenant, item_id)
 
+    @after_background_writes
     def items(
         self,
         tenant: str,
@@ -281,10 +337,12 @@ class ExemplarMemory:
         fields = filters(thread=thread, subject=subject, modality=modality, role=role, task=task)
         return self._lookups.items(tenant, fields)
 
+    @after_background_writes
     def threads(self, tenant: str) -> list[str]:
         """Names of the tenant's threads (a scan of its metadata)."""
         return self._lookups.threads(tenant)
 
+    @after_background_writes
     def reference(
         self,
         tenant: str,
@@ -308,6 +366,7 @@ class ExemplarMemory:
         return self._lookups.reference(tenant, ref, filters(thread=thread, role=role, modality=modality))
 
     # --- similarity ------------------------------------------------------------------------------
+    @after_background_writes
     def search(
         self,
         tenant: str,
@@ -331,6 +390,7 @@ class ExemplarMemory:
         shared = _lifecycle.reads_shared(self._collections, tenant, thread, include_shared)
         return self._search.search(tenant, query, k=k, fields=fields, shared=shared)
 
+    @after_background_writes
     def analogous_edits(
         self,
         tenant: str,
@@ -348,6 +408,7 @@ class ExemplarMemory:
         return self._search.analogous_edits(tenant, request, source, k=k, thread=thread, shared=shared)
 
     # --- lifecycle -------------------------------------------------------------------------------
+    @after_background_writes
     def opt_in_shared(self, tenant: str, thread: str, enabled: bool = True) -> None:
         """Let `thread` read the shared exemplar bank (`SHARED_TENANT`) in its queries (or stop it).
 
@@ -356,14 +417,17 @@ class ExemplarMemory:
         """
         _lifecycle.opt_in_shared(self._collections, tenant, thread, enabled)
 
+    @after_background_writes
     def shared_opt_in(self, tenant: str, thread: str) -> bool:
         """Whether `thread` reads the shared bank by default."""
         return _lifecycle.shared_opt_in(self._collections, tenant, thread)
 
+    @after_background_writes
     def forget_thread(self, tenant: str, thread: str) -> int:
         """Delete every item of `thread`; returns how many. Artifacts stay (other items may share them)."""
         return _lifecycle.forget_thread(self._collections, tenant, thread)
 
+    @after_background_writes
     def forget_items(self, tenant: str, item_ids: Iterable[str]) -> int:
         """Delete these items of `tenant`; returns how many existed (so a repeated call returns 0).
 
@@ -372,6 +436,7 @@ class ExemplarMemory:
         """
         return _lifecycle.forget_items(self._collections, tenant, item_ids)
 
+    @after_background_writes
     def reconcile_thread(self, tenant: str, thread: str, keep: Iterable[tuple[str, int]]) -> int:
         """Trim `thread`'s items to the media its log holds; returns how many were deleted.
 
@@ -383,10 +448,12 @@ class ExemplarMemory:
         """
         return _lifecycle.reconcile_thread(self._collections, self._lookups, tenant, thread, keep)
 
+    @after_background_writes
     def forget_tenant(self, tenant: str) -> int:
         """Delete a tenant's whole memory (its collection); returns how many items it held."""
         return _lifecycle.forget_tenant(self._collections, tenant)
 
+    @after_background_writes
     def compact(self, tenant: str, *, drop_corrupt: bool = False) -> CompactReport:
         """Tidy a tenant's memory: drop items whose artifact is gone from the store (they can never be
         shown as exemplars) and, with ``drop_corrupt=True``, items whose metadata is corrupt.
@@ -398,10 +465,12 @@ class ExemplarMemory:
             self._collections, self._lookups, tenant, self.artifacts, drop_corrupt=drop_corrupt
         )
 
+    @after_background_writes
     def records(self, tenant: str) -> Iterator[tuple[MemoryItem, np.ndarray]]:
         """Every item of `tenant` with its stored vector, page by page (raises on a corrupt item)."""
         return _lifecycle.records(self._collections, tenant)
 
+    @after_background_writes
     def export_tenant(self, tenant: str, dest: str | Path) -> Path:
         """Write `tenant`'s memory to the new folder `dest`: ``memory.jsonl`` (a header line, then one
         line per item with its vector) and ``artifacts/`` (the media, in `ArtifactStore` layout).
@@ -412,6 +481,7 @@ class ExemplarMemory:
 
         return export_tenant(self, tenant, Path(dest))
 
+    @after_background_writes
     def import_tenant(self, src: str | Path, *, tenant: str | None = None) -> int:
         """Load an `export_tenant` folder (into `tenant`, default the exported one); returns the item count.
 

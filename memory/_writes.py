@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +25,19 @@ from ._vectors import Vectors
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
 
-__all__ = ["Writer"]
+__all__ = ["PreparedWrite", "Writer"]
+
+
+@dataclass(frozen=True)
+class PreparedWrite:
+    """A checked batch, ready to be written: its items in the caller's order, the unique ones (the
+    last of each id) with their (N, dim) vectors, and the entry each unique item came from."""
+
+    tenant: str
+    items: list[MemoryItem]
+    unique: list[MemoryItem]
+    vectors: np.ndarray
+    entries: Mapping[str, NewItem]
 
 
 class Writer:
@@ -35,7 +48,7 @@ class Writer:
         self._vectors = vectors
         self._now = now
 
-    def add_many(
+    def prepare(
         self,
         tenant: str,
         entries: Sequence[NewItem],
@@ -44,14 +57,16 @@ class Writer:
         vectors_name: str,
         media: Sequence[Media | None] | None,
         artifacts: ArtifactStore | None,
-    ) -> list[MemoryItem]:
-        """See `ExemplarMemory.add_many`; `vectors_name` is the keyword the caller used, for errors."""
+    ) -> PreparedWrite:
+        """Steps 1-3 of `ExemplarMemory.add_many`, which read nothing from Chroma: every check that can
+        refuse the caller's input, and the vectors (`vectors_name`: the keyword the caller used, for
+        errors). What is left (`commit`) can run later, on another thread."""
         # 1. Check inputs and build the items (nothing is written before everything is valid).
         check_tenant(tenant)
         if isinstance(entries, NewItem):
             raise TypeError("add_many takes a sequence of NewItem; use add() for one")
         if not entries:
-            return []
+            return PreparedWrite(tenant, [], [], np.zeros((0, 0), np.float32), {})
         if media is not None and len(media) != len(entries):
             raise ValueError(f"media has {len(media)} entries for {len(entries)} items")
         now = self._now()
@@ -70,8 +85,15 @@ class Writer:
         # 3. Same place twice in one batch (a retried turn inside a batch): the last one wins.
         last = {item.id: i for i, item in enumerate(items)}
         keep = sorted(last.values())
-        unique, vecs = [items[i] for i in keep], vecs[keep]
+        return PreparedWrite(
+            tenant, items, [items[i] for i in keep], vecs[keep], {items[i].id: entries[i] for i in keep}
+        )
 
+    def commit(self, prepared: PreparedWrite) -> list[MemoryItem]:
+        """Steps 4-5 of a write: read what is already stored, link, upsert (or roll back)."""
+        tenant, items, unique, vecs = prepared.tenant, prepared.items, prepared.unique, prepared.vectors
+        if not items:
+            return []
         # 4. Keep created_at of items already stored, so a re-add is a no-op apart from updated_at;
         #    link edits to their parents' item ids.
         col = self._collections.create(tenant)
@@ -80,7 +102,7 @@ class Writer:
             it.model_copy(update={"created_at": existing[it.id]}) if it.id in existing else it
             for it in unique
         ]
-        unique = self._link_parents(col, tenant, unique, {items[i].id: entries[i] for i in keep})
+        unique = self._link_parents(col, tenant, unique, prepared.entries)
 
         # 5. Write. Each upsert call is atomic in Chroma; a batch larger than Chroma's limit is split,
         #    and if a later chunk fails the items this call newly created are deleted again.
