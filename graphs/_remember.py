@@ -84,8 +84,14 @@ class MemoryWriter:
     def _drop_landed_notes(self, log: ThreadLog, tenant: str, thread: str) -> None:
         with self._lock:
             flying = self._in_flight.get((tenant, thread), [])
-            done = [(f, rows) for f, rows in flying if f.done()]
-            self._in_flight[(tenant, thread)] = [item for item in flying if not item[0].done()]
+            done: list[tuple[Future[Any], list[str]]] = []
+            still: list[tuple[Future[Any], list[str]]] = []
+            for item in flying:  # one look at each future: one that finishes meanwhile waits a turn
+                (done if item[0].done() else still).append(item)
+            if still:
+                self._in_flight[(tenant, thread)] = still
+            else:  # a long-running server sees many threads: keep only those with writes in flight
+                self._in_flight.pop((tenant, thread), None)
         # A failed write keeps its notes (its error reaches the memory's next caller).
         log.remembered(tenant, thread, [row for f, rows in done if f.exception() is None for row in rows])
 
