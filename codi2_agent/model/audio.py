@@ -1,7 +1,9 @@
 """Log-mel spectrograms with `torch.stft` and their inversion (Griffin-Lim), without torchaudio.
 
 The tiny audio encoder reads a log-mel "image"; the tiny audio decoder generates one and
-`MelSpectrogram.invert` turns it back into a waveform.
+`MelSpectrogram.invert` turns it back into a waveform: the mel is smoothed over neighbouring frames,
+Griffin-Lim finds a phase, and a slow peak limiter fits the result into [-0.99, 0.99] without
+turning the quiet frames down with the loud ones.
 
 Example:
     >>> import torch
@@ -16,6 +18,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = ["MelSpectrogram", "mel_filterbank"]
 
@@ -65,11 +68,16 @@ class MelSpectrogram(nn.Module):
         num_frames: int = 64,
         log_floor: float = 1e-4,
         log_ceil: float = 1e2,
+        smooth_frames: bool = True,
+        limit_peaks: bool = True,
     ) -> None:
         super().__init__()
         self.sample_rate, self.n_fft, self.hop_length = sample_rate, n_fft, hop_length
         self.n_mels, self.num_frames = n_mels, num_frames
         self.log_floor, self.log_ceil = log_floor, log_ceil
+        # How `invert` treats generated mels (see `_smooth_frames` and `_limit_peaks`); False, False
+        # is plain Griffin-Lim with one gain for the whole clip.
+        self.smooth_frames, self.limit_peaks = smooth_frames, limit_peaks
         fb = mel_filterbank(sample_rate, n_fft, n_mels)
         self.register_buffer("filters", fb, persistent=False)  # (M, F)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
@@ -108,13 +116,28 @@ class MelSpectrogram(nn.Module):
 
     @torch.no_grad()
     def invert(self, mel_image: torch.Tensor, n_iter: int = 32) -> torch.Tensor:
-        """Normalised log-mel (B, 1, M, T) -> waveform (B, num_samples) by Griffin-Lim.
+        """Normalised log-mel (B, 1, M, T) -> waveform (B, num_samples) in [-0.99, 0.99].
 
-        Runs in float32 on the device of the filterbank (a GPU model inverts on the GPU).
+        Deterministic, and a row inverts the same alone or in a batch. Runs in float32 on the
+        device of the filterbank (a GPU model inverts on the GPU).
         """
-        mel_image = mel_image.to(self.filters_pinv.device)
-        mel = torch.exp(self._denormalise(mel_image.squeeze(1).float()))  # (B, M, T)
+        mel_image = mel_image.to(self.filters_pinv.device).squeeze(1).float()  # (B, M, T)
+        if self.smooth_frames:
+            mel_image = self._smooth_frames(mel_image)
+        mel = torch.exp(self._denormalise(mel_image))
         mag = (self.filters_pinv.float() @ mel).clamp(min=0.0)  # (B, F, T)
+        wav = self._griffin_lim(mag, n_iter)
+        if self.limit_peaks:
+            wav = self._limit_peaks(wav)
+        peak = wav.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
+        return torch.where(peak > 0.99, wav / peak * 0.99, wav)
+
+    def _griffin_lim(self, mag: torch.Tensor, n_iter: int) -> torch.Tensor:
+        """Linear magnitudes (B, F, T) -> waveform (B, num_samples) with a phase found by Griffin-Lim.
+
+        32 plain iterations: more (100) or momentum ("fast Griffin-Lim", 0.99) measured no better on
+        decoded mels (benchmarks/results/tiny_audio_inversion.txt).
+        """
         window = self.window.float()
         gen = torch.Generator().manual_seed(0)  # fixed phase init: inversion is deterministic
         # one initial phase shared by every row, so a row inverts the same alone or in a batch
@@ -125,6 +148,37 @@ class MelSpectrogram(nn.Module):
             wav = torch.istft(mag * angles, self.n_fft, self.hop_length, window=window, length=length)
             rebuilt = torch.stft(wav, self.n_fft, self.hop_length, window=window, return_complex=True)
             angles = torch.exp(1j * torch.angle(rebuilt[..., : mag.shape[-1]]))
-        wav = torch.istft(mag * angles, self.n_fft, self.hop_length, window=window, length=length)
-        peak = wav.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
-        return torch.where(peak > 0.99, wav / peak * 0.99, wav)
+        return torch.istft(mag * angles, self.n_fft, self.hop_length, window=window, length=length)
+
+    @staticmethod
+    def _smooth_frames(mel_image: torch.Tensor) -> torch.Tensor:
+        """A [1, 2, 1] / 4 filter along time over the normalised log-mel (B, M, T).
+
+        Neighbouring STFT frames share half their window, so the mel of a real sound changes little
+        from one frame to the next; a diffusion decoder's mel carries frame-to-frame noise no
+        waveform has. Griffin-Lim turns that noise into loud, peaky waveforms, which the final
+        limiting then has to turn down. The filter leaves real mels nearly as they are.
+        """
+        kernel = torch.tensor([0.25, 0.5, 0.25], device=mel_image.device).view(1, 1, 3)
+        b, m, t = mel_image.shape
+        rows = F.pad(mel_image.reshape(b * m, 1, t), (1, 1), mode="replicate")
+        return F.conv1d(rows, kernel).view(b, m, t)
+
+    def _limit_peaks(self, wav: torch.Tensor, ceiling: float = 0.99, reach: int = 2) -> torch.Tensor:
+        """Turn down only the hop-long blocks (and their `reach` neighbours) that exceed `ceiling`.
+
+        A generated mel may ask for more than full scale; one gain for the whole clip (what the
+        final normalisation alone does) then also turns down the quiet frames, and the clip no
+        longer sounds like what the mel describes. The gain here is per block, taken as the lowest
+        any peak within `reach` blocks needs, averaged over the same span and interpolated per
+        sample, so it changes over tens of milliseconds: no clipping, little distortion.
+        """
+        b, n = wav.shape
+        block, width = self.hop_length, 2 * reach + 1
+        pad = (-n) % block
+        peaks = F.pad(wav.abs(), (0, pad)).view(b, -1, block).amax(dim=-1)  # (B, blocks)
+        peaks = F.max_pool1d(peaks[:, None], width, stride=1, padding=reach)  # (B, 1, blocks)
+        gain = (ceiling / peaks.clamp(min=1e-6)).clamp(max=1.0)
+        gain = F.avg_pool1d(F.pad(gain, (reach, reach), mode="replicate"), width, stride=1)
+        per_sample = F.interpolate(gain, size=n + pad, mode="linear", align_corners=False)
+        return wav * per_sample[:, 0, :n]
