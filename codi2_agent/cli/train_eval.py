@@ -33,7 +33,7 @@ def train_cmd(
     stages: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated stages to run. Tiny: encoders,image_decoder,audio_decoder,align,lm; "
+            help="Comma-separated stages to run. Tiny: encoders,image_decoder,audio_decoder,align,lm,tune; "
             "paper: bridge,align,instruct (bridge, by default when the align data has audio-caption "
             "pairs: fits the CLAP audio features to AudioLDM-2's conditioning).",
             show_default=False,
@@ -54,6 +54,14 @@ def train_cmd(
         typer.Option(
             help="Tiny, with --perception-from: decoder stages to train anew on the adopted encoders "
             "instead of adopting them (image_decoder, audio_decoder).",
+            show_default=False,
+        ),
+    ] = None,
+    continue_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Tiny: a finished model ('tiny' or a folder) this run adopts whole, then trains only tune "
+            "on top of it.",
             show_default=False,
         ),
     ] = None,
@@ -146,6 +154,7 @@ def train_cmd(
             stages=chosen or list(STAGES),
             perception_from=perception_from,
             retrain=_names(retrain),
+            continue_from=continue_from,
         )
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # a missing --perception-from model too
         raise _fail(str(e)) from None

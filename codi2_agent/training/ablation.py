@@ -264,7 +264,7 @@ def train_run(
     progress: bool | None = None,
     save_model: bool = False,
 ) -> CoDi2Model:
-    """Train (or resume, or load) `align` then `lm` of one variant x seed; returns the model."""
+    """Train (or resume, or load) `align`, `lm` and `tune` of one variant x seed; returns the model."""
     from transformers import AutoTokenizer
 
     _prepare_run(perception, run_dir, variant, seed)
@@ -274,7 +274,7 @@ def train_run(
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
     model = CoDi2Model.from_config(variant.config(perception_config(run_dir)), tokenizer, seed=seed)
     _restore_done(model, run_dir)  # frozen encoders and decoders (and any finished reasoning stage)
-    for stage in ("align", "lm"):
+    for stage in ("align", "lm", "tune") if recipe.tune_steps else ("align", "lm"):
         _train_lm(model, recipe, run_dir, progress, stage=stage)
         _restore_done(model, run_dir)
     if save_model:  # a full model folder, for `codi2-agent eval` on the variants worth it

@@ -70,6 +70,7 @@ def test_tiny_recipe_smoke_learns_and_writes_a_loadable_model(tmp_path):
     text = losses("align", "text")  # the LM's first stage starts from a fresh init
     assert text[-1] < 0.8 * text[0]
     assert losses("lm")  # and the task-mixture stage ran on top of it
+    assert len(losses("tune")) >= 1  # then `tune` continued it
     model = load_model(str(out))
     assert model.config.preset == "tiny"
     result = model.generate(
@@ -120,6 +121,39 @@ def test_a_run_adopts_a_finished_models_perception_and_trains_only_the_lm(tmp_pa
     (work / "encoders" / "done").write_text("{}")
     with pytest.raises(ValueError, match="already has its own perception"):
         train(tmp_path / "m", workdir=work, recipe=recipe, perception_from="tiny", progress=False)
+
+
+def test_a_run_continues_a_finished_model_and_trains_only_tune(tmp_path):
+    recipe = TinyRecipe.smoke()
+    recipe.tune_steps = 3
+    work = tmp_path / "work"
+    out = train(tmp_path / "m", workdir=work, recipe=recipe, continue_from="tiny", progress=False)
+    assert out == tmp_path / "m"
+    trained_stages = sorted(p.parent.name for p in work.glob("*/loss.jsonl"))
+    assert trained_stages == ["tune"]  # every other stage adopted, never trained
+    shipped, tuned = load_model("tiny"), load_model(str(out))
+    for part in ("encoders", "decoders"):  # the perception is the source's, bit for bit
+        mine, theirs = getattr(tuned, part).state_dict(), getattr(shipped, part).state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    before, after = dict(shipped.lm.named_parameters()), dict(tuned.lm.named_parameters())
+    moved = [k for k, p in after.items() if not torch.equal(p, before[k])]
+    # The LM moved from the source's weights, a little (3 steps, warm-up): tune continued them.
+    assert moved and max((after[k] - before[k]).abs().max().item() for k in moved) < 0.05
+    with pytest.raises(ValueError, match="adopts the whole model"):
+        train(tmp_path / "n", recipe=recipe, continue_from="tiny", perception_from="tiny")
+
+
+def test_tune_needs_lm_and_zero_steps_skip_it(tmp_path):
+    work = tmp_path / "work"
+    (work / "encoders").mkdir(parents=True)
+    (work / "encoders" / "done").touch()
+    with pytest.raises(RuntimeError, match="stage 'lm' must finish before 'tune'"):
+        train(tmp_path / "m", workdir=work, stages=["tune"], recipe=TinyRecipe.smoke(), progress=False)
+    recipe = replace(TinyRecipe.smoke(), tune_steps=0)
+    (work / "lm").mkdir()
+    (work / "lm" / "done").touch()
+    train(tmp_path / "m", workdir=work, stages=["tune"], recipe=recipe, progress=False)
+    assert (work / "tune" / "done").read_text() == "0 steps" and not (work / "tune" / "loss.jsonl").exists()
 
 
 def _model_with_audio_decoder(folder, block_out_channels):
