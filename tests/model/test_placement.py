@@ -82,6 +82,24 @@ def test_every_tensor_of_every_component_is_bf16_on_cpu(tiny_bf16: CoDi2Model) -
     assert model.lm.lm_head.weight is model.lm.model.embed_tokens.weight
 
 
+def test_the_decoders_unet_reports_its_weights_dtype_and_predicts_as_diffusers_does(
+    tiny_bf16: CoDi2Model,
+) -> None:
+    from diffusers import UNet2DModel
+
+    for modality in ("image", "audio"):
+        unet = tiny_bf16.decoder(modality).unet
+        assert unet.dtype == torch.bfloat16  # read from a weight, not by walking every submodule
+        stock = UNet2DModel.from_config(unet.config).to(torch.bfloat16)
+        stock.load_state_dict(unet.state_dict())
+        x = torch.randn(2, unet.config.in_channels, *unet.config.sample_size, dtype=torch.bfloat16)
+        label = torch.randn(2, unet.time_embedding.linear_2.out_features, dtype=torch.bfloat16)
+        with torch.no_grad():
+            ours = unet(x, torch.tensor([10, 500]), class_labels=label).sample
+            theirs = stock(x, torch.tensor([10, 500]), class_labels=label).sample
+        assert torch.equal(ours, theirs)
+
+
 def test_bf16_generates_valid_text_image_and_audio(tiny_bf16: CoDi2Model) -> None:
     text = tiny_bf16.generate(["describe this picture", _image()], output="text", max_new_tokens=16)
     assert text.text.strip() and not text.media
