@@ -42,6 +42,7 @@ __all__ = [
     "REPLIES",
     "analogy_reply",
     "change_sentence",
+    "concept_reply",
     "corpus",
     "edit_instruction",
     "edit_instructions",
@@ -254,6 +255,22 @@ def analogy_reply(attribute: str, value: str) -> str:
     own ("what changed?" and instruction editing), the way CoDi-2 answers in interleaved text and media.
     """
     return f"the same edit: the {attribute} becomes {value}."
+
+
+# A concept answer's lead-in; the reply goes on like an analogy's ("the colour becomes purple.").
+_CONCEPT_LEADS: tuple[str, ...] = ("the concept:", "the same concept:", "one thing in common:")
+
+
+def concept_reply(attribute: str, value: str, rng: np.random.Generator) -> str:
+    """A concept's answer text, naming the value the examples share before the medium that applies it.
+
+    As with `analogy_reply`, the LM states what it inferred first, then makes the medium that follows
+    from its own words. The lead-in is drawn like `pick(REPLIES, rng)`: one draw of three, so every
+    medium and prompt a seed gives is what it was when concept answers were a generic reply. Measured
+    on the tiny model (benchmarks/results/tiny_concept_reply.txt): fine-tuning both seed runs on this
+    answer lifted held-out concept 0.49 / 0.54 -> 0.76 / 0.77; the same steps on "Here it is." did not.
+    """
+    return f"{pick(_CONCEPT_LEADS, rng)} the {attribute} becomes {value}."
 
 
 def change_sentence(attribute: str, old: str, new: str) -> str:

@@ -35,6 +35,7 @@ from codi2_agent.data.phrasing import (
     REPLIES,
     analogy_reply,
     change_sentence,
+    concept_reply,
     edit_instruction,
     pick,
 )
@@ -465,7 +466,7 @@ def _concept(rng: np.random.Generator, split: Split, text_only: bool) -> Sample:
     return Sample(
         "concept_image",
         [Message("user", _merge(parts))],
-        pick(REPLIES, rng),
+        concept_reply(attribute, value, rng),
         render(target, seeds[-1]),
         target,
         meta,
@@ -476,7 +477,7 @@ def build_concept_image(
     rng: RngLike, split: Split = "train", *, n_shots: int = 0, text_only: bool = False
 ) -> Sample:
     """2-4 images that share exactly one attribute value (e.g. all purple) + "apply it to" an
-    image -> that image with the shared value."""
+    image -> "the concept: the colour becomes purple." and that image with the shared value."""
     return _with_shots(_concept, rng, split, n_shots, text_only)
 
 

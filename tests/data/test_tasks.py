@@ -61,10 +61,11 @@ def test_every_builder_yields_valid_samples(name: str, split: str) -> None:
         assert sample.task == name and sample.meta["split"] == split
         check_split(sample, split)
         if sample.target is not None:
-            # The answer medium shows exactly the target attributes; the reply text is short
-            # (an analogy's names its edit, checked in test_analogy_pairs_share_the_edit).
+            # The answer medium shows exactly the target attributes; the reply text is short (an
+            # analogy's names its edit, a concept's the shared value: checked by their own tests).
             assert attrs_of(sample.target) == sample.target_attrs
-            assert len(sample.target_text) <= (48 if name.startswith("analogy") else 12)
+            names_inference = name.startswith("analogy") or name == "concept_image"
+            assert len(sample.target_text) <= (48 if names_inference else 12)
         else:
             assert sample.target_text and sample.target_attrs
 
@@ -194,6 +195,31 @@ def test_concept_examples_share_exactly_one_value() -> None:
         shared = {k for k in IMAGE_ATTRIBUTES if len({e[k] for e in examples}) == 1}
         assert shared == {s.meta["edited"]}
         assert s.target_attrs == edit(query, s.meta["edited"], examples[0][s.meta["edited"]])
+        # The answer's text names the shared value, before the medium that applies it.
+        attr, value = s.meta["edited"], s.meta["value"]
+        lead, _, rest = s.target_text.partition(" the ")
+        assert lead in ("the concept:", "the same concept:", "one thing in common:")
+        assert rest == f"{attr} becomes {value}." and value == examples[0][attr]
+
+
+def test_concept_answer_draws_like_a_generic_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Naming the concept changed only the answer text: a seed still gives the same media and prompts
+    (held-out sets scored before the change stay the same samples)."""
+    import codi2_agent.data.tasks as tasks_module
+    from codi2_agent.data.phrasing import REPLIES, pick
+
+    def draw() -> list[Sample]:  # one rng for several samples, as a held-out set is drawn
+        rng = np.random.default_rng(3)
+        return [sample_task("concept_image", rng, "test") for _ in range(8)]
+
+    named = draw()
+    monkeypatch.setattr(tasks_module, "concept_reply", lambda attribute, value, rng: pick(REPLIES, rng))
+    generic = draw()
+    for a, b in zip(named, generic, strict=True):
+        assert a.target_text != b.target_text and b.target_text in REPLIES
+        assert [m.text() for m in a.messages] == [m.text() for m in b.messages]
+        assert [x.to_bytes() for x in a.input_media()] == [x.to_bytes() for x in b.input_media()]
+        assert a.target.to_bytes() == b.target.to_bytes()  # type: ignore[union-attr]
 
 
 def test_subject_keeps_the_subject_in_a_new_scene() -> None:
