@@ -74,7 +74,8 @@ ALIGN_TASKS = ("caption_audio", "caption_image", "text_to_audio", "text_to_image
 
 @dataclass
 class TinyRecipe:
-    """Step counts and sizes; the defaults reproduce the shipped `tiny` weights."""
+    """Step counts and sizes: the recipe of the shipped `tiny` weights (its REPRODUCE.md says which stages
+    were run from which starting point)."""
 
     seed: int = 0
     threads: int = 2
