@@ -10,7 +10,6 @@ the next `Session` on the thread writes the records the memory lacks (`restore_m
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -22,8 +21,6 @@ from ._log import ThreadLog
 from ._state import MediaRecord
 
 __all__ = ["MemoryWriter", "memory_entries", "restore_memory"]
-
-logger = logging.getLogger(__name__)
 
 
 def memory_entries(thread: str, records: Sequence[MediaRecord]) -> list[Any]:

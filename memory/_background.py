@@ -1,11 +1,11 @@
 """Writes that finish after the call returns ("write-behind"), with read-your-writes in this process.
 
-An embedded Chroma upsert spends most of its 5-40 ms waiting on the disk (its SQLite log is synced
-on every write), not on the CPU. A session turn need not wait for it: `BackgroundWrites` runs the
-write on one worker thread, in submission order, while the caller goes on (the next turn's model
-runs on the CPU meanwhile). Everything that reads or changes the memory first waits for the writes
-still pending (`settle`), so this process never sees the memory without a write it was told is
-coming; another process sees it when it lands, as it would any write.
+A Chroma upsert spends most of its 5-40 ms waiting, not computing. Where that wait does not hold
+Python's GIL (a Chroma server's HTTP client; see `ExemplarMemory.write_behind`) a session turn need
+not wait for it: `BackgroundWrites` runs the write on one worker thread, in submission order, while
+the caller goes on. Everything that reads or changes the memory first waits for the writes still
+pending (`settle`), so this process never sees the memory without a write it was told is coming;
+another process sees it when it lands, as it would any write.
 
 A write that fails is rolled back as `Writer.commit` always does (nothing of it is stored); its
 error is raised once, by the next `settle` — i.e. by the next use of the memory, or `close()`.
@@ -45,12 +45,6 @@ class BackgroundWrites:
             future = self._executor.submit(write)
             self._pending.append(future)  # type: ignore[arg-type]
         return future
-
-    @property
-    def pending(self) -> int:
-        """How many submitted writes have not finished yet."""
-        with self._lock:
-            return sum(not f.done() for f in self._pending)
 
     def settle(self) -> None:
         """Wait for every write submitted so far; raise the first one's error if any failed (each

@@ -17,8 +17,9 @@ assembles the model. Usage: `codi2-agent train --preset tiny --out DIR`.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -363,7 +364,19 @@ def _check_retrain(retrain: Sequence[str]) -> None:
         )
 
 
-def adopt_perception(workdir: Path, model_dir: str | Path, *, retrain: Sequence[str] = ()) -> None:
+def _adopted(workdir: Path, stages: Sequence[str], marker: str) -> bool:
+    """Whether every one of `stages` is already done in `workdir`, adopted as `marker` says."""
+    done = [workdir / s / "done" for s in stages]
+    return all(flag.is_file() and flag.read_text() == marker for flag in done)
+
+
+def adopt_perception(
+    workdir: Path,
+    model_dir: str | Path,
+    *,
+    retrain: Sequence[str] = (),
+    load: Callable[[], CoDi2Model] | None = None,
+) -> None:
     """Take the encoders, decoders and tokenizer of a finished tiny model as this run's perception.
 
     Writes them where their stages would have (`<stage>/final.pt` + `done`), so the run trains only
@@ -381,9 +394,7 @@ def adopt_perception(workdir: Path, model_dir: str | Path, *, retrain: Sequence[
     if retrain:
         claim["retrained"] = sorted(retrain)
     marker = json.dumps(claim)
-    if all(
-        (workdir / s / "done").is_file() and (workdir / s / "done").read_text() == marker for s in adopted
-    ):
+    if _adopted(workdir, adopted, marker):
         return  # a resumed run: adopted from the same folder, with the same stages left out, before
     started = [s for s in PERCEPTION_STAGES if (workdir / s).exists()]
     if started or (workdir / "tokenizer").exists():
@@ -391,7 +402,7 @@ def adopt_perception(workdir: Path, model_dir: str | Path, *, retrain: Sequence[
             f"workdir {workdir} already has its own perception stages or tokenizer "
             f"({started or ['tokenizer']}); adopt a model's perception into a fresh workdir"
         )
-    source = load_model(model_dir)  # checks the folder's integrity manifest first
+    source = load() if load is not None else load_model(model_dir)  # checks the integrity manifest first
     source.processor.tokenizer.save_pretrained(workdir / "tokenizer")
     encoders = {
         f"{m}.encoder.{k}": v for m in ("image", "audio") for k, v in source.encoders[m].state_dict().items()
@@ -406,23 +417,23 @@ def adopt_perception(workdir: Path, model_dir: str | Path, *, retrain: Sequence[
     _record_perception(workdir, {s: source.config if s in adopted else today for s in PERCEPTION_STAGES})
 
 
-def adopt_reasoning(workdir: Path, model_dir: str | Path) -> None:
+def adopt_reasoning(
+    workdir: Path, model_dir: str | Path, *, load: Callable[[], CoDi2Model] | None = None
+) -> None:
     """Take the projectors, LM and output heads of a finished tiny model as this run's `align` and
-    `lm` stages (after `adopt_perception` from the same model), so the run trains `tune` alone."""
+    `lm` stages (after `adopt_perception` from the same model), so the run trains `tune` alone.
+    `load`: returns that model already loaded (both adoptions share one load)."""
     from codi2_agent.model import load_model
 
     marker = json.dumps({"adopted_from": str(model_dir)})
-    if all(
-        (workdir / s / "done").is_file() and (workdir / s / "done").read_text() == marker
-        for s in REASONING_STAGES
-    ):
+    if _adopted(workdir, REASONING_STAGES, marker):
         return  # a resumed run
     started = [s for s in REASONING_STAGES if (workdir / s).exists()]
     if started:
         raise ValueError(
             f"workdir {workdir} already has its own {started}; continue a model in a fresh workdir"
         )
-    source = load_model(model_dir)
+    source = load() if load is not None else load_model(model_dir)
     parts = {"lm": source.lm, "projectors": source.projectors, "heads": source.output_heads}
     state = {f"{name}.{k}": v for name, part in parts.items() for k, v in part.state_dict().items()}
     (workdir / "align").mkdir(parents=True)
@@ -479,8 +490,11 @@ def train(
         adopt_perception(workdir, perception_from, retrain=retrain)
         stages = [s for s in stages if s not in PERCEPTION_STAGES or s in retrain]
     if continue_from is not None:
-        adopt_perception(workdir, continue_from)
-        adopt_reasoning(workdir, continue_from)
+        from codi2_agent.model import load_model
+
+        source = functools.cache(lambda: load_model(continue_from))  # loaded once, and only if needed
+        adopt_perception(workdir, continue_from, load=source)
+        adopt_reasoning(workdir, continue_from, load=source)
         stages = [s for s in stages if s not in PERCEPTION_STAGES + REASONING_STAGES]
     (workdir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
 
