@@ -25,7 +25,7 @@ import torch
 from codi2_agent.media import Media, OutputKind
 from codi2_agent.model import CoDi2Model, Turn
 
-__all__ = ["EvalRow", "evaluate", "format_columns", "format_row", "format_table", "write_results"]
+__all__ = ["EvalRow", "evaluate", "task_stream", "format_columns", "format_row", "format_table", "write_results"]
 
 TARGETS = {  # docs/architecture.md §12: the held-out suite's targets per task family
     "edit": 0.9,
@@ -33,6 +33,20 @@ TARGETS = {  # docs/architecture.md §12: the held-out suite's targets per task 
     "compose": 0.9,
     "caption": 0.95,
 }
+
+
+def task_stream(task: str, seed: int) -> np.random.Generator:
+    """The random stream one task's evaluation samples are drawn from.
+
+    Seeded by the task's place among *all* tasks, not among the ones asked for, so `tasks=[...]` draws
+    the very samples the full evaluation draws for those tasks (and the ablation read-out scores the
+    same ones). An unknown name is refused by name.
+    """
+    from codi2_agent.data.tasks import TASKS
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+    return np.random.default_rng([seed, sorted(TASKS).index(task)])
 
 
 @dataclass
@@ -79,9 +93,10 @@ def evaluate(
 
     probes = probes or load_probes()
     names = list(tasks) if tasks is not None else sorted(TASKS)
+    streams = {name: task_stream(name, seed) for name in names}  # every name checked before any work
     rows: list[EvalRow] = []
     for name in names:
-        rng = np.random.default_rng([seed, names.index(name)])
+        rng = streams[name]
         hits, t0 = 0, time.perf_counter()
         attr_hits: dict[str, int] = defaultdict(int)
         n_attr: dict[str, int] = defaultdict(int)

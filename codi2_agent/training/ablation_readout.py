@@ -134,11 +134,12 @@ class ScoreRow:
 
 def eval_samples(tasks: Sequence[str], per_task: int, seed: int) -> dict[str, list[Any]]:
     """Held-out samples per task, the same for every variant and seed (a paired comparison)."""
-    from codi2_agent.data.tasks import TASKS, sample_task
+    from codi2_agent.data.tasks import sample_task
+    from codi2_agent.evaluation import task_stream
 
-    order, samples = sorted(TASKS), {}
+    samples = {}
     for name in tasks:
-        rng = np.random.default_rng([seed, order.index(name)])
+        rng = task_stream(name, seed)
         samples[name] = [sample_task(name, rng, "test") for _ in range(per_task)]
     return samples
 
