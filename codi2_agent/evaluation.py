@@ -25,7 +25,15 @@ import torch
 from codi2_agent.media import Media, OutputKind
 from codi2_agent.model import CoDi2Model, Turn
 
-__all__ = ["EvalRow", "evaluate", "task_stream", "format_columns", "format_row", "format_table", "write_results"]
+__all__ = [
+    "EvalRow",
+    "evaluate",
+    "format_columns",
+    "format_row",
+    "format_table",
+    "task_stream",
+    "write_results",
+]
 
 TARGETS = {  # docs/architecture.md §12: the held-out suite's targets per task family
     "edit": 0.9,
