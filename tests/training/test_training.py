@@ -236,3 +236,21 @@ def test_a_run_retrains_a_named_decoder_on_adopted_encoders(tmp_path):
     # the same folder adopted *without* the retrain is another perception: refused
     with pytest.raises(ValueError, match="already has its own perception"):
         train(tmp_path / "m", workdir=work, recipe=recipe, perception_from="tiny")
+
+
+def test_reasoning_stages_draw_the_concept_and_paired_tasks_as_often_as_the_recipe_says():
+    from collections import Counter
+
+    from codi2_agent.data.tasks import TASKS
+    from codi2_agent.training.recipe import ALIGN_TASKS, task_draw
+
+    assert task_draw(TinyRecipe(), "align") == list(ALIGN_TASKS)
+    for stage in ("lm", "tune"):
+        counts = Counter(task_draw(TinyRecipe(align_replay=1, concept_replay=3), stage))
+        assert set(counts) == set(TASKS)
+        assert counts["concept_image"] == 4 and counts["caption_image"] == 2 and counts["edit_image"] == 1
+    plain = Counter(task_draw(TinyRecipe(align_replay=0, concept_replay=0), "lm"))
+    assert set(plain.values()) == {1}
+    assert TinyRecipe().concept_replay == 3  # the shipped recipe's setting
+    with pytest.raises(ValueError, match="'image_decoder' is not a reasoning stage"):
+        task_draw(TinyRecipe(), "image_decoder")
