@@ -20,9 +20,9 @@ from codi2_agent.model import load_model, shipped_model_path
 # task -> minimum accuracy on 12 samples of the *train* split (seen combinations, fresh draws). The
 # committed held-out tables of v4's two training runs (eval_tiny.txt / eval_tiny_seed1.txt, 80 samples
 # each, held-out combinations: captions 1.00, what_changed 1.00, edit_image 0.95-0.98, concept 0.89-0.96,
-# compose 0.94-0.96, subject 0.94-0.95, text_to_image 0.93-0.99, text_to_audio 0.88-0.95, analogy_audio 0.85-0.89,
-# edit_audio 0.79-0.94, analogy_image 0.69-0.88) sit well above these: a floor is about the lower of
-# the two runs' figures minus 0.25, two standard errors of a 12-sample draw.
+# compose 0.94-0.96, subject 0.94-0.95, text_to_image 0.93-0.99, text_to_audio 0.88-0.95,
+# analogy_audio 0.85-0.89, edit_audio 0.79-0.94, analogy_image 0.69-0.88) sit well above these: a floor
+# is about the lower of the two runs' figures minus 0.25, two standard errors of a 12-sample draw.
 # Guessing gets a whole picture right 1 time in 360 and a whole sound 1 time in 120.
 FLOORS = {
     "caption_image": 0.9,
