@@ -72,6 +72,7 @@ _STAGE_FIELDS = {
 }
 # Paired media <-> text tasks: the `align` stage's whole diet and the `lm` stage's replayed share.
 ALIGN_TASKS = ("caption_audio", "caption_image", "text_to_audio", "text_to_image")
+ANALOGY_TASKS = ("analogy_audio", "analogy_image")
 
 
 @dataclass
@@ -108,6 +109,10 @@ class TinyRecipe:
     # held-out samples per task, 1,500 `tune` steps at 3 extra copies): concept 0.700 -> 0.990, shape
     # concepts learnt, no other task lower (benchmarks/results/tiny_concept_weight.txt).
     concept_replay: int = 3
+    # Extra copies of each analogy task (`analogy_image`, `analogy_audio`) in the `lm` and `tune` draws:
+    # the relations a run learns or misses (v4's two runs: image analogy 0.875 / 0.688, its shape
+    # relation the failing attribute). 0 is the recipe the shipped v4 and earlier were made with.
+    analogy_replay: int = 0
     lm_batch: int = 16
     lm_lr: float = 5e-4
     # `tune`: the `lm` diet again, from `lm`'s weights, with a fresh warm-up to a lower rate and an EMA of
@@ -250,14 +255,19 @@ def _train_decoder(
 def task_draw(recipe: TinyRecipe, stage: str) -> list[str]:
     """The tasks a reasoning stage draws each sample from: a list with repeats, so a task listed twice
     is drawn twice as often. `align` sees the paired tasks; `lm` and `tune` every task, with the paired
-    ones and the concept replayed (`align_replay`, `concept_replay`)."""
+    ones, the concept and the analogies replayed (`align_replay`, `concept_replay`, `analogy_replay`)."""
     from codi2_agent.data.tasks import TASKS
 
     if stage == "align":
         return list(ALIGN_TASKS)
     if stage not in ("lm", "tune"):
         raise ValueError(f"{stage!r} is not a reasoning stage (align, lm, tune)")
-    return sorted(TASKS) + list(ALIGN_TASKS) * recipe.align_replay + ["concept_image"] * recipe.concept_replay
+    return (
+        sorted(TASKS)
+        + list(ALIGN_TASKS) * recipe.align_replay
+        + ["concept_image"] * recipe.concept_replay
+        + list(ANALOGY_TASKS) * recipe.analogy_replay
+    )
 
 
 def _train_lm(

@@ -249,6 +249,9 @@ def test_reasoning_stages_draw_the_concept_and_paired_tasks_as_often_as_the_reci
         counts = Counter(task_draw(TinyRecipe(align_replay=1, concept_replay=3), stage))
         assert set(counts) == set(TASKS)
         assert counts["concept_image"] == 4 and counts["caption_image"] == 2 and counts["edit_image"] == 1
+        assert counts["analogy_image"] == counts["analogy_audio"] == 1  # analogy_replay 0 by default
+        analogies = Counter(task_draw(TinyRecipe(analogy_replay=2), stage))
+        assert analogies["analogy_image"] == analogies["analogy_audio"] == 3 and analogies["edit_audio"] == 1
     plain = Counter(task_draw(TinyRecipe(align_replay=0, concept_replay=0), "lm"))
     assert set(plain.values()) == {1}
     assert TinyRecipe().concept_replay == 3  # the shipped recipe's setting
