@@ -7,6 +7,8 @@ benchmarks/results/batch.txt).
 Each workload is N different prompts (varied lengths) with the config's diffusion steps; the
 sequential side calls `generate` once per prompt, the batched side `generate_batch` once. Both
 produce the same answers (tests/model/test_batch_generate.py), so turns/s compare like for like.
+Then the image denoiser alone, per row at growing batch sizes: the part of a turn batching cannot
+share, and so the most it can gain on this machine.
 """
 
 from __future__ import annotations
@@ -79,6 +81,51 @@ def timed(fn: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
+def unet_row_costs(model: Any, modality: str, rows: list[int], repeats: int) -> dict[int, float]:
+    """Seconds per row of one denoiser call at each batch size in `rows` (median of `repeats`, sizes
+    interleaved so load drift hits all alike). A lone guided turn runs 2 rows per step (with and
+    without the condition), a batch of N turns 2N: the rows' cost is what batching cannot share."""
+    import torch
+
+    decoder = model.decoders[modality]
+    null = decoder.null_cond.reshape(1, -1)
+    x = decoder._initial_noise(max(rows), None)
+    times: dict[int, list[float]] = {n: [] for n in rows}
+    with torch.no_grad():
+        for _ in range(repeats + 1):  # the first round warms up and is dropped
+            for n in rows:
+                t = time.perf_counter()
+                decoder._unet(x[:n], torch.full((n,), 500), null.expand(n, -1))
+                times[n].append((time.perf_counter() - t) / n)
+    return {n: statistics.median(ts[1:]) for n, ts in times.items()}
+
+
+def ceiling_lines(model: Any, batch: int, lone_image_turn_s: float, repeats: int) -> list[str]:
+    """How far batching image turns can go on this machine: even if everything but the denoiser cost
+    nothing in a batch, a turn still pays its rows (2 per step) at the batch's per-row cost."""
+    steps = model.config.image_decoder.num_inference_steps
+    rows = sorted({2, 4, 8, 2 * batch})
+    costs = unet_row_costs(model, "image", rows, repeats * 3)
+    floor = costs[2 * batch] * 2 * steps
+    lines = [
+        "",
+        f"image denoiser cost per row, by rows per call (median of {repeats * 3}; "
+        f"a lone guided turn is 2 rows, a batch of {batch} turns {2 * batch})",
+    ]
+    lines += [
+        f"  {n:>3} rows   {costs[n] * 1e3:7.2f} ms per row   {costs[2] / costs[n]:.2f}x the 2-row cost"
+        for n in rows
+    ]
+    lines += [
+        f"  a lone image turn: {lone_image_turn_s:.3f} s, of which its {2 * steps} denoiser rows "
+        f"{costs[2] * 2 * steps:.3f} s ({costs[2] * 2 * steps / lone_image_turn_s:.0%})",
+        f"  ceiling: a turn in a batch of {batch} costs at least {floor:.3f} s (its rows at "
+        f"{2 * batch}-row cost, nothing else), so batching gives at most {lone_image_turn_s / floor:.2f}x "
+        "a lone turn's throughput on this machine and thread count",
+    ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description="generate_batch vs sequential generate throughput.")
     parser.add_argument("--model", default="tiny", help="'tiny' (shipped) or a model folder")
@@ -105,6 +152,7 @@ def main(argv: list[str] | None = None) -> str:
         f"{'workload':<18} {'sequential s':>13} {'batched s':>10} {'seq turns/s':>12} "
         f"{'batch turns/s':>14} {'speed-up':>9}",
     ]
+    lone_image_turn_s = 0.0
     for name, (prompts, outputs) in workloads(args.batch).items():
         seq = timed(partial(run_sequential, model, prompts, outputs), args.repeats)
         bat = timed(partial(run_batched, model, prompts, outputs), args.repeats)
@@ -112,6 +160,9 @@ def main(argv: list[str] | None = None) -> str:
         lines.append(
             f"{name:<18} {seq:>13.3f} {bat:>10.3f} {n / seq:>12.2f} {n / bat:>14.2f} {seq / bat:>8.2f}x"
         )
+        if outputs == ["image"] * n:
+            lone_image_turn_s = seq / n
+    lines += ceiling_lines(model, args.batch, lone_image_turn_s, args.repeats)
     out = args.out or RESULTS
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
