@@ -1,0 +1,53 @@
+"""Smoke run of benchmarks/bench_batch.py on the shipped tiny model: it runs, and its figures add up."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def test_bench_batch_writes_its_table_and_the_denoiser_ceiling(tmp_path: Path) -> None:
+    out = tmp_path / "batch.txt"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "bench_batch.py"),
+            "--batch",
+            "2",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert proc.stdout == text
+
+    rows = {m[1]: [float(v) for v in m.groups()[1:]] for m in re.finditer(
+        r"^(2 \w+ turns)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x$", text, re.M
+    )}  # fmt: skip
+    assert set(rows) == {"2 image turns", "2 audio turns", "2 text turns", "2 mixed turns"}
+    for seq, bat, seq_rate, bat_rate, speed_up in rows.values():
+        assert seq > 0 and bat > 0
+        assert abs(seq_rate - 2 / seq) <= 0.01 * seq_rate + 0.01
+        assert abs(bat_rate - 2 / bat) <= 0.01 * bat_rate + 0.01
+        assert abs(speed_up - seq / bat) <= 0.01 * speed_up + 0.01
+
+    # the denoiser's per-row cost at 2 and 4 rows (a lone guided turn, a batch of 2 turns)
+    costs = {int(n): float(ms) for n, ms in re.findall(r"^\s+(\d+) rows\s+([\d.]+) ms per row", text, re.M)}
+    assert set(costs) == {2, 4, 8} and all(ms > 0 for ms in costs.values())
+    lone = float(re.search(r"a lone image turn: ([\d.]+) s", text)[1])
+    assert abs(lone - rows["2 image turns"][0] / 2) < 1e-3 + 0.001 * lone  # the sequential side's turn
+    floor, most = re.search(r"costs at least ([\d.]+) s .* at most ([\d.]+)x", text).groups()
+    assert abs(float(floor) - costs[4] * 2 * 20 / 1e3) < 0.002  # 20 DDIM steps, 2 rows each
+    assert abs(float(most) - lone / float(floor)) < 0.01 * float(most) + 0.01
