@@ -65,6 +65,15 @@ def train_cmd(
             show_default=False,
         ),
     ] = None,
+    recipe_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe",
+            help="Tiny: a JSON file of TinyRecipe fields (e.g. a shipped model's recipe.json) over the "
+            "defaults; --seed and --threads still apply.",
+            show_default=False,
+        ),
+    ] = None,
     model_dir: Annotated[
         Path | None, typer.Option(help="Paper: the assembled model folder (assemble_paper_model).")
     ] = None,
@@ -123,6 +132,8 @@ def train_cmd(
     trains an assembled paper folder with LoRA (run it under `accelerate launch` for several GPUs)."""
     chosen = _names(stages) if stages is not None else None
     if preset == "paper":
+        if recipe_file is not None:
+            raise _fail("--recipe sets TinyRecipe fields: it is for the tiny preset")
         _train_paper(
             out, model_dir, chosen, data, align_data, instruct_data,
             dict(
@@ -144,8 +155,10 @@ def train_cmd(
     from codi2_agent.training import STAGES, TinyRecipe, train
 
     recipe = TinyRecipe.smoke() if smoke else TinyRecipe()
-    recipe.threads, recipe.seed = threads, seed
     try:
+        if recipe_file is not None:
+            recipe = TinyRecipe.from_json_file(recipe_file, base=recipe)
+        recipe.threads, recipe.seed = threads, seed
         result = train(
             out,
             preset=preset,

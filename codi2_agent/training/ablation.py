@@ -14,7 +14,7 @@ this ranks variants.
 What a variant may change (anything else is a ValueError naming the field):
 
 - recipe fields of the reasoning stages: `align_steps`, `lm_steps`, `align_replay`,
-  `concept_replay`, `lm_batch`, `lm_lr`
+  `concept_replay`, `analogy_replay`, `lm_batch`, `lm_lr`
   (the base is the workdir's own `recipe.json`; `seed` comes from the seeds list);
 - model fields the reasoning stages own (projector, LM and output heads are trained from scratch, so
   they may take any shape): `num_media_tokens` (placeholder tokens per input medium),
@@ -76,7 +76,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RECIPE_FIELDS = ("align_steps", "lm_steps", "align_replay", "concept_replay", "lm_batch", "lm_lr")
+RECIPE_FIELDS = (
+    "align_steps",
+    "lm_steps",
+    "align_replay",
+    "concept_replay",
+    "analogy_replay",
+    "lm_batch",
+    "lm_lr",
+)
 MODEL_FIELDS = ("num_media_tokens", "projector_type", "alpha", "lm")
 LM_FIELDS = (
     "hidden_size",
@@ -135,7 +143,7 @@ class Variant:
                 ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1
                 what = "a learning rate in (0, 1)"
             else:
-                low = 0 if key in ("align_replay", "concept_replay") else 1
+                low = 0 if key.endswith("_replay") else 1
                 ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
                 what = f"an integer >= {low}"
             if not ok:

@@ -96,6 +96,11 @@ def test_info_shows_model_and_session_parts(cli: Any, model_arg: str, model, tmp
             ["train", "--out", "x", "--perception-from", "tiny", "--retrain", "encoders"],
             "cannot retrain ['encoders']",
         ),
+        (
+            ["train", "--out", "x", "--recipe", "no/such.json"],
+            "recipe file no/such.json: cannot read it as JSON",
+        ),
+        (["train", "--preset", "paper", "--out", "x", "--recipe", "r.json"], "it is for the tiny preset"),
         (["bench", "--only", "nope"], "unknown benchmark"),
     ],
 )
@@ -112,3 +117,15 @@ def test_bench_refuses_an_unknown_model(cli: Any, user_error: Any, tmp_path: Pat
     proc = cli("bench", "--quick", "--only", "model,memory", "--model", model, "--out", "bench")
     assert len(user_error(proc, 2, f"--model {model!r} is neither a shipped model")) == 1
     assert "== bench_" not in proc.stdout and not (tmp_path / "bench").exists()
+
+
+def test_train_runs_with_a_recipe_file_over_the_defaults(cli: Any, user_error: Any, tmp_path: Path) -> None:
+    # How an older checkpoint's recipe is run again: its recipe.json (or a part of it) over today's
+    # defaults, --seed and --threads on top. The run records the recipe it trains with before any stage.
+    (tmp_path / "v4.json").write_text(json.dumps({"analogy_replay": 0, "tune_steps": 7}))
+    proc = cli("train", "--smoke", "--recipe", "v4.json", "--seed", "3", "--threads", "1",
+               "--stages", "lm", "--out", "m", "--workdir", "w")  # fmt: skip
+    user_error(proc, 1, "stage 'encoders' must finish first")  # lm alone in a fresh workdir
+    used = json.loads((tmp_path / "w" / "recipe.json").read_text())
+    assert (used["analogy_replay"], used["tune_steps"], used["seed"], used["threads"]) == (0, 7, 3, 1)
+    assert used["lm_steps"] == 10  # --smoke's, which the file left alone

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import re
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -249,11 +251,42 @@ def test_reasoning_stages_draw_the_concept_and_paired_tasks_as_often_as_the_reci
         counts = Counter(task_draw(TinyRecipe(align_replay=1, concept_replay=3), stage))
         assert set(counts) == set(TASKS)
         assert counts["concept_image"] == 4 and counts["caption_image"] == 2 and counts["edit_image"] == 1
-        assert counts["analogy_image"] == counts["analogy_audio"] == 1  # analogy_replay 0 by default
-        analogies = Counter(task_draw(TinyRecipe(analogy_replay=2), stage))
-        assert analogies["analogy_image"] == analogies["analogy_audio"] == 3 and analogies["edit_audio"] == 1
-    plain = Counter(task_draw(TinyRecipe(align_replay=0, concept_replay=0), "lm"))
+        assert counts["analogy_image"] == counts["analogy_audio"] == 3 and counts["edit_audio"] == 1
+        fewer = Counter(task_draw(TinyRecipe(analogy_replay=1), stage))
+        assert fewer["analogy_image"] == fewer["analogy_audio"] == 2 and fewer["concept_image"] == 4
+    plain = Counter(task_draw(TinyRecipe(align_replay=0, concept_replay=0, analogy_replay=0), "lm"))
     assert set(plain.values()) == {1}
-    assert TinyRecipe().concept_replay == 3  # the shipped recipe's setting
+    assert (TinyRecipe().concept_replay, TinyRecipe().analogy_replay) == (3, 2)  # the shipped recipe's
     with pytest.raises(ValueError, match="'image_decoder' is not a reasoning stage"):
         task_draw(TinyRecipe(), "image_decoder")
+
+
+def test_a_recipe_file_sets_fields_over_the_defaults_and_refuses_what_it_cannot_set(tmp_path):
+    v4 = tmp_path / "v4.json"
+    v4.write_text(json.dumps({"analogy_replay": 0, "tune_steps": 1500, "tune_lr": 1e-4}))
+    recipe = TinyRecipe.from_json_file(v4)
+    assert (recipe.analogy_replay, recipe.tune_lr, recipe.concept_replay) == (
+        0,
+        1e-4,
+        3,
+    )  # the rest: defaults
+    smoke = TinyRecipe.from_json_file(v4, base=TinyRecipe.smoke())
+    assert (smoke.analogy_replay, smoke.tune_steps, smoke.lm_steps) == (0, 1500, TinyRecipe.smoke().lm_steps)
+    shipped = Path(__file__).resolve().parents[2] / "codi2_agent" / "weights" / "tiny" / "recipe.json"
+    assert asdict(TinyRecipe.from_json_file(shipped)) == json.loads(shipped.read_text())  # a whole recipe
+
+    bad = tmp_path / "bad.json"
+    for text, needle in [
+        ('{"analogy_replays": 2}', "unknown fields ['analogy_replays']"),
+        ('{"tune_steps": "1500"}', "tune_steps must be int, got '1500'"),
+        ('{"tune_steps": true}', "tune_steps must be int, got True"),
+        ('{"tune_ema": "high"}', "tune_ema must be int or float or NoneType"),
+        ("[1, 2]", "expected a JSON object of TinyRecipe fields"),
+        ("{not json", "cannot read it as JSON"),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            TinyRecipe.from_json_file(bad)
+    assert TinyRecipe.from_json_file(tmp_path / "v4.json").tune_ema == 0.998
+    with pytest.raises(ValueError, match="cannot read it as JSON"):
+        TinyRecipe.from_json_file(tmp_path / "missing.json")
