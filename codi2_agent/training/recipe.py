@@ -146,8 +146,8 @@ class TinyRecipe:
             raise ValueError(f"recipe file {path}: cannot read it as JSON ({e})") from None
         if not isinstance(data, dict):
             raise ValueError(f"recipe file {path}: expected a JSON object of TinyRecipe fields")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(
                 f"recipe file {path}: unknown fields {unknown}; expected some of {sorted(known)}"
@@ -163,6 +163,8 @@ class TinyRecipe:
                     f"recipe file {path}: {name} must be {' or '.join(k.__name__ for k in kinds)}, "
                     f"got {value!r}"
                 )
+            if isinstance(value, int | float) and value < 0:  # steps, sizes, rates, replays: never negative
+                raise ValueError(f"recipe file {path}: {name} must not be negative, got {value!r}")
             setattr(recipe, name, value)
         return recipe
 

@@ -281,6 +281,7 @@ def test_a_recipe_file_sets_fields_over_the_defaults_and_refuses_what_it_cannot_
         ('{"tune_steps": "1500"}', "tune_steps must be int, got '1500'"),
         ('{"tune_steps": true}', "tune_steps must be int, got True"),
         ('{"tune_ema": "high"}', "tune_ema must be int or float or NoneType"),
+        ('{"analogy_replay": -1}', "analogy_replay must not be negative, got -1"),
         ("[1, 2]", "expected a JSON object of TinyRecipe fields"),
         ("{not json", "cannot read it as JSON"),
     ]:
