@@ -9,6 +9,7 @@ file, `default_config` describes one CPU replica of the shipped tiny model on 12
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -145,6 +146,25 @@ def model_urls(config: ServeDeploySchema) -> dict[str, str]:
     }
 
 
+# Serve's controller gives a starting HTTP proxy 5 s to answer its ready check, then kills it, and the
+# start fails ("ProxyActor ... killed by ray.kill ... never ran"). On a busy CPU a proxy can take longer
+# than that to start (seen on a 2-core machine running two trainings beside the test suite). The
+# controller reads these at start-up from the environment the local cluster inherits; a value the user
+# set is kept.
+PROXY_START_ENVIRONMENT = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+}
+
+
+def patient_proxy_environment() -> dict[str, str]:
+    """Set `PROXY_START_ENVIRONMENT` where the environment does not already say otherwise (before the
+    local cluster starts); returns the values now in force."""
+    for name, value in PROXY_START_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    return {name: os.environ[name] for name in PROXY_START_ENVIRONMENT}
+
+
 def start_server(
     config: ServeDeploySchema, *, num_cpus: int | None = None, timeout: float = 300.0
 ) -> dict[str, str]:
@@ -160,6 +180,7 @@ def start_server(
 
     _check_port_free(config.http_options.host, config.http_options.port)
     if not ray.is_initialized():
+        patient_proxy_environment()
         ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="serve")
     client = serve_api.serve_start(
         http_options=config.http_options.model_dump(),
