@@ -165,7 +165,7 @@ def _same_picture_twice() -> list[list[Turn]]:
 def test_a_stream_repairs_only_what_it_has_not_sent(shipped: CoDi2Model) -> None:
     # Where greedy decoding contradicts itself, `generate` re-decodes the whole answer; a stream has
     # sent "the shape changed" token by token already, so only the clause after it is decoded again.
-    # (The shipped v4 did so on 2 of these 12 prompts; v3 did on the README's own turn.)
+    # (The shipped v5 does so on 6 of these 12 prompts, v4 did on 2; v3 did on the README's own turn.)
     repaired = 0
     for prompt in _same_picture_twice():
         *texts, out = shipped.generate_stream(prompt, output="text")
