@@ -224,7 +224,7 @@ def base_recipe(workdir: Path) -> TinyRecipe:
     dropped = sorted(set(data) - known)
     if dropped:
         logger.warning("%s: ignoring fields this TinyRecipe does not have: %s", path, dropped)
-    return TinyRecipe(**{k: v for k, v in data.items() if k in known})
+    return TinyRecipe.from_fields({k: v for k, v in data.items() if k in known}, source=str(path))
 
 
 def _link_or_copy(src: str, dst: str) -> None:

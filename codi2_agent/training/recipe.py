@@ -146,12 +146,18 @@ class TinyRecipe:
             raise ValueError(f"recipe file {path}: cannot read it as JSON ({e})") from None
         if not isinstance(data, dict):
             raise ValueError(f"recipe file {path}: expected a JSON object of TinyRecipe fields")
+        return cls.from_fields(data, base=base, source=f"recipe file {path}")
+
+    @classmethod
+    def from_fields(
+        cls, data: dict[str, Any], *, base: TinyRecipe | None = None, source: str = "recipe"
+    ) -> TinyRecipe:
+        """`base` with `data`'s fields set, each checked (see `from_json_file`); `source` names where
+        they came from in the errors."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(
-                f"recipe file {path}: unknown fields {unknown}; expected some of {sorted(known)}"
-            )
+            raise ValueError(f"{source}: unknown fields {unknown}; expected some of {sorted(known)}")
         recipe = replace(base or cls())
         for name, value in data.items():
             default = getattr(recipe, name)
@@ -160,11 +166,10 @@ class TinyRecipe:
                 kinds = (int, float, type(None))
             if isinstance(value, bool) or not isinstance(value, kinds):
                 raise ValueError(
-                    f"recipe file {path}: {name} must be {' or '.join(k.__name__ for k in kinds)}, "
-                    f"got {value!r}"
+                    f"{source}: {name} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}"
                 )
             if isinstance(value, int | float) and value < 0:  # steps, sizes, rates, replays: never negative
-                raise ValueError(f"recipe file {path}: {name} must not be negative, got {value!r}")
+                raise ValueError(f"{source}: {name} must not be negative, got {value!r}")
             setattr(recipe, name, value)
         return recipe
 
