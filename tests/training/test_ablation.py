@@ -16,7 +16,7 @@ from codi2_agent.data import world
 from codi2_agent.media import Modality
 from codi2_agent.model import load_model
 from codi2_agent.training import TinyRecipe, train
-from codi2_agent.training.ablation import load_variants, run_ablation
+from codi2_agent.training.ablation import base_recipe, load_variants, run_ablation
 from codi2_agent.training.ablation_readout import ClassMeanReadout, eval_samples, predict_answers
 
 # Smoke settings cut further: the ablation never trains perception, it only needs finished stages.
@@ -161,3 +161,14 @@ def test_bad_input_is_a_value_error_naming_it(perception, tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: variant 'v': unknown override field 'steps'")
+
+
+def test_the_base_recipe_is_the_workdirs_own_with_fields_it_cannot_use_dropped(tmp_path, caplog):
+    assert base_recipe(tmp_path) == TinyRecipe()  # no recipe.json: the defaults
+    (tmp_path / "recipe.json").write_text(json.dumps({"lm_steps": 123, "from_a_newer_version": 1}))
+    with caplog.at_level("WARNING"):
+        assert base_recipe(tmp_path) == replace(TinyRecipe(), lm_steps=123)
+    assert "from_a_newer_version" in caplog.text
+    (tmp_path / "recipe.json").write_text(json.dumps({"lm_steps": "many"}))
+    with pytest.raises(ValueError, match=r"recipe\.json: lm_steps must be int, got 'many'"):
+        base_recipe(tmp_path)
