@@ -1,0 +1,171 @@
+"""How compositional are the tiny model's features? Encoder C_x and LM c_MLLM against an additive model.
+
+Run: `.venv/bin/python benchmarks/bench_additivity.py [--model tiny|PATH ...] [--modality audio|image|both]
+[--renders 4] [--threads 2] [--out FILE]`. Prints a table and writes it to FILE (default
+benchmarks/results/additivity.txt).
+
+The tiny world holds out attribute *pairs* (`codi2_agent.data.world.HELD_OUT`): the reasoning model
+never sees, say, a sine tone at 880 Hz, yet must produce its features. If the encoder's features were
+a sum of one vector per attribute value, a least-squares fit of those vectors on the train
+combinations would predict every held-out combination. This script measures, per model:
+
+1. the encoder: mean C_x per combination (train-range render seeds), its spread across renders, and
+   how well an additive fit on the train combinations predicts the held-out ones (the best a
+   compositional reasoner could do with these features);
+2. the LM: c_MLLM for one plain text-to-media prompt per combination ("let me hear <caption>"),
+   its error against the true mean C_x on train and held-out combinations, and how far its held-out
+   answers lie from the additive extrapolation of its *own* train-combination answers (near zero: the
+   LM composes additively; large: it does something else on unseen pairs);
+3. with two or more models, the error of their averaged c_MLLM (variance across runs vs a bias they share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+RESULTS = Path(__file__).resolve().parent / "results" / "additivity.txt"
+
+
+def one_hot_design(combos: Sequence[Mapping[str, str]], schema: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """(C, 1 + sum of values) design matrix: an intercept and one indicator per attribute value."""
+    columns = [(attribute, value) for attribute, values in schema.items() for value in values]
+    return np.array([[1.0] + [float(c[a] == v) for a, v in columns] for c in combos])
+
+
+def additive_fit(table: np.ndarray, design: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """Least-squares additive model fitted on the rows not `held`, evaluated on every row: (C, D)."""
+    weights, *_ = np.linalg.lstsq(design[~held], table[~held], rcond=None)
+    return design @ weights
+
+
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean squared error per feature."""
+    return float(((a - b) ** 2).mean())
+
+
+def encoder_means(
+    model, kind: str, combos: Sequence[Mapping[str, str]], renders: int
+) -> tuple[np.ndarray, float]:
+    """Mean C_x per combination (C, D) over `renders` train-range renders, and the within-combination MSE."""
+    from codi2_agent.data import world
+    from codi2_agent.media import Modality
+    from codi2_agent.training.ablation_readout import _encode
+
+    rng = np.random.default_rng([5, renders])
+    media = [world.render(c, world.render_seed(rng, "train")) for c in combos for _ in range(renders)]
+    features = _encode(model, Modality(kind), media).numpy().reshape(len(combos), renders, -1)
+    means = features.mean(1)
+    return means, mse(features, means[:, None])
+
+
+def lm_features(model, kind: str, combos: Sequence[Mapping[str, str]]) -> np.ndarray:
+    """c_MLLM (C, D) for one plain text-to-media prompt per combination, as `generate` would predict it."""
+    import torch
+
+    from codi2_agent.data import world
+    from codi2_agent.data.tasks import Message, Sample
+    from codi2_agent.training.ablation_readout import predict_answers
+
+    verb = "let me hear" if kind == "audio" else "draw"
+    samples = [
+        Sample(
+            f"text_to_{kind}",
+            [Message("user", [f"{verb} {world.caption(c)}"])],
+            "Here it is.",
+            world.render(c, 0),
+            dict(c),
+            {"split": "train", "modality": kind, "seed": 0},
+        )
+        for c in combos
+    ]
+    _, features = predict_answers(model, samples)
+    return torch.stack([f.float().flatten() for f in features if f is not None]).numpy()
+
+
+def run(models: Sequence[str], kind: str, renders: int) -> list[str]:
+    from codi2_agent.data import world
+    from codi2_agent.model import load_model
+
+    combos = list(world.all_attrs(kind))  # type: ignore[arg-type]
+    held = np.array([world.is_held_out(c) for c in combos])
+    design = one_hot_design(combos, world.ATTRIBUTES[kind])
+    lines = [
+        f"# {kind}: {len(combos)} combinations, {int(held.sum())} held out; "
+        f"features per combination: mean C_x of {renders} renders"
+    ]
+
+    truth, answers = None, []
+    for index, path in enumerate(models):
+        model = load_model(path)
+        model.eval()
+        if truth is None:  # every model given shares one perception (the reasoning differs)
+            truth, within = encoder_means(model, kind, combos, renders)
+            fitted = additive_fit(truth, design, held)
+            lines += [
+                "## 1. encoder C_x (MSE per feature; features have unit variance)",
+                f"spread across renders of one combination        {within:.4f}",
+                f"additive fit on train combinations: train rows   {mse(fitted[~held], truth[~held]):.4f}",
+                f"additive fit on train combinations: held-out     {mse(fitted[held], truth[held]):.4f}",
+                "## 2. LM c_MLLM, one text-to-media prompt per combination",
+                "model                         train  held-out  held vs own additive  own additive vs truth",
+            ]
+        answer = lm_features(model, kind, combos)
+        own = additive_fit(answer, design, held)
+        answers.append(answer)
+        lines.append(
+            f"{index}: {'/'.join(Path(path).parts[-2:]):26s} {mse(answer[~held], truth[~held]):.4f}  "
+            f"{mse(answer[held], truth[held]):8.4f}  {mse(answer[held], own[held]):20.4f}  "
+            f"{mse(own[held], truth[held]):21.4f}"
+        )
+        lines.append(
+            "   per held-out pair: "
+            + ", ".join(
+                f"{'+'.join(v for _, v in sorted(pair))} {mse(answer[rows], truth[rows]):.3f}"
+                for pair in world.HELD_OUT[kind]
+                if (rows := np.array([pair <= set(c.items()) for c in combos])).any()
+            )
+        )
+    if len(answers) >= 2 and truth is not None:
+        mean = np.mean(answers, 0)
+        lines += [
+            "## 3. the models' c_MLLM averaged",
+            f"held-out error of the average {mse(mean[held], truth[held]):.4f}; "
+            f"between models {mse(answers[0][held], answers[1][held]):.4f}",
+        ]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", help="tiny or a model folder; repeat for several")
+    parser.add_argument("--modality", choices=("audio", "image", "both"), default="both")
+    parser.add_argument("--renders", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--note", action="append", default=[], help="a comment line for the table's head")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    models = args.model or ["tiny"]
+    kinds = ("audio", "image") if args.modality == "both" else (args.modality,)
+    lines = [line for kind in kinds for line in run(models, kind, args.renders)]
+    head = [f"# {note}" for note in args.note]
+    head.append(f"# machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads")
+    lines = head + lines
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

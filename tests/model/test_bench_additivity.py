@@ -1,0 +1,87 @@
+"""benchmarks/bench_additivity.py: its additive fit is exact on additive tables and measures what is not,
+and a run on the shipped tiny model writes every section."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_additivity", BENCHMARKS / "bench_additivity.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SCHEMA = {"instrument": ("a", "b", "c"), "pitch": ("lo", "mid", "hi"), "ambience": ("x", "y")}
+COMBOS = [dict(zip(SCHEMA, values, strict=True)) for values in itertools.product(*SCHEMA.values())]
+HELD = np.array([c["instrument"] == "a" and c["pitch"] == "hi" for c in COMBOS])  # one pair never seen
+
+
+def test_design_has_an_intercept_and_one_indicator_per_attribute_value(bench) -> None:
+    design = bench.one_hot_design(COMBOS, SCHEMA)
+    assert design.shape == (18, 1 + 3 + 3 + 2)
+    assert np.all(design[:, 0] == 1)
+    assert np.all(design.sum(1) == 1 + len(SCHEMA))  # one value of each attribute per combination
+    first = COMBOS.index({"instrument": "b", "pitch": "lo", "ambience": "y"})
+    assert design[first].tolist() == [1, 0, 1, 0, 1, 0, 0, 0, 1]
+
+
+def test_additive_tables_are_predicted_exactly_on_held_out_pairs(bench) -> None:
+    rng = np.random.default_rng(0)
+    parts = {(a, v): rng.normal(size=5) for a, vs in SCHEMA.items() for v in vs}
+    table = np.stack([sum(parts[(a, c[a])] for a in SCHEMA) for c in COMBOS])
+    fitted = bench.additive_fit(table, bench.one_hot_design(COMBOS, SCHEMA), HELD)
+    assert bench.mse(fitted[HELD], table[HELD]) < 1e-20
+    assert bench.mse(fitted[~HELD], table[~HELD]) < 1e-20
+
+
+def test_an_interaction_on_the_held_out_pair_is_what_the_fit_misses(bench) -> None:
+    rng = np.random.default_rng(1)
+    parts = {(a, v): rng.normal(size=4) for a, vs in SCHEMA.items() for v in vs}
+    table = np.stack([sum(parts[(a, c[a])] for a in SCHEMA) for c in COMBOS])
+    bump = np.array([0.5, -0.5, 1.0, 0.0])
+    table[HELD] += bump  # a conjunction the train rows cannot show
+    fitted = bench.additive_fit(table, bench.one_hot_design(COMBOS, SCHEMA), HELD)
+    assert bench.mse(fitted[~HELD], table[~HELD]) < 1e-20
+    assert bench.mse(fitted[HELD], table[HELD]) == pytest.approx(float((bump**2).mean()))
+
+
+def test_a_run_on_the_shipped_model_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "additivity.txt"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_additivity.py"), "--modality", "audio", "--renders", "1",
+         "--threads", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert proc.stdout == text
+    assert "# audio: 120 combinations, 40 held out" in text
+    fit = dict(re.findall(r"additive fit on train combinations: (train rows|held-out)\s+([\d.]+)", text))
+    assert set(fit) == {"train rows", "held-out"}
+    row = re.search(r"^0: tiny\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", text, re.M)
+    assert row is not None, text
+    train, held, held_vs_own, own_vs_truth = map(float, row.groups())
+    assert 0 <= train < held <= 1  # seen combinations are answered more closely than unseen ones
+    # root mean squares obey the triangle inequality: answer -> own additive extrapolation -> truth
+    assert held**0.5 <= held_vs_own**0.5 + own_vs_truth**0.5 + 1e-3
+    assert own_vs_truth == pytest.approx(float(fit["held-out"]), abs=0.02)  # the LM fits seen combos well
+    pairs = re.search(r"per held-out pair: (.*)$", text, re.M)
+    assert pairs is not None and len(pairs.group(1).split(", ")) == 8
