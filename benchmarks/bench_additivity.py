@@ -1,8 +1,8 @@
 """How compositional are the tiny model's features? Encoder C_x and LM c_MLLM against an additive model.
 
 Run: `.venv/bin/python benchmarks/bench_additivity.py [--model tiny|PATH ...] [--modality audio|image|both]
-[--renders 4] [--threads 2] [--out FILE]`. Prints a table and writes it to FILE (default
-benchmarks/results/additivity.txt).
+[--renders 4] [--threads 2] [--out FILE] [--note TEXT ...]`. Prints a table and writes it to FILE
+(default benchmarks/results/additivity.txt); each `--note` becomes a comment line at its head.
 
 The tiny world holds out attribute *pairs* (`codi2_agent.data.world.HELD_OUT`): the reasoning model
 never sees, say, a sine tone at 880 Hz, yet must produce its features. If the encoder's features were
