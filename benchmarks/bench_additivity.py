@@ -26,8 +26,11 @@ import os
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from codi2_agent.data import world
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).resolve().parent / "results" / "additivity.txt"
@@ -54,7 +57,6 @@ def encoder_means(
     model, kind: str, combos: Sequence[Mapping[str, str]], renders: int
 ) -> tuple[np.ndarray, float]:
     """Mean C_x per combination (C, D) over `renders` train-range renders, and the within-combination MSE."""
-    from codi2_agent.data import world
     from codi2_agent.media import Modality
     from codi2_agent.training.ablation_readout import _encode
 
@@ -69,7 +71,6 @@ def lm_features(model, kind: str, combos: Sequence[Mapping[str, str]]) -> np.nda
     """c_MLLM (C, D) for one plain text-to-media prompt per combination, as `generate` would predict it."""
     import torch
 
-    from codi2_agent.data import world
     from codi2_agent.data.tasks import Message, Sample
     from codi2_agent.training.ablation_readout import predict_answers
 
@@ -89,50 +90,40 @@ def lm_features(model, kind: str, combos: Sequence[Mapping[str, str]]) -> np.nda
     return torch.stack([f.float().flatten() for f in features if f is not None]).numpy()
 
 
-def run(models: Sequence[str], kind: str, renders: int) -> list[str]:
-    from codi2_agent.data import world
-    from codi2_agent.model import load_model
-
-    combos = list(world.all_attrs(kind))  # type: ignore[arg-type]
+def run(models: Mapping[str, Any], kind: world.WorldModality, renders: int) -> list[str]:
+    """The table's lines for one modality; `models`: label -> loaded model, all on one perception."""
+    combos = list(world.all_attrs(kind))
     held = np.array([world.is_held_out(c) for c in combos])
     design = one_hot_design(combos, world.ATTRIBUTES[kind])
+    truth, within = encoder_means(next(iter(models.values())), kind, combos, renders)
+    fitted = additive_fit(truth, design, held)
     lines = [
         f"# {kind}: {len(combos)} combinations, {int(held.sum())} held out; "
-        f"features per combination: mean C_x of {renders} renders"
+        f"features per combination: mean C_x of {renders} renders",
+        "## 1. encoder C_x (MSE per feature; features have unit variance)",
+        f"spread across renders of one combination        {within:.4f}",
+        f"additive fit on train combinations: train rows   {mse(fitted[~held], truth[~held]):.4f}",
+        f"additive fit on train combinations: held-out     {mse(fitted[held], truth[held]):.4f}",
+        "## 2. LM c_MLLM, one text-to-media prompt per combination",
+        "model                         train  held-out  held vs own additive  own additive vs truth",
     ]
-
-    truth, answers = None, []
-    for index, path in enumerate(models):
-        model = load_model(path)
-        model.eval()
-        if truth is None:  # every model given shares one perception (the reasoning differs)
-            truth, within = encoder_means(model, kind, combos, renders)
-            fitted = additive_fit(truth, design, held)
-            lines += [
-                "## 1. encoder C_x (MSE per feature; features have unit variance)",
-                f"spread across renders of one combination        {within:.4f}",
-                f"additive fit on train combinations: train rows   {mse(fitted[~held], truth[~held]):.4f}",
-                f"additive fit on train combinations: held-out     {mse(fitted[held], truth[held]):.4f}",
-                "## 2. LM c_MLLM, one text-to-media prompt per combination",
-                "model                         train  held-out  held vs own additive  own additive vs truth",
-            ]
+    pair_rows = {pair: np.array([pair <= c.items() for c in combos]) for pair in world.HELD_OUT[kind]}
+    answers = []
+    for index, (label, model) in enumerate(models.items()):
         answer = lm_features(model, kind, combos)
         own = additive_fit(answer, design, held)
         answers.append(answer)
         lines.append(
-            f"{index}: {'/'.join(Path(path).parts[-2:]):26s} {mse(answer[~held], truth[~held]):.4f}  "
+            f"{index}: {label:26s} {mse(answer[~held], truth[~held]):.4f}  "
             f"{mse(answer[held], truth[held]):8.4f}  {mse(answer[held], own[held]):20.4f}  "
             f"{mse(own[held], truth[held]):21.4f}"
         )
-        lines.append(
-            "   per held-out pair: "
-            + ", ".join(
-                f"{'+'.join(v for _, v in sorted(pair))} {mse(answer[rows], truth[rows]):.3f}"
-                for pair in world.HELD_OUT[kind]
-                if (rows := np.array([pair <= set(c.items()) for c in combos])).any()
-            )
+        per_pair = (
+            f"{'+'.join(v for _, v in sorted(pair))} {mse(answer[rows], truth[rows]):.3f}"
+            for pair, rows in pair_rows.items()
         )
-    if len(answers) >= 2 and truth is not None:
+        lines.append("   per held-out pair: " + ", ".join(per_pair))
+    if len(answers) >= 2:
         mean = np.mean(answers, 0)
         lines += [
             "## 3. the models' c_MLLM averaged",
@@ -155,8 +146,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    models = args.model or ["tiny"]
-    kinds = ("audio", "image") if args.modality == "both" else (args.modality,)
+    from codi2_agent.model import load_model
+
+    models = {"/".join(Path(path).parts[-2:]): load_model(path).eval() for path in args.model or ["tiny"]}
+    kinds: tuple[world.WorldModality, ...] = (
+        ("audio", "image") if args.modality == "both" else (args.modality,)
+    )
     lines = [line for kind in kinds for line in run(models, kind, args.renders)]
     head = [f"# {note}" for note in args.note]
     head.append(f"# machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads")
