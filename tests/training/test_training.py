@@ -261,6 +261,23 @@ def test_reasoning_stages_draw_the_concept_and_paired_tasks_as_often_as_the_reci
         task_draw(TinyRecipe(), "image_decoder")
 
 
+def test_reasoning_stages_take_the_recipes_rates_and_weight_decay():
+    from codi2_agent.training.recipe import reasoning_stage_config
+
+    recipe = TinyRecipe(
+        align_steps=80, lm_steps=600, lm_lr=3e-4, tune_steps=50, tune_lr=1e-4, lm_weight_decay=1.0
+    )
+    align, lm, tune = (reasoning_stage_config(recipe, s) for s in ("align", "lm", "tune"))
+    assert (align.steps, align.lr, align.weight_decay, align.warmup, align.ema) == (80, 3e-4, 1.0, 11, None)
+    assert (lm.steps, lm.lr, lm.weight_decay, lm.warmup) == (600, 3e-4, 1.0, 76)
+    assert (tune.steps, tune.lr, tune.weight_decay, tune.warmup, tune.ema) == (50, 1e-4, 1.0, 50, 0.998)
+    assert (
+        reasoning_stage_config(TinyRecipe(), "lm").weight_decay == 0.01
+    )  # the default: every shipped version's
+    with pytest.raises(ValueError, match="'encoders' is not a reasoning stage"):
+        reasoning_stage_config(recipe, "encoders")
+
+
 def test_a_recipe_file_sets_fields_over_the_defaults_and_refuses_what_it_cannot_set(tmp_path):
     v4 = tmp_path / "v4.json"
     v4.write_text(json.dumps({"analogy_replay": 0, "tune_steps": 1500, "tune_lr": 1e-4}))
