@@ -213,10 +213,16 @@ def test_save_load_round_trip_gives_identical_outputs(saved_tiny):
     for a, b in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert a[0] == b[0] and torch.equal(a[1], b[1]), a[0]
     prompt = ["draw", image(3), "with", tone()]
-    assert (
-        model.generate(prompt, output="image", seed=1, num_inference_steps=3).image
-        == loaded.generate(prompt, output="image", seed=1, num_inference_steps=3).image
-    )
+    before = model.generate(prompt, output="image", seed=1, num_inference_steps=3)
+    after = loaded.generate(prompt, output="image", seed=1, num_inference_steps=3)
+    # Equal weights, equal maths, but not always equal last bits: CPU kernels take other code paths for
+    # tensors at other memory addresses (a loaded checkpoint's are not the fresh model's), so c_MLLM may
+    # move by an ulp (1.5e-7 measured) and a pixel round the other way. Anything a wrong weight would do
+    # is orders of magnitude larger.
+    assert before.text == after.text
+    assert torch.allclose(before.features[0], after.features[0], rtol=0, atol=1e-5)
+    pixels = np.abs(np.asarray(before.image.image, dtype=int) - np.asarray(after.image.image, dtype=int))
+    assert pixels.max() <= 1 and (pixels > 0).mean() < 0.01
     assert (
         model.generate(prompt, output="text", max_new_tokens=8).text
         == loaded.generate(prompt, output="text", max_new_tokens=8).text
