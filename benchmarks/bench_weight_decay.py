@@ -1,8 +1,8 @@
 """Does weight decay make the tiny LM compose unseen sound combinations? A long `align`-task screen.
 
 Run: `.venv/bin/python benchmarks/bench_weight_decay.py [--perception tiny|PATH] [--decays 0.01,1.0]
-[--seeds 0] [--steps 6000] [--checks 8] [--lr 5e-4] [--threads 1] [--workdir DIR] [--out FILE]
-[--note TEXT ...]`. Prints a table and writes it to FILE (default
+[--seeds 0] [--scope all|heads] [--steps 6000] [--checks 8] [--lr 5e-4] [--threads 1] [--workdir DIR]
+[--out FILE] [--note TEXT ...]`. Prints a table and writes it to FILE (default
 benchmarks/results/tiny_weight_decay.txt).
 
 The reasoning half (projectors, LM, output heads) is trained from scratch on a finished model's frozen
@@ -12,8 +12,10 @@ not hidden by a schedule that anneals before it shows. Every `steps / checks` st
 `bench_additivity.py` measures: the LM's c_MLLM for one plain text-to-media prompt per attribute
 combination against the mean C_x of 4 renders, on the train and the held-out combinations. Each
 decay x seed arm starts from the same initial weights and the same task draw, so the arms differ in
-the decay alone. The summary averages each arm's checks over the second half of training (the
-plateau), where one check swings by about +-0.005.
+the decay alone. `--scope heads` decays only the output feature heads (the rest at 0.01, the recipe's
+default): does the gain come from the head that makes the features or from the whole LM? The summary
+averages each arm's checks over the second half of training (the plateau), where one check swings by
+about +-0.005.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).resolve().parent / "results" / "tiny_weight_decay.txt"
 WARMUP = 100
 RENDERS = 4
+DEFAULT_DECAY = 0.01  # TinyRecipe.lm_weight_decay's default
 
 
 def fresh_reasoner(perception: Path, seed: int):
@@ -78,7 +81,31 @@ def measure(model, truth: dict[str, Any]) -> dict[str, float]:
     return row
 
 
-def run_arm(perception: Path, decay: float, seed: int, steps: int, checks: int, lr: float, truth, log):
+def decay_groups(
+    params: Sequence[Any], heads: Sequence[Any], decay: float, scope: str
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups: `decay` on every parameter (scope "all") or on the output heads' only
+    ("heads", the rest at the recipe's default)."""
+    if scope not in ("all", "heads"):
+        raise ValueError(f"scope must be 'all' or 'heads', got {scope!r}")
+    head_ids = {id(p) for p in heads}
+    decayed = [p for p in params if scope == "all" or id(p) in head_ids]
+    rest = [p for p in params if not (scope == "all" or id(p) in head_ids)]
+    groups = [{"params": decayed, "weight_decay": decay}, {"params": rest, "weight_decay": DEFAULT_DECAY}]
+    return [g for g in groups if g["params"]]
+
+
+def run_arm(
+    perception: Path,
+    decay: float,
+    seed: int,
+    steps: int,
+    checks: int,
+    lr: float,
+    truth,
+    log,
+    scope: str = "all",
+):
     """Train one arm; returns its rows (one per check)."""
     import torch
     from torch import nn
@@ -89,7 +116,9 @@ def run_arm(perception: Path, decay: float, seed: int, steps: int, checks: int, 
     model = fresh_reasoner(perception, seed)
     trainable = nn.ModuleDict({"lm": model.lm, "projectors": model.projectors, "heads": model.output_heads})
     params = [p for p in trainable.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=decay)
+    optimizer = torch.optim.AdamW(
+        decay_groups(params, list(model.output_heads.parameters()), decay, scope), lr=lr
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / WARMUP))
     rng = np.random.default_rng([seed, 7, 1])  # the same task draw in every arm of this seed
     torch.manual_seed(seed)
@@ -108,7 +137,14 @@ def run_arm(perception: Path, decay: float, seed: int, steps: int, checks: int, 
         window.append(float(out.loss_feature.detach()))
         if step in at:
             norm = float(torch.sqrt(sum(p.detach().pow(2).sum() for p in params)))
-            row = {"decay": decay, "seed": seed, "step": step, "feature_loss": float(np.mean(window))}
+            arm = f"{decay:g}" + ("" if scope == "all" else "@heads")
+            row = {
+                "decay": decay,
+                "arm": arm,
+                "seed": seed,
+                "step": step,
+                "feature_loss": float(np.mean(window)),
+            }
             row |= {"param_norm": norm, **measure(model, truth), "s": time.perf_counter() - t0}
             window = []
             rows.append(row)
@@ -117,14 +153,14 @@ def run_arm(perception: Path, decay: float, seed: int, steps: int, checks: int, 
 
 
 def table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    arms = sorted({(r["decay"], r["seed"]) for r in rows})
+    arms = list(dict.fromkeys((r["arm"], r["seed"]) for r in rows))
     lines = [
         "## every check: c_MLLM MSE per feature (features have unit variance), audio / image",
         "decay   seed   step  feature loss  param norm  audio train  audio held  image train  image held",
     ]
     for r in rows:
         lines.append(
-            f"{r['decay']:<7g} {r['seed']:>4d} {r['step']:>6d} {r['feature_loss']:>13.4f}"
+            f"{r['arm']:<7s} {r['seed']:>4d} {r['step']:>6d} {r['feature_loss']:>13.4f}"
             f" {r['param_norm']:>11.1f} {r['audio_train']:>12.4f} {r['audio_held']:>11.4f}"
             f" {r['image_train']:>12.4f} {r['image_held']:>11.4f}"
         )
@@ -132,15 +168,15 @@ def table(rows: Sequence[dict[str, Any]]) -> list[str]:
         "## plateau: each arm's checks over the second half of training, averaged",
         "decay   seed  checks  audio train  audio held  image train  image held",
     ]
-    for decay, seed in arms:
-        mine = [r for r in rows if (r["decay"], r["seed"]) == (decay, seed)]
+    for arm, seed in arms:
+        mine = [r for r in rows if (r["arm"], r["seed"]) == (arm, seed)]
         late = [r for r in mine if r["step"] > mine[-1]["step"] / 2] or mine[-1:]
         mean = {
             k: float(np.mean([r[k] for r in late]))
             for k in ("audio_train", "audio_held", "image_train", "image_held")
         }
         lines.append(
-            f"{decay:<7g} {seed:>4d} {len(late):>7d} {mean['audio_train']:>12.4f} {mean['audio_held']:>11.4f}"
+            f"{arm:<7s} {seed:>4d} {len(late):>7d} {mean['audio_train']:>12.4f} {mean['audio_held']:>11.4f}"
             f" {mean['image_train']:>12.4f} {mean['image_held']:>11.4f}"
         )
     return lines
@@ -151,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--perception", default="tiny", help="tiny or a finished tiny model folder")
     parser.add_argument("--decays", default="0.01,1.0")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--scope", choices=("all", "heads"), default="all", help="what the decay applies to")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--checks", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -184,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows = []
         for seed in seeds:
             for decay in decays:
-                rows += run_arm(perception, decay, seed, args.steps, args.checks, args.lr, truth, print)
+                rows += run_arm(
+                    perception, decay, seed, args.steps, args.checks, args.lr, truth, print, args.scope
+                )
     head = [f"# {note}" for note in args.note]
     head.append(
         f"# perception {args.perception}; align tasks, batch 16, lr {args.lr:g} constant after {WARMUP}"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -51,3 +55,21 @@ def test_a_short_screen_trains_both_arms_from_one_start_and_writes_the_table(tmp
     assert rows[(5.0, 2)][0] == rows[(0.0, 2)][0] or abs(rows[(5.0, 2)][0] - rows[(0.0, 2)][0]) < 0.05
     assert (tmp_path / "w" / "perception" / "encoders" / "done").is_file()  # the adopted perception
     assert text.count("\n0 ") + text.count("\n5 ") == 6  # 4 check rows + 2 plateau rows
+
+
+def test_the_heads_scope_decays_the_output_heads_alone() -> None:
+    spec = importlib.util.spec_from_file_location("bench_weight_decay", BENCHMARKS / "bench_weight_decay.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lm, head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+    params, heads = [*lm.parameters(), *head.parameters()], list(head.parameters())
+    (everything,) = bench.decay_groups(params, heads, 1.0, "all")
+    assert everything["weight_decay"] == 1.0 and len(everything["params"]) == 4
+    decayed, rest = bench.decay_groups(params, heads, 1.0, "heads")
+    assert decayed["weight_decay"] == 1.0 and [id(p) for p in decayed["params"]] == [id(p) for p in heads]
+    assert rest["weight_decay"] == 0.01 and [id(p) for p in rest["params"]] == [
+        id(p) for p in lm.parameters()
+    ]
+    with pytest.raises(ValueError, match="scope must be 'all' or 'heads'"):
+        bench.decay_groups(params, heads, 1.0, "lm")
