@@ -46,25 +46,21 @@ DEFAULT_DECAY = 0.01  # TinyRecipe.lm_weight_decay's default
 
 
 def fresh_reasoner(perception: Path, seed: int):
-    """A model with `perception`'s frozen encoders/decoders and a freshly initialised reasoning half."""
+    """A model with `perception`'s frozen encoders/decoders and a freshly initialised reasoning half,
+    built as the ablation tool builds a run's model."""
     from transformers import AutoTokenizer
 
-    from codi2_agent.model import CoDi2Config, CoDi2Model
+    from codi2_agent.model import CoDi2Model
+    from codi2_agent.training.ablation import Variant
     from codi2_agent.training.recipe import _restore_done, perception_config
 
     tokenizer = AutoTokenizer.from_pretrained(perception / "tokenizer", local_files_only=True)
-    config = CoDi2Config.tiny(vocabulary=_vocabulary(), **perception_config(perception))
+    config = Variant("base").config(perception_config(perception))
     model = CoDi2Model.from_config(config, tokenizer, seed=seed)
     _restore_done(model, perception)  # the adopted encoders and decoders
     model.encoders.requires_grad_(False).eval()
     model.decoders.requires_grad_(False)
     return model
-
-
-def _vocabulary():
-    from codi2_agent.data.phrasing import tiny_vocabulary
-
-    return tiny_vocabulary()
 
 
 def measure(model, truth: dict[str, Any]) -> dict[str, float]:
