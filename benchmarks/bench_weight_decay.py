@@ -12,8 +12,9 @@ not hidden by a schedule that anneals before it shows. Every `steps / checks` st
 `bench_additivity.py` measures: the LM's c_MLLM for one plain text-to-media prompt per attribute
 combination against the mean C_x of 4 renders, on the train and the held-out combinations. Each
 decay x seed arm starts from the same initial weights and the same task draw, so the arms differ in
-the decay alone. `--scope heads` decays only the output feature heads (the rest at 0.01, the recipe's
-default): does the gain come from the head that makes the features or from the whole LM? The summary
+the decay alone. `--scope heads` decays only the output feature heads (the recipe's `head_weight_decay`;
+the rest at 0.01, the default): does the gain come from the head that makes the features or from the
+whole LM? The summary
 averages each arm's checks over the second half of training (the plateau), where one check swings by
 about +-0.005.
 """
@@ -42,7 +43,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).resolve().parent / "results" / "tiny_weight_decay.txt"
 WARMUP = 100
 RENDERS = 4
-DEFAULT_DECAY = 0.01  # TinyRecipe.lm_weight_decay's default
 
 
 def fresh_reasoner(perception: Path, seed: int):
@@ -77,18 +77,15 @@ def measure(model, truth: dict[str, Any]) -> dict[str, float]:
     return row
 
 
-def decay_groups(
-    params: Sequence[Any], heads: Sequence[Any], decay: float, scope: str
-) -> list[dict[str, Any]]:
-    """AdamW parameter groups: `decay` on every parameter (scope "all") or on the output heads' only
-    ("heads", the rest at the recipe's default)."""
+def arm_recipe(decay: float, scope: str) -> Any:
+    """The recipe an arm trains with: `decay` on every reasoning parameter (scope "all", the recipe's
+    `lm_weight_decay`) or on the output heads alone ("heads", `head_weight_decay`; the rest at the
+    default)."""
+    from codi2_agent.training.recipe import TinyRecipe
+
     if scope not in ("all", "heads"):
         raise ValueError(f"scope must be 'all' or 'heads', got {scope!r}")
-    head_ids = {id(p) for p in heads}
-    decayed = [p for p in params if scope == "all" or id(p) in head_ids]
-    rest = [p for p in params if not (scope == "all" or id(p) in head_ids)]
-    groups = [{"params": decayed, "weight_decay": decay}, {"params": rest, "weight_decay": DEFAULT_DECAY}]
-    return [g for g in groups if g["params"]]
+    return TinyRecipe(lm_weight_decay=decay) if scope == "all" else TinyRecipe(head_weight_decay=decay)
 
 
 def run_arm(
@@ -107,13 +104,14 @@ def run_arm(
     from torch import nn
 
     from codi2_agent.data.tasks import sample_task
-    from codi2_agent.training.recipe import ALIGN_TASKS
+    from codi2_agent.training.recipe import ALIGN_TASKS, reasoning_param_groups
 
     model = fresh_reasoner(perception, seed)
     trainable = nn.ModuleDict({"lm": model.lm, "projectors": model.projectors, "heads": model.output_heads})
     params = [p for p in trainable.parameters() if p.requires_grad]
+    recipe = arm_recipe(decay, scope)  # the training recipe's own parameter groups
     optimizer = torch.optim.AdamW(
-        decay_groups(params, list(model.output_heads.parameters()), decay, scope), lr=lr
+        reasoning_param_groups(model, recipe), lr=lr, weight_decay=recipe.lm_weight_decay
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / WARMUP))
     rng = np.random.default_rng([seed, 7, 1])  # the same task draw in every arm of this seed

@@ -14,7 +14,8 @@ this ranks variants.
 What a variant may change (anything else is a ValueError naming the field):
 
 - recipe fields of the reasoning stages: `align_steps`, `lm_steps`, `align_replay`,
-  `concept_replay`, `analogy_replay`, `lm_batch`, `lm_lr`, `lm_weight_decay`
+  `concept_replay`, `analogy_replay`, `lm_batch`, `lm_lr`, `lm_weight_decay`,
+  `head_weight_decay`
   (the base is the workdir's own `recipe.json`; `seed` comes from the seeds list);
 - model fields the reasoning stages own (projector, LM and output heads are trained from scratch, so
   they may take any shape): `num_media_tokens` (placeholder tokens per input medium),
@@ -85,6 +86,7 @@ RECIPE_FIELDS = (
     "lm_batch",
     "lm_lr",
     "lm_weight_decay",
+    "head_weight_decay",
 )
 MODEL_FIELDS = ("num_media_tokens", "projector_type", "alpha", "lm")
 LM_FIELDS = (
@@ -143,7 +145,7 @@ class Variant:
             if key == "lm_lr":
                 ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1
                 what = "a learning rate in (0, 1)"
-            elif key == "lm_weight_decay":
+            elif key in ("lm_weight_decay", "head_weight_decay"):
                 ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 10
                 what = "a weight decay in [0, 10]"
             else:

@@ -48,10 +48,22 @@ def _lr_lambda(cfg: StageConfig) -> Callable[[int], float]:
     return f
 
 
+def _trainable_groups(params: Iterable[nn.Parameter] | Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Parameter groups holding only the parameters that train; plain parameters make one group (the
+    optimiser state a single list of parameters gives)."""
+    items: list[Any] = list(params)
+    dicts = sum(isinstance(item, dict) for item in items)
+    if 0 < dicts < len(items):
+        raise TypeError("params must be all parameters or all parameter groups (dicts), not a mix")
+    given: list[dict[str, Any]] = items if dicts else [{"params": items}]
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in given]
+    return [g for g in groups if g["params"]]
+
+
 def run_stage(
     cfg: StageConfig,
     module: nn.Module,
-    params: Iterable[nn.Parameter],
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
     batch_fn: Callable[[int], Any],
     loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
     workdir: Path,
@@ -61,6 +73,8 @@ def run_stage(
 ) -> nn.Module:
     """Train `params` (inside `module`) for `cfg.steps`; resume from `workdir/<name>/state.pt` if present.
 
+    `params` is either parameters or torch's parameter groups (dicts with "params" and their own
+    optimiser settings, e.g. "weight_decay"); a group without a setting takes `cfg`'s.
     Returns the module holding the final weights (the EMA copy when `cfg.ema` is set). `progress`:
     True/False shows/hides the tqdm bar; None (default) shows it only when stderr is a terminal.
     """
@@ -77,8 +91,9 @@ def run_stage(
         return final
 
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
-    params = [p for p in params if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = _trainable_groups(params)
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
     start = 0

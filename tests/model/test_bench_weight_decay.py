@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -62,14 +61,9 @@ def test_the_heads_scope_decays_the_output_heads_alone() -> None:
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    lm, head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
-    params, heads = [*lm.parameters(), *head.parameters()], list(head.parameters())
-    (everything,) = bench.decay_groups(params, heads, 1.0, "all")
-    assert everything["weight_decay"] == 1.0 and len(everything["params"]) == 4
-    decayed, rest = bench.decay_groups(params, heads, 1.0, "heads")
-    assert decayed["weight_decay"] == 1.0 and [id(p) for p in decayed["params"]] == [id(p) for p in heads]
-    assert rest["weight_decay"] == 0.01 and [id(p) for p in rest["params"]] == [
-        id(p) for p in lm.parameters()
-    ]
+    everything = bench.arm_recipe(1.0, "all")
+    assert (everything.lm_weight_decay, everything.head_weight_decay) == (1.0, None)
+    heads = bench.arm_recipe(1.0, "heads")
+    assert (heads.lm_weight_decay, heads.head_weight_decay) == (0.01, 1.0)  # the rest at the default
     with pytest.raises(ValueError, match="scope must be 'all' or 'heads'"):
-        bench.decay_groups(params, heads, 1.0, "lm")
+        bench.arm_recipe(1.0, "lm")

@@ -278,6 +278,49 @@ def test_reasoning_stages_take_the_recipes_rates_and_weight_decay():
         reasoning_stage_config(recipe, "encoders")
 
 
+def test_parameter_groups_take_their_own_weight_decay_and_the_stage_default_otherwise(tmp_path):
+    # A zero gradient leaves AdamW's step at zero, so each weight only shrinks by its group's decoupled
+    # decay: (1 - lr * decay) per step.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    body, head = net[0], net[1]
+    before = [p.detach().clone() for p in net.parameters()]
+    frozen = nn.Linear(3, 3).requires_grad_(False)  # not trained: dropped from its group, never decayed
+    frozen_before = frozen.weight.detach().clone()
+    cfg = StageConfig("decay", steps=1, lr=0.1, weight_decay=0.5, warmup=1, clip=0.0)
+    groups = [
+        {"params": [*body.parameters(), *frozen.parameters()]},
+        {"params": list(head.parameters()), "weight_decay": 2.0},
+    ]
+
+    def zero_loss(_batch):
+        return sum(p.sum() for p in net.parameters()) * 0.0, {}
+
+    run_stage(cfg, net, groups, lambda step: None, zero_loss, tmp_path, progress=False)
+    for p, old in zip(body.parameters(), before[:2], strict=True):
+        torch.testing.assert_close(p.detach(), old * (1 - 0.1 * 0.5))  # the stage's decay
+    for p, old in zip(head.parameters(), before[2:], strict=True):
+        torch.testing.assert_close(p.detach(), old * (1 - 0.1 * 2.0))  # the group's own
+    assert torch.equal(frozen.weight, frozen_before)
+    with pytest.raises(TypeError, match="not a mix"):
+        run_stage(
+            cfg, net, [groups[0], head.weight], lambda s: None, zero_loss, tmp_path / "b", progress=False
+        )
+
+
+def test_the_output_heads_get_their_own_decay_only_when_the_recipe_sets_one(tiny_model):
+    from codi2_agent.training.recipe import reasoning_param_groups
+
+    trained = [*tiny_model.lm.parameters(), *tiny_model.projectors.parameters()]
+    heads = list(tiny_model.output_heads.parameters())
+    (one,) = reasoning_param_groups(tiny_model, TinyRecipe())  # the default: every shipped version's
+    assert [id(p) for p in one["params"]] == [id(p) for p in trained + heads] and "weight_decay" not in one
+    body, own = reasoning_param_groups(tiny_model, TinyRecipe(lm_weight_decay=0.1, head_weight_decay=1.0))
+    assert [id(p) for p in body["params"]] == [id(p) for p in trained] and "weight_decay" not in body
+    assert [id(p) for p in own["params"]] == [id(p) for p in heads] and own["weight_decay"] == 1.0
+    assert heads and not {id(p) for p in heads} & {id(p) for p in trained}
+
+
 def test_a_recipe_file_sets_fields_over_the_defaults_and_refuses_what_it_cannot_set(tmp_path):
     v4 = tmp_path / "v4.json"
     v4.write_text(json.dumps({"analogy_replay": 0, "tune_steps": 1500, "tune_lr": 1e-4}))
@@ -298,6 +341,8 @@ def test_a_recipe_file_sets_fields_over_the_defaults_and_refuses_what_it_cannot_
         ('{"tune_steps": "1500"}', "tune_steps must be int, got '1500'"),
         ('{"tune_steps": true}', "tune_steps must be int, got True"),
         ('{"tune_ema": "high"}', "tune_ema must be int or float or NoneType"),
+        ('{"head_weight_decay": "1"}', "head_weight_decay must be int or float or NoneType"),
+        ('{"head_weight_decay": -1.0}', "head_weight_decay must not be negative, got -1.0"),
         ('{"analogy_replay": -1}', "analogy_replay must not be negative, got -1"),
         ("[1, 2]", "expected a JSON object of TinyRecipe fields"),
         ("{not json", "cannot read it as JSON"),
@@ -306,5 +351,10 @@ def test_a_recipe_file_sets_fields_over_the_defaults_and_refuses_what_it_cannot_
         with pytest.raises(ValueError, match=re.escape(needle)):
             TinyRecipe.from_json_file(bad)
     assert TinyRecipe.from_json_file(tmp_path / "v4.json").tune_ema == 0.998
+    heads = tmp_path / "heads.json"
+    heads.write_text('{"head_weight_decay": 1}')
+    assert TinyRecipe.from_json_file(heads).head_weight_decay == 1
+    heads.write_text('{"head_weight_decay": null}')
+    assert TinyRecipe.from_json_file(heads, base=TinyRecipe(head_weight_decay=1.0)).head_weight_decay is None
     with pytest.raises(ValueError, match="cannot read it as JSON"):
         TinyRecipe.from_json_file(tmp_path / "missing.json")
