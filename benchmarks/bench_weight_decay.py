@@ -13,7 +13,7 @@ not hidden by a schedule that anneals before it shows. Every `steps / checks` st
 combination against the mean C_x of 4 renders, on the train and the held-out combinations. Each
 decay x seed arm starts from the same initial weights and the same task draw, so the arms differ in
 the decay alone. `--scope heads` decays only the output feature heads (the recipe's `head_weight_decay`;
-the rest at 0.01, the default): does the gain come from the head that makes the features or from the
+the rest at 0.01, v5's decay): does the gain come from the head that makes the features or from the
 whole LM? The summary
 averages each arm's checks over the second half of training (the plateau), where one check swings by
 about +-0.005.
@@ -41,6 +41,7 @@ from codi2_agent.data import world
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).resolve().parent / "results" / "tiny_weight_decay.txt"
+REST_DECAY = 0.01  # scope "heads": the decay of everything but the heads (every version up to v5 used it)
 WARMUP = 100
 RENDERS = 4
 
@@ -79,13 +80,15 @@ def measure(model, truth: dict[str, Any]) -> dict[str, float]:
 
 def arm_recipe(decay: float, scope: str) -> Any:
     """The recipe an arm trains with: `decay` on every reasoning parameter (scope "all", the recipe's
-    `lm_weight_decay`) or on the output heads alone ("heads", `head_weight_decay`; the rest at the
-    default)."""
+    `lm_weight_decay`) or on the output heads alone ("heads", `head_weight_decay`; the rest at
+    `REST_DECAY`), whatever today's recipe defaults are."""
     from codi2_agent.training.recipe import TinyRecipe
 
     if scope not in ("all", "heads"):
         raise ValueError(f"scope must be 'all' or 'heads', got {scope!r}")
-    return TinyRecipe(lm_weight_decay=decay) if scope == "all" else TinyRecipe(head_weight_decay=decay)
+    if scope == "all":
+        return TinyRecipe(lm_weight_decay=decay, head_weight_decay=None)
+    return TinyRecipe(lm_weight_decay=REST_DECAY, head_weight_decay=decay)
 
 
 def run_arm(
