@@ -64,6 +64,6 @@ def test_the_heads_scope_decays_the_output_heads_alone() -> None:
     everything = bench.arm_recipe(1.0, "all")
     assert (everything.lm_weight_decay, everything.head_weight_decay) == (1.0, None)
     heads = bench.arm_recipe(1.0, "heads")
-    assert (heads.lm_weight_decay, heads.head_weight_decay) == (0.01, 1.0)  # the rest at the default
+    assert (heads.lm_weight_decay, heads.head_weight_decay) == (0.01, 1.0)  # the rest at v5's decay
     with pytest.raises(ValueError, match="scope must be 'all' or 'heads'"):
         bench.arm_recipe(1.0, "lm")

@@ -147,8 +147,8 @@ def test_bad_input_is_a_value_error_naming_it(perception, tmp_path):
     assert load_variants({"v": {"lm_weight_decay": 1}})[0].recipe_for(TinyRecipe(), 3).lm_weight_decay == 1
     with pytest.raises(ValueError, match=r"head_weight_decay must be a weight decay in \[0, 10\]"):
         load_variants({"v": {"head_weight_decay": "1.0"}})
-    heads = load_variants({"v": {"head_weight_decay": 1.0}})[0].recipe_for(TinyRecipe(), 3)
-    assert (heads.head_weight_decay, heads.lm_weight_decay) == (1.0, 0.01)
+    heads = load_variants({"v": {"head_weight_decay": 2.0}})[0].recipe_for(TinyRecipe(), 3)
+    assert (heads.head_weight_decay, heads.lm_weight_decay) == (2.0, TinyRecipe().lm_weight_decay)
 
     partial = tmp_path / "partial"
     for stage in ("encoders", "image_decoder"):  # audio_decoder never trained

@@ -271,9 +271,7 @@ def test_reasoning_stages_take_the_recipes_rates_and_weight_decay():
     assert (align.steps, align.lr, align.weight_decay, align.warmup, align.ema) == (80, 3e-4, 1.0, 11, None)
     assert (lm.steps, lm.lr, lm.weight_decay, lm.warmup) == (600, 3e-4, 1.0, 76)
     assert (tune.steps, tune.lr, tune.weight_decay, tune.warmup, tune.ema) == (50, 1e-4, 1.0, 50, 0.998)
-    assert (
-        reasoning_stage_config(TinyRecipe(), "lm").weight_decay == 0.01
-    )  # the default: every shipped version's
+    assert reasoning_stage_config(TinyRecipe(), "lm").weight_decay == 0.1  # the default: v6's LM decay
     with pytest.raises(ValueError, match="'encoders' is not a reasoning stage"):
         reasoning_stage_config(recipe, "encoders")
 
@@ -313,9 +311,9 @@ def test_the_output_heads_get_their_own_decay_only_when_the_recipe_sets_one(tiny
 
     trained = [*tiny_model.lm.parameters(), *tiny_model.projectors.parameters()]
     heads = list(tiny_model.output_heads.parameters())
-    (one,) = reasoning_param_groups(tiny_model, TinyRecipe())  # the default: every shipped version's
+    (one,) = reasoning_param_groups(tiny_model, TinyRecipe(lm_weight_decay=0.01, head_weight_decay=None))
     assert [id(p) for p in one["params"]] == [id(p) for p in trained + heads] and "weight_decay" not in one
-    body, own = reasoning_param_groups(tiny_model, TinyRecipe(lm_weight_decay=0.1, head_weight_decay=1.0))
+    body, own = reasoning_param_groups(tiny_model, TinyRecipe())  # the default: v6's, heads at 1.0
     assert [id(p) for p in body["params"]] == [id(p) for p in trained] and "weight_decay" not in body
     assert [id(p) for p in own["params"]] == [id(p) for p in heads] and own["weight_decay"] == 1.0
     assert heads and not {id(p) for p in heads} & {id(p) for p in trained}
@@ -352,9 +350,9 @@ def test_a_recipe_file_sets_fields_over_the_defaults_and_refuses_what_it_cannot_
             TinyRecipe.from_json_file(bad)
     assert TinyRecipe.from_json_file(tmp_path / "v4.json").tune_ema == 0.998
     heads = tmp_path / "heads.json"
-    heads.write_text('{"head_weight_decay": 1}')
-    assert TinyRecipe.from_json_file(heads).head_weight_decay == 1
-    heads.write_text('{"head_weight_decay": null}')
-    assert TinyRecipe.from_json_file(heads, base=TinyRecipe(head_weight_decay=1.0)).head_weight_decay is None
+    heads.write_text('{"head_weight_decay": 2}')
+    assert TinyRecipe.from_json_file(heads).head_weight_decay == 2
+    heads.write_text('{"head_weight_decay": null}')  # v5 and older: the heads at the LM's decay
+    assert TinyRecipe.from_json_file(heads).head_weight_decay is None
     with pytest.raises(ValueError, match="cannot read it as JSON"):
         TinyRecipe.from_json_file(tmp_path / "missing.json")
