@@ -14,9 +14,8 @@ combination against the mean C_x of 4 renders, on the train and the held-out com
 decay x seed arm starts from the same initial weights and the same task draw, so the arms differ in
 the decay alone. `--scope heads` decays only the output feature heads (the recipe's `head_weight_decay`;
 the rest at 0.01, v5's decay): does the gain come from the head that makes the features or from the
-whole LM? The summary
-averages each arm's checks over the second half of training (the plateau), where one check swings by
-about +-0.005.
+whole LM? The summary averages each arm's checks over the second half of training (the plateau), where
+one check swings by about +-0.005.
 """
 
 from __future__ import annotations
@@ -104,18 +103,16 @@ def run_arm(
 ):
     """Train one arm; returns its rows (one per check)."""
     import torch
-    from torch import nn
 
     from codi2_agent.data.tasks import sample_task
     from codi2_agent.training.recipe import ALIGN_TASKS, reasoning_param_groups
 
     model = fresh_reasoner(perception, seed)
-    trainable = nn.ModuleDict({"lm": model.lm, "projectors": model.projectors, "heads": model.output_heads})
-    params = [p for p in trainable.parameters() if p.requires_grad]
     recipe = arm_recipe(decay, scope)  # the training recipe's own parameter groups
     optimizer = torch.optim.AdamW(
         reasoning_param_groups(model, recipe), lr=lr, weight_decay=recipe.lm_weight_decay
     )
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / WARMUP))
     rng = np.random.default_rng([seed, 7, 1])  # the same task draw in every arm of this seed
     torch.manual_seed(seed)
@@ -135,13 +132,7 @@ def run_arm(
         if step in at:
             norm = float(torch.sqrt(sum(p.detach().pow(2).sum() for p in params)))
             arm = f"{decay:g}" + ("" if scope == "all" else "@heads")
-            row = {
-                "decay": decay,
-                "arm": arm,
-                "seed": seed,
-                "step": step,
-                "feature_loss": float(np.mean(window)),
-            }
+            row = {"arm": arm, "seed": seed, "step": step, "feature_loss": float(np.mean(window))}
             row |= {"param_norm": norm, **measure(model, truth), "s": time.perf_counter() - t0}
             window = []
             rows.append(row)

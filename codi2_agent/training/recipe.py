@@ -167,6 +167,7 @@ class TinyRecipe:
         """`base` with `data`'s fields set, each checked (see `from_json_file`); `source` names where
         they came from in the errors."""
         known = {f.name for f in fields(cls)}
+        optional = {f.name for f in fields(cls) if "None" in str(f.type)}  # annotated `float | None`
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{source}: unknown fields {unknown}; expected some of {sorted(known)}")
@@ -174,7 +175,7 @@ class TinyRecipe:
         for name, value in data.items():
             default = getattr(recipe, name)
             kinds: tuple[type, ...] = (int, float) if isinstance(default, float) else (type(default),)
-            if name in ("tune_ema", "head_weight_decay"):  # optional numbers
+            if name in optional:
                 kinds = (int, float, type(None))
             if isinstance(value, bool) or not isinstance(value, kinds):
                 raise ValueError(
