@@ -3,8 +3,8 @@
 The loop owns what every stage needs and nothing else: gradient accumulation, clipping, a cosine
 schedule with warm-up, EMA of the trained weights (optional), a JSONL loss log, a tqdm bar (on a
 terminal), and a checkpoint (weights + optimiser + scheduler + step + RNG state) every `save_every`
-steps, so a killed run resumes where it stopped. The stage supplies `batch_fn(step) -> batch` and
-`loss_fn(batch) -> (loss, logs)`.
+steps, so a killed run resumes where it stopped, and (optionally) weight snapshots every `keep_every`
+steps. The stage supplies `batch_fn(step) -> batch` and `loss_fn(batch) -> (loss, logs)`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ class StageConfig:
     ema: float | None = None  # EMA decay of the trained weights; the EMA copy is what gets kept
     save_every: int = 200
     log_every: int = 20
+    # Steps between kept snapshots of the trained weights (the EMA copy when `ema` is set), written as
+    # `<name>/step<N>.pt` beside `final.pt` and never deleted, so a run's path can be measured afterwards
+    # and a checkpoint chosen from it; None keeps none (only the resumable state, which is overwritten).
+    keep_every: int | None = None
 
 
 def _lr_lambda(cfg: StageConfig) -> Callable[[int], float]:
@@ -161,6 +165,9 @@ def run_stage(
                 log.flush()
                 bar.set_postfix({k: f"{v:.4f}" for k, v in mean.items()})
                 window = []
+            if cfg.keep_every and (step + 1) % cfg.keep_every == 0 and step + 1 < cfg.steps:
+                kept = ema if ema is not None else accelerator.unwrap_model(module)
+                torch.save(kept.state_dict(), stage_dir / f"step{step + 1}.pt")
             if (step + 1) % cfg.save_every == 0:
                 save(step + 1)
     final = ema if ema is not None else accelerator.unwrap_model(module)

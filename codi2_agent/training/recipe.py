@@ -135,6 +135,10 @@ class TinyRecipe:
     tune_steps: int = 1500
     tune_lr: float = 2e-4
     tune_ema: float | None = 0.998
+    # Steps between kept weight snapshots in the reasoning stages (`<stage>/step<N>.pt` in the workdir),
+    # to measure where along a run its held-out behaviour is decided; 0 keeps none. Not used by the
+    # shipped weights, and it does not change what a run trains.
+    keep_every: int = 0
     pool_images: int = 20000
     pool_audio: int = 6000
     # Encoders and decoders are the perception/rendering backbone (ImageBind and SD in the paper,
@@ -330,12 +334,21 @@ def reasoning_stage_config(recipe: TinyRecipe, stage: str) -> StageConfig:
     decay = recipe.lm_weight_decay
     if stage == "tune":
         return StageConfig(
-            stage, recipe.tune_steps, lr=recipe.tune_lr, weight_decay=decay, warmup=50, ema=recipe.tune_ema
+            stage,
+            recipe.tune_steps,
+            lr=recipe.tune_lr,
+            weight_decay=decay,
+            warmup=50,
+            ema=recipe.tune_ema,
+            keep_every=recipe.keep_every or None,
         )
     if stage not in ("align", "lm"):
         raise ValueError(f"{stage!r} is not a reasoning stage (align, lm, tune)")
     steps = recipe.align_steps if stage == "align" else recipe.lm_steps
-    return StageConfig(stage, steps, lr=recipe.lm_lr, weight_decay=decay, warmup=min(100, steps // 8 + 1))
+    warmup = min(100, steps // 8 + 1)
+    return StageConfig(
+        stage, steps, lr=recipe.lm_lr, weight_decay=decay, warmup=warmup, keep_every=recipe.keep_every or None
+    )
 
 
 def reasoning_param_groups(model: CoDi2Model, recipe: TinyRecipe) -> list[dict[str, Any]]:

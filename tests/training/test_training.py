@@ -58,6 +58,59 @@ def test_stage_resumes_where_it_stopped(tmp_path):
     assert steps == [10, 20, 30, 40]
 
 
+def test_kept_snapshots_hold_the_weights_of_their_step(tmp_path):
+    # The run killed at step 25 leaves its step-20 checkpoint: the kept step-20 snapshot of a whole run
+    # must hold exactly those weights, and step 30's must differ from them and from the final weights.
+    cfg = StageConfig("reg", steps=40, lr=0.05, warmup=1, save_every=10, log_every=10, keep_every=10)
+    whole, batch_fn, loss_fn = _regression()
+    run_stage(cfg, whole, whole.parameters(), batch_fn, loss_fn, tmp_path / "a", progress=False)
+    stage = tmp_path / "a" / "reg"
+    assert sorted(p.name for p in stage.glob("step*.pt")) == ["step10.pt", "step20.pt", "step30.pt"]
+
+    killed, batch_fn, loss_fn = _regression()
+
+    def crashing(step: int) -> torch.Tensor:
+        if step == 25:
+            raise KeyboardInterrupt
+        return batch_fn(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg, killed, killed.parameters(), crashing, loss_fn, tmp_path / "b", progress=False)
+    at_20 = torch.load(tmp_path / "b" / "reg" / "state.pt", weights_only=False)["model"]
+    kept = {n: torch.load(stage / f"step{n}.pt") for n in (20, 30)}
+    torch.testing.assert_close(kept[20], at_20)
+    assert not torch.equal(kept[30]["weight"], kept[20]["weight"])
+    assert not torch.equal(kept[30]["weight"], whole.weight.detach())
+
+
+def test_kept_snapshots_are_the_ema_copy_when_the_stage_keeps_an_ema(tmp_path):
+    cfg = StageConfig("reg", steps=20, lr=0.05, warmup=1, ema=0.9, keep_every=10, save_every=10)
+    net, batch_fn, loss_fn = _regression()
+
+    def crashing(step: int) -> torch.Tensor:
+        if step == 15:
+            raise KeyboardInterrupt
+        return batch_fn(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg, net, net.parameters(), crashing, loss_fn, tmp_path, progress=False)
+    state = torch.load(tmp_path / "reg" / "state.pt", weights_only=False)
+    kept = torch.load(tmp_path / "reg" / "step10.pt")
+    torch.testing.assert_close(kept, state["ema"])
+    assert not torch.equal(kept["weight"], state["model"]["weight"])  # the EMA, not the raw weights
+
+
+def test_the_recipe_keeps_snapshots_only_when_asked():
+    from codi2_agent.training.recipe import reasoning_stage_config
+
+    assert all(reasoning_stage_config(TinyRecipe(), s).keep_every is None for s in ("align", "lm", "tune"))
+    asked = TinyRecipe(keep_every=1000)
+    assert all(reasoning_stage_config(asked, s).keep_every == 1000 for s in ("align", "lm", "tune"))
+    assert TinyRecipe.from_fields({"keep_every": 500}).keep_every == 500
+    with pytest.raises(ValueError, match="keep_every must be int"):
+        TinyRecipe.from_fields({"keep_every": 0.5})
+
+
 @pytest.mark.slow
 def test_tiny_recipe_smoke_learns_and_writes_a_loadable_model(tmp_path):
     out = train(tmp_path / "model", recipe=TinyRecipe.smoke(), progress=False)
