@@ -30,6 +30,17 @@ def _regression(seed: int = 0) -> tuple[nn.Module, callable, callable]:
     return net, batch_fn, loss_fn
 
 
+def _killed_at(stop: int, batch_fn: callable) -> callable:
+    """`batch_fn`, but the run is interrupted when it asks for batch `stop`."""
+
+    def batches(step: int) -> torch.Tensor:
+        if step == stop:
+            raise KeyboardInterrupt
+        return batch_fn(step)
+
+    return batches
+
+
 def test_stage_resumes_where_it_stopped(tmp_path):
     cfg = StageConfig("reg", steps=40, lr=0.05, warmup=1, save_every=10, log_every=10)
     reference, batch_fn, loss_fn = _regression()
@@ -37,11 +48,7 @@ def test_stage_resumes_where_it_stopped(tmp_path):
 
     net, batch_fn, loss_fn = _regression()
 
-    def crashing(step: int) -> torch.Tensor:
-        if step == 25:
-            raise KeyboardInterrupt  # the run is killed between checkpoints
-        return batch_fn(step)
-
+    crashing = _killed_at(25, batch_fn)  # the run is killed between checkpoints
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg, net, net.parameters(), crashing, loss_fn, tmp_path / "b", progress=False)
     state = torch.load(tmp_path / "b" / "reg" / "state.pt", weights_only=False)
@@ -69,11 +76,7 @@ def test_kept_snapshots_hold_the_weights_of_their_step(tmp_path):
 
     killed, batch_fn, loss_fn = _regression()
 
-    def crashing(step: int) -> torch.Tensor:
-        if step == 25:
-            raise KeyboardInterrupt
-        return batch_fn(step)
-
+    crashing = _killed_at(25, batch_fn)
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg, killed, killed.parameters(), crashing, loss_fn, tmp_path / "b", progress=False)
     at_20 = torch.load(tmp_path / "b" / "reg" / "state.pt", weights_only=False)["model"]
@@ -87,11 +90,7 @@ def test_kept_snapshots_are_the_ema_copy_when_the_stage_keeps_an_ema(tmp_path):
     cfg = StageConfig("reg", steps=20, lr=0.05, warmup=1, ema=0.9, keep_every=10, save_every=10)
     net, batch_fn, loss_fn = _regression()
 
-    def crashing(step: int) -> torch.Tensor:
-        if step == 15:
-            raise KeyboardInterrupt
-        return batch_fn(step)
-
+    crashing = _killed_at(15, batch_fn)
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg, net, net.parameters(), crashing, loss_fn, tmp_path, progress=False)
     state = torch.load(tmp_path / "reg" / "state.pt", weights_only=False)
