@@ -13,7 +13,7 @@ this ranks variants.
 
 What a variant may change (anything else is a ValueError naming the field):
 
-- recipe fields of the reasoning stages: `align_steps`, `lm_steps`, `align_replay`,
+- recipe fields of the reasoning stages: `align_steps`, `lm_steps`, `lm_branches`, `align_replay`,
   `concept_replay`, `analogy_replay`, `lm_batch`, `lm_lr`, `lm_weight_decay`,
   `head_weight_decay`
   (the base is the workdir's own `recipe.json`; `seed` comes from the seeds list);
@@ -80,6 +80,7 @@ logger = logging.getLogger(__name__)
 RECIPE_FIELDS = (
     "align_steps",
     "lm_steps",
+    "lm_branches",
     "align_replay",
     "concept_replay",
     "analogy_replay",

@@ -147,6 +147,9 @@ def test_bad_input_is_a_value_error_naming_it(perception, tmp_path):
     assert load_variants({"v": {"lm_weight_decay": 1}})[0].recipe_for(TinyRecipe(), 3).lm_weight_decay == 1
     with pytest.raises(ValueError, match=r"head_weight_decay must be a weight decay in \[0, 10\]"):
         load_variants({"v": {"head_weight_decay": "1.0"}})
+    with pytest.raises(ValueError, match="lm_branches must be an integer >= 1, got 0"):
+        load_variants({"v": {"lm_branches": 0}})
+    assert load_variants({"v": {"lm_branches": 2}})[0].recipe_for(TinyRecipe(), 3).lm_branches == 2
     heads = load_variants({"v": {"head_weight_decay": 2.0}})[0].recipe_for(TinyRecipe(), 3)
     assert (heads.head_weight_decay, heads.lm_weight_decay) == (2.0, TinyRecipe().lm_weight_decay)
 

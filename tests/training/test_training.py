@@ -177,6 +177,52 @@ def test_a_run_adopts_a_finished_models_perception_and_trains_only_the_lm(tmp_pa
         train(tmp_path / "m", workdir=work, recipe=recipe, perception_from="tiny", progress=False)
 
 
+def test_lm_as_a_soup_averages_branches_that_start_from_align_and_draw_their_own_samples(
+    tmp_path, monkeypatch
+):
+    from codi2_agent.training import recipe as recipe_module
+
+    recipe = replace(TinyRecipe.smoke(), align_steps=4, lm_steps=3, lm_batch=4, tune_steps=0)
+    plain, soup = tmp_path / "plain", tmp_path / "soup"
+    train(tmp_path / "a", workdir=plain, recipe=recipe, perception_from="tiny", stages=["align", "lm"])
+    starts = []
+    run_branch = recipe_module._run_reasoning_stage
+
+    def recording(model, recipe, workdir, progress, stage, branch=0):
+        starts.append({k: v.clone() for k, v in recipe_module._reasoning_parts(model).state_dict().items()})
+        run_branch(model, recipe, workdir, progress, stage, branch)
+
+    monkeypatch.setattr(recipe_module, "_run_reasoning_stage", recording)
+    branched = replace(recipe, lm_branches=2)
+    train(tmp_path / "b", workdir=soup, recipe=branched, perception_from="tiny", stages=["align", "lm"])
+
+    align = torch.load(soup / "align" / "final.pt")
+    torch.testing.assert_close(align, torch.load(plain / "align" / "final.pt"))  # the same align stage
+    assert len(starts) == 3  # align, then the two branches: each branch starts from align's weights
+    for start in starts[1:]:
+        torch.testing.assert_close(start, align)
+    branches = [torch.load(soup / "lm" / f"branch{b}" / "final.pt") for b in (0, 1)]
+    # Branch 0 draws what a single run draws, so it is that run; branch 1 draws its own samples.
+    torch.testing.assert_close(branches[0], torch.load(plain / "lm" / "final.pt"))
+    assert any(not torch.equal(branches[0][k], branches[1][k]) for k in branches[0])
+    soup_weights = torch.load(soup / "lm" / "final.pt")
+    for k, v in soup_weights.items():
+        torch.testing.assert_close(v, (branches[0][k] + branches[1][k]) / 2)
+    assert json.loads((soup / "lm" / "done").read_text()) == {"steps": 3, "branches": 2}
+    assert not list(plain.glob("lm/branch*"))  # a single run keeps the old layout
+
+    # A finished soup is loaded, never retrained: the model written holds the soup.
+    logged = (soup / "lm" / "branch1" / "loss.jsonl").read_text()
+    done = replace(branched, tune_steps=0)
+    out = train(tmp_path / "m", workdir=soup, recipe=done, perception_from="tiny", progress=False)
+    assert (soup / "lm" / "branch1" / "loss.jsonl").read_text() == logged
+    lm = load_model(str(out)).lm.state_dict()
+    assert all(torch.equal(lm[k[len("lm.") :]], v) for k, v in soup_weights.items() if k.startswith("lm."))
+
+    with pytest.raises(ValueError, match="lm_branches must be 1 or more, got 0"):
+        train(tmp_path / "c", recipe=replace(recipe, lm_branches=0), perception_from="tiny")
+
+
 def test_a_run_continues_a_finished_model_and_trains_only_tune(tmp_path):
     recipe = TinyRecipe.smoke()
     recipe.tune_steps = 3
