@@ -103,7 +103,11 @@ class TinyRecipe:
     align_steps: int = 800
     lm_steps: int = 6000  # of each branch when `lm_branches` > 1
     # `lm` trained as this many branches from `align`'s weights, on their own sample draws, and averaged
-    # (a "model soup"); 1 is a single run, as every version up to v6 was made.
+    # (a "model soup"); 1 is a single run, as every version up to v6 was made. Two 3,000-step branches
+    # (v6's compute) make two runs agree on held-out sound features (0.060 / 0.063 against 0.051-0.099)
+    # but lose the relational picture tasks: concepts 0.71 / 0.70, image analogies 0.76 / 0.73, because
+    # a 3,000-step branch has not learnt them yet and the average lands near the weaker branch. Not the
+    # default (benchmarks/results/tiny_lm_soup.txt).
     lm_branches: int = 1
     align_replay: int = 1  # extra copies of ALIGN_TASKS in the `lm` stage's task draw (no forgetting)
     # Extra copies of `concept_image` in the `lm` and `tune` draws. Drawn as often as any other task, the
