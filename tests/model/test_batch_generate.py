@@ -23,7 +23,10 @@ from codi2_agent.model import CoDi2Model, GenerationOutput, Turn, load_model
 
 STEPS = 4
 PIXEL_TOLERANCE = 1  # of 255
-SAMPLE_TOLERANCE = 1e-4
+# A batched matmul may take other CPU kernels than a lone one; the audio decoder's inversion carries that
+# difference into the samples (1.3e-4 of full scale measured on an AMD EPYC, under 1e-4 elsewhere), far
+# below what another seed or prompt changes (0.97 and 1.25 for the saw tone below).
+SAMPLE_TOLERANCE = 1e-3
 FEATURE_TOLERANCE = 1e-4
 # C_x of the decoded media: classifier-free guidance (3.5 in the tiny config) extrapolates
 # uncond + s * (cond - uncond), so a float difference between a batch's and a lone row's UNet call
