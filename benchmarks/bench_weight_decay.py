@@ -105,7 +105,7 @@ def run_arm(
     import torch
 
     from codi2_agent.data.tasks import sample_task
-    from codi2_agent.training.recipe import ALIGN_TASKS, reasoning_param_groups
+    from codi2_agent.training.reasoning import ALIGN_TASKS, reasoning_param_groups
 
     model = fresh_reasoner(perception, seed)
     recipe = arm_recipe(decay, scope)  # the training recipe's own parameter groups

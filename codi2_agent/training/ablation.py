@@ -51,12 +51,12 @@ import torch
 
 from codi2_agent.model import CoDi2Config, CoDi2Model
 from codi2_agent.training.ablation_readout import ClassMeanReadout, ScoreRow, eval_samples, score_model
+from codi2_agent.training.reasoning import train_reasoning_stage
 from codi2_agent.training.recipe import (
     PERCEPTION_FILE,
     PERCEPTION_STAGES,
     TinyRecipe,
     _restore_done,
-    _train_lm,
     perception_config,
 )
 
@@ -291,7 +291,7 @@ def train_run(
     model = CoDi2Model.from_config(variant.config(perception_config(run_dir)), tokenizer, seed=seed)
     _restore_done(model, run_dir)  # frozen encoders and decoders (and any finished reasoning stage)
     for stage in ("align", "lm", "tune") if recipe.tune_steps else ("align", "lm"):
-        _train_lm(model, recipe, run_dir, progress, stage=stage)
+        train_reasoning_stage(model, recipe, run_dir, progress, stage=stage)
         _restore_done(model, run_dir)
     if save_model:  # a full model folder, for `codi2-agent eval` on the variants worth it
         model.save_pretrained(run_dir / "model")

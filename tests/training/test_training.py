@@ -100,7 +100,7 @@ def test_kept_snapshots_are_the_ema_copy_when_the_stage_keeps_an_ema(tmp_path):
 
 
 def test_the_recipe_keeps_snapshots_only_when_asked():
-    from codi2_agent.training.recipe import reasoning_stage_config
+    from codi2_agent.training.reasoning import reasoning_stage_config
 
     assert all(reasoning_stage_config(TinyRecipe(), s).keep_every is None for s in ("align", "lm", "tune"))
     asked = TinyRecipe(keep_every=1000)
@@ -180,19 +180,20 @@ def test_a_run_adopts_a_finished_models_perception_and_trains_only_the_lm(tmp_pa
 def test_lm_as_a_soup_averages_branches_that_start_from_align_and_draw_their_own_samples(
     tmp_path, monkeypatch
 ):
-    from codi2_agent.training import recipe as recipe_module
+    from codi2_agent.training import reasoning as reasoning_module
 
     recipe = replace(TinyRecipe.smoke(), align_steps=4, lm_steps=3, lm_batch=4, tune_steps=0)
     plain, soup = tmp_path / "plain", tmp_path / "soup"
     train(tmp_path / "a", workdir=plain, recipe=recipe, perception_from="tiny", stages=["align", "lm"])
     starts = []
-    run_branch = recipe_module._run_reasoning_stage
+    run_branch = reasoning_module._run_reasoning_stage
 
     def recording(model, recipe, workdir, progress, stage, branch=0):
-        starts.append({k: v.clone() for k, v in recipe_module._reasoning_parts(model).state_dict().items()})
+        parts = reasoning_module._reasoning_parts(model)
+        starts.append({k: v.clone() for k, v in parts.state_dict().items()})
         run_branch(model, recipe, workdir, progress, stage, branch)
 
-    monkeypatch.setattr(recipe_module, "_run_reasoning_stage", recording)
+    monkeypatch.setattr(reasoning_module, "_run_reasoning_stage", recording)
     branched = replace(recipe, lm_branches=2)
     train(tmp_path / "b", workdir=soup, recipe=branched, perception_from="tiny", stages=["align", "lm"])
 
@@ -342,7 +343,7 @@ def test_reasoning_stages_draw_the_concept_and_paired_tasks_as_often_as_the_reci
     from collections import Counter
 
     from codi2_agent.data.tasks import TASKS
-    from codi2_agent.training.recipe import ALIGN_TASKS, task_draw
+    from codi2_agent.training.reasoning import ALIGN_TASKS, task_draw
 
     assert task_draw(TinyRecipe(), "align") == list(ALIGN_TASKS)
     for stage in ("lm", "tune"):
@@ -360,7 +361,7 @@ def test_reasoning_stages_draw_the_concept_and_paired_tasks_as_often_as_the_reci
 
 
 def test_reasoning_stages_take_the_recipes_rates_and_weight_decay():
-    from codi2_agent.training.recipe import reasoning_stage_config
+    from codi2_agent.training.reasoning import reasoning_stage_config
 
     recipe = TinyRecipe(
         align_steps=80, lm_steps=600, lm_lr=3e-4, tune_steps=50, tune_lr=1e-4, lm_weight_decay=1.0
@@ -405,7 +406,7 @@ def test_parameter_groups_take_their_own_weight_decay_and_the_stage_default_othe
 
 
 def test_the_output_heads_get_their_own_decay_only_when_the_recipe_sets_one(tiny_model):
-    from codi2_agent.training.recipe import reasoning_param_groups
+    from codi2_agent.training.reasoning import reasoning_param_groups
 
     trained = [*tiny_model.lm.parameters(), *tiny_model.projectors.parameters()]
     heads = list(tiny_model.output_heads.parameters())
