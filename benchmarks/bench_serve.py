@@ -13,15 +13,19 @@ store, memory and checkpoint database, as a server hosting many users has). Thre
 - ``served, unbatched``: `RemoteBackend` against `codi2-agent serve`, ``max_batch_size: 1``;
 - ``served, batched``: the same with the shipped batching (``serve_config.yaml``'s ``user_config``:
   ``max_batch_size: 8``, ``batch_wait_timeout_s``, ``max_batch_wait_s``);
-- ``batched, 2 replicas``: that deployment with ``num_replicas: 2`` (one model per core).
+- ``batched, 2 replicas``: that deployment with ``num_replicas: 2`` (one model per core), each
+  session's turns on one replica (the shipped ``SessionAffinityRouter``, keyed by the thread);
+- ``2 replicas, Ray default``: the same two replicas behind Ray Serve's default router (the less
+  queued of two, per request), the comparison for the routing.
 
 One server process (one Ray instance) hosts the served modes as three applications, and the
 modes take turns level by level, `--repeats` rounds: a shared machine's load drifts over minutes,
 and interleaving spreads that drift over all modes alike.
 
 Reported per mode and N, pooled over the rounds: turns/s, and p50 / p95 of one turn's latency
-(what a user waits, queueing included), this process's CPU per turn, and the served model's time
-per turn. Cold start: loading the model and answering a first turn in-process, and
+(what a user waits, queueing included), this process's CPU per turn, the served model's time per
+turn (every replica's, summed) and how busy the replicas' models were (model time over wall time
+times replicas). Cold start: loading the model and answering a first turn in-process, and
 `codi2-agent serve` from launch to ``/ready`` (Ray, the replicas, the models) plus a first turn.
 Last, with the server stopped, one in-process model call on N image requests at once, per turn:
 the most batching can gain on this machine, whatever the server does.
@@ -120,12 +124,14 @@ def run_sessions(base: Any, mode: str, n: int, label: str) -> Run:
 
 
 # --- the server -----------------------------------------------------------------------------------
-# mode -> (application name, max_batch_size, replicas)
+# mode -> (application name, max_batch_size, replicas, session-affinity router)
 MODES = {
-    "served, unbatched": ("unbatched", 1, 1),
-    "served, batched": ("batched", 8, 1),
-    "batched, 2 replicas": ("batched2", 8, 2),
+    "served, unbatched": ("unbatched", 1, 1, True),
+    "served, batched": ("batched", 8, 1, True),
+    "batched, 2 replicas": ("batched2", 8, 2, True),
+    "2 replicas, Ray default": ("batched2ray", 8, 2, False),
 }
+REPLICAS = sum(replicas for _, _, replicas, _ in MODES.values())
 
 
 def start_server(
@@ -148,14 +154,16 @@ def start_server(
     data = config.model_dump(mode="json", exclude_unset=True)
     (template,) = data["applications"]
     data["applications"] = []
-    for name, batch, replicas in MODES.values():
+    for name, batch, replicas, by_session in MODES.values():
         app = json.loads(json.dumps(template))
         app.update(name=name, route_prefix=f"/{name}")
         app["args"]["artifacts"] = str(folder / f"{name}-artifacts")  # one folder per application
         (deployment,) = app["deployments"]
         deployment["user_config"] = {**batching, "max_batch_size": batch}
         deployment["num_replicas"] = replicas
-        deployment["ray_actor_options"] = {"num_cpus": 0.5}  # four replicas fit Ray's 2 CPUs
+        deployment["ray_actor_options"] = {"num_cpus": 0.3}  # all replicas fit Ray's 2 CPUs
+        if not by_session:
+            del deployment["request_router_config"]  # Ray Serve's default router
         data["applications"].append(app)
     path = folder / "serve.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -196,14 +204,31 @@ def stop_server(process: Any) -> None:
         process.wait()
 
 
-def busy_seconds(url: str) -> float:
-    return float(batch_stats(url)["busy_seconds"])
+def busy_seconds(url: str, replicas: int) -> float:
+    return float(batch_stats(url, replicas)["busy_seconds"])
 
 
-def batch_stats(url: str) -> dict[str, Any]:
+def batch_stats(url: str, replicas: int) -> dict[str, Any]:
+    """/v1/stats summed over an application's replicas. Each answer is one replica's (with its id);
+    without a session header a request goes to either, so ask until every replica has answered."""
     import httpx
 
-    return dict(httpx.get(url + "/v1/stats").json())
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(50 * replicas):
+        stats = dict(httpx.get(url + "/v1/stats", timeout=30).json())
+        seen[stats["replica"]] = stats
+        if len(seen) == replicas:
+            break
+    else:
+        raise RuntimeError(f"{url}: only {len(seen)} of {replicas} replicas answered /v1/stats")
+    total: dict[str, Any] = {"batch_sizes": {}}
+    for stats in seen.values():
+        for key in ("batches", "requests", "busy_seconds", "gather_seconds"):
+            total[key] = total.get(key, 0) + stats[key]
+        for size, count in stats["batch_sizes"].items():
+            total["batch_sizes"][size] = total["batch_sizes"].get(size, 0) + count
+    total["batch_sizes"] = dict(sorted(total["batch_sizes"].items(), key=lambda kv: int(kv[0])))
+    return total
 
 
 def model_call_costs(backend: Any, steps: int | None, sizes: list[int], repeats: int = 3) -> dict[int, float]:
@@ -286,7 +311,7 @@ def main(argv: list[str] | None = None) -> str:
         process, urls, ready_s = start_server(
             root, args.model, threads=args.threads, steps=args.steps, batching=args.batching
         )
-        cold["server: launch to /ready (Ray + 4 replicas)"] = ready_s
+        cold[f"server: launch to /ready (Ray + {REPLICAS} replicas)"] = ready_s
         try:
             for mode, (name, *_) in MODES.items():
                 t0 = time.perf_counter()
@@ -298,19 +323,20 @@ def main(argv: list[str] | None = None) -> str:
             for repeat in range(args.repeats):
                 for n in levels:
                     for mode, base in bases.items():
-                        # /v1/stats is one replica's: the model time of a one-replica mode only
-                        measured = mode in MODES and MODES[mode][2] == 1
-                        busy = busy_seconds(urls[MODES[mode][0]]) if measured else 0.0
+                        measured = mode in MODES
+                        busy = busy_seconds(urls[MODES[mode][0]], MODES[mode][2]) if measured else 0.0
                         cpu = time.process_time()
                         run = run_sessions(base, mode, n, f"r{repeat}")
                         total = pooled.setdefault((mode, n), Run(mode, n, 0.0))
                         total.client_cpu += time.process_time() - cpu
                         if measured:
-                            total.server_busy += busy_seconds(urls[MODES[mode][0]]) - busy
+                            total.server_busy += busy_seconds(urls[MODES[mode][0]], MODES[mode][2]) - busy
                         total.seconds += run.seconds
                         total.latencies += run.latencies
                         print(f"{mode} n={n} (round {repeat + 1}): {run.turns_per_s:.2f} turns/s", flush=True)
-            stats = {mode: batch_stats(urls[name]) for mode, (name, *_) in MODES.items()}
+            stats = {
+                mode: batch_stats(urls[name], replicas) for mode, (name, _, replicas, _) in MODES.items()
+            }
         finally:
             for session in bases.values():
                 session.close()
@@ -349,29 +375,26 @@ def report(
         lines.append(f"# {args.note}")
     lines += [
         "",
-        f"{'mode':<20} {'sessions':>8} {'turns':>6} {'turns/s':>8} {'p50 s':>7} {'p95 s':>7} "
-        f"{'vs in-process':>14} {'client CPU s/turn':>18} {'model s/turn':>13}",
+        f"{'mode':<24} {'sessions':>8} {'turns':>6} {'turns/s':>8} {'p50 s':>7} {'p95 s':>7} "
+        f"{'vs in-process':>14} {'client CPU s/turn':>18} {'model s/turn':>13} {'model busy':>11}",
     ]
     for r in runs:
         base = sequential.get(r.sessions)
         speedup = f"{r.turns_per_s / base.turns_per_s:.2f}x" if base else "-"
         lines.append(
-            f"{r.mode:<20} {r.sessions:>8} {len(r.latencies):>6} {r.turns_per_s:>8.2f} "
+            f"{r.mode:<24} {r.sessions:>8} {len(r.latencies):>6} {r.turns_per_s:>8.2f} "
             f"{r.percentile(0.5):>7.3f} {r.percentile(0.95):>7.3f} {speedup:>14} "
             f"{r.client_cpu / len(r.latencies):>18.3f} "
-            f"{(f'{r.server_busy / len(r.latencies):.3f}' if r.server_busy else '-'):>13}"
+            f"{(f'{r.server_busy / len(r.latencies):.3f}' if r.server_busy else '-'):>13} "
+            f"{(f'{r.server_busy / (r.seconds * MODES[r.mode][2]):.0%}' if r.server_busy else '-'):>11}"
         )
     lines += ["", "cold start"]
     lines += [f"  {name:<40} {seconds:>7.2f} s" for name, seconds in cold.items()]
-    lines += ["", "server batching (GET /v1/stats: model calls by batch size)"]
+    lines += ["", "server batching (GET /v1/stats of every replica: model calls by batch size)"]
     lines += [
-        f"  {mode:<20} {s['batches']} calls for {s['requests']} requests, sizes {s['batch_sizes']}, "
-        f"model idle waiting for arrivals {s.get('gather_seconds', 0.0):.2f} s"
+        f"  {mode:<24} {s['batches']} calls for {s['requests']} requests, sizes {s['batch_sizes']}, "
+        f"model busy {s['busy_seconds']:.1f} s, idle waiting for arrivals {s['gather_seconds']:.2f} s"
         for mode, s in stats.items()
-    ]
-    lines[-len(stats) :] = [
-        line + (" (one replica's)" if MODES[mode][2] > 1 else "")
-        for line, mode in zip(lines[-len(stats) :], stats, strict=True)
     ]
     lines += ["", "one in-process model call on N image requests (generate_batch, captions on; median of 3)"]
     lines += [
@@ -380,7 +403,7 @@ def report(
         for size, seconds in costs.items()
     ]
     lines += ["", "targets"]
-    for mode in ("served, batched", "batched, 2 replicas"):
+    for mode in ("served, batched", "batched, 2 replicas", "2 replicas, Ray default"):
         batched = {r.sessions: r for r in runs if r.mode == mode}
         if 8 in batched and 8 in sequential:
             ratio = batched[8].turns_per_s / sequential[8].turns_per_s

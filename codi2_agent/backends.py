@@ -106,6 +106,10 @@ class GenerateRequest(BaseModel):
     # agrees with most (`CoDi2Model.generate`; at most codi2_agent.model.verification.MAX_VERIFY).
     verify: int | None = Field(default=None, ge=1, le=64)
     verify_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)  # keep candidate 0 at this cosine
+    # The conversation this request belongs to, an opaque key: a served model answers one session's
+    # requests on one replica, so sessions answered together are batched together again (the session
+    # graph sets a hash of tenant and thread). It changes nothing in the answer.
+    session: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
 
 
 class GenerateResult(BaseModel):

@@ -125,6 +125,11 @@ class SessionNodes(RetrieveStep):
         key = f"{self.tenant(config)}\x1f{self.thread(config)}\x1f{turn}".encode()
         return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
+    def session_key(self, config: RunnableConfig | None) -> str:
+        """The thread's routing key for a served model: a hash, so neither name leaves this process."""
+        key = f"{self.tenant(config)}\x1f{self.thread(config)}".encode()
+        return hashlib.sha256(key).hexdigest()[:32]
+
     def budget(self, max_new_tokens: int) -> int:
         limit = self.backend.context_limit
         if self.settings.max_prompt_tokens is not None:
@@ -374,6 +379,7 @@ class SessionNodes(RetrieveStep):
             caption_outputs=self.settings.caption_outputs,  # read back in the same call: no second decode
             verify=_config_value(config, "verify", self.settings.verify),
             verify_threshold=_config_value(config, "verify_threshold", self.settings.verify_threshold),
+            session=self.session_key(config),  # a served model keeps this thread on one replica
         )
         result = self.backend.generate(request, progress=progress)
         writer({"event": "end", "node": "generate", "turn": turn, "seconds": result.seconds,

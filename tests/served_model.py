@@ -59,7 +59,36 @@ class Server:
         return int(self.process.returncode)
 
 
-def write_config(folder: Path, model_dir: Path, port: int) -> Path:
+PAIR_PREFIX = "/pair"  # the two-replica application (`start_server(pair=True)`)
+
+
+def pair_application(folder: Path, model_dir: Path) -> dict:
+    """The model on two replicas (half a CPU each) behind the session-affinity router."""
+    return {
+        "name": "pair",
+        "route_prefix": PAIR_PREFIX,
+        "import_path": "codi2_agent.serving.app:app_builder",
+        "args": {
+            "model": str(model_dir),
+            "artifacts": str(folder / "pair-artifacts"),  # one store, shared by both replicas
+            "num_inference_steps": STEPS,
+            "threads": 1,
+        },
+        "deployments": [
+            {
+                "name": "CoDi2Server",
+                "num_replicas": 2,
+                "ray_actor_options": {"num_cpus": 0.5},
+                "request_router_config": {
+                    "request_router_class": "codi2_agent.serving.routing:SessionAffinityRouter",
+                    "request_router_kwargs": {"idle_s": 600},
+                },
+            }
+        ],
+    }
+
+
+def write_config(folder: Path, model_dir: Path, port: int, *, pair: bool = False) -> Path:
     config = {
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [
@@ -90,16 +119,19 @@ def write_config(folder: Path, model_dir: Path, port: int) -> Path:
             }
         ],
     }
+    if pair:
+        config["applications"].append(pair_application(folder, model_dir))
     path = folder / "serve.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
 
 
-def start_server(folder: Path, model_dir: Path) -> Server:
+def start_server(folder: Path, model_dir: Path, *, pair: bool = False) -> Server:
     """`codi2-agent serve` on a free port of 127.0.0.1 (Ray in that process: 2 CPUs, no dashboard),
-    returned once it answers /ready; raises RuntimeError with the log's tail if it does not."""
+    returned once it answers /ready; raises RuntimeError with the log's tail if it does not.
+    `pair`: also the two-replica application under `PAIR_PREFIX`."""
     port = free_port()
-    config = write_config(folder, model_dir, port)
+    config = write_config(folder, model_dir, port, pair=pair)
     log = folder / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False", "OMP_NUM_THREADS": "1"}
     with log.open("wb") as out:
@@ -112,15 +144,19 @@ def start_server(folder: Path, model_dir: Path) -> Server:
         )
     served = Server(f"http://127.0.0.1:{port}", port, folder / "server-artifacts", process, log)
     deadline = time.monotonic() + START_TIMEOUT_S
+    waiting = {served.url + "/ready", *([served.url + PAIR_PREFIX + "/ready"] if pair else [])}
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}:\n{served.log_tail()}")
-        try:
-            with urllib.request.urlopen(served.url + "/ready", timeout=5) as response:
-                if response.status == 200:
-                    return served
-        except (urllib.error.URLError, OSError):
-            pass
+        for url in sorted(waiting):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        waiting.discard(url)
+            except (urllib.error.URLError, OSError):
+                pass
+        if not waiting:
+            return served
         if time.monotonic() > deadline:
             served.stop()
             raise RuntimeError(f"the server was not ready in {START_TIMEOUT_S} s:\n{served.log_tail()}")

@@ -113,6 +113,9 @@ class ChatCoDi2(BaseChatModel):
         media_format: output media as ``"base64"`` blocks or as ``"artifact"`` url blocks.
         seed, num_inference_steps, guidance_scale: diffusion settings (per call too).
         max_tokens: most new text tokens (default 64).
+        (per call only) session: a key of the conversation, e.g. ``llm.invoke(messages, session="u42")``;
+            a served model (``model="http://…"``) answers one session's calls on one replica, so
+            sessions answered together batch together. It changes nothing in the answer.
         temperature, timeout, max_retries: accepted for interface compatibility; the model runs
             locally and decodes greedily, so they change nothing (an ``api_key`` is ignored likewise).
         stop: cut the text at the first of these strings.
@@ -319,6 +322,7 @@ class ChatCoDi2(BaseChatModel):
             num_inference_steps=kwargs.get("num_inference_steps", self.num_inference_steps),
             guidance_scale=kwargs.get("guidance_scale", self.guidance_scale),
             max_new_tokens=kwargs.get("max_tokens") or self.max_tokens or 64,
+            session=kwargs.get("session"),  # a served model keeps one session's calls on one replica
         )
 
     def _message_content(self, result: GenerateResult, stop: list[str] | None) -> tuple[str, list[dict]]:

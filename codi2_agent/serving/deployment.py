@@ -5,7 +5,7 @@
 | ``GET /health`` | 200 while the replica lives |
 | ``GET /ready`` | 200 once the model is loaded and warm (before that the proxy has no route: 404/503) |
 | ``GET /v1/info`` | name, context limit, vocabulary, embedder name and dimension |
-| ``GET /v1/stats`` | how requests were batched |
+| ``GET /v1/stats`` | how this replica batched its requests, and its id |
 | ``POST /v1/generate`` | one request (JSON, media by value or by reference) → `GenerateResult` |
 | ``POST /v1/generate/stream`` | the same as server-sent events: ``text`` pieces, then ``result`` |
 | ``POST /v1/count_tokens`` | prompt tokens of a prompt |
@@ -154,7 +154,11 @@ class CoDi2Server:
 
     @api.get("/v1/stats")
     async def stats(self) -> dict[str, Any]:
-        return {**self.service.stats.as_dict(), "gather_seconds": round(self.batcher.gather_seconds, 3)}
+        return {
+            **self.service.stats.as_dict(),
+            "gather_seconds": round(self.batcher.gather_seconds, 3),
+            "replica": serve.get_replica_context().replica_id.unique_id,  # /v1/stats is this replica's
+        }
 
     # --- generation ---------------------------------------------------------------------------------
     @api.post("/v1/generate")

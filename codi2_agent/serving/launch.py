@@ -57,6 +57,7 @@ def default_config(
     """One application, one replica on one CPU, batches of up to 8 (as ``serve_config.yaml``)."""
     from ray.serve.schema import ServeDeploySchema
 
+    from codi2_agent.serving.routing import DEFAULT_IDLE_S, ROUTER_CLASS
     from codi2_agent.serving.service import BatchSettings
 
     return ServeDeploySchema.model_validate(
@@ -74,6 +75,10 @@ def default_config(
                             "num_replicas": 1,
                             "max_ongoing_requests": 64,
                             "ray_actor_options": {"num_cpus": 1, "num_gpus": 0},
+                            "request_router_config": {
+                                "request_router_class": ROUTER_CLASS,
+                                "request_router_kwargs": {"idle_s": DEFAULT_IDLE_S},
+                            },
                             "user_config": BatchSettings().model_dump(),
                         }
                     ],

@@ -57,6 +57,12 @@ COUNT_CACHE_SIZE = 2048
 EMBEDDING_CACHE_SIZE = 1024
 # Asked with every answer: the outputs' bytes and embeddings, so neither needs another round trip.
 ATTACH = "media,embeddings"
+SESSION_HEADER = "x-session-id"  # Ray Serve's default session header (RAY_SERVE_SESSION_ID_HEADER_KEY)
+
+
+def _session_header(request: GenerateRequest) -> dict[str, str]:
+    """Ray Serve's session header: the server's `SessionAffinityRouter` keeps a session on one replica."""
+    return {SESSION_HEADER: request.session} if request.session else {}
 
 
 def is_server_url(model: object) -> bool:
@@ -151,7 +157,10 @@ class RemoteBackend:
         """Answer `request` on the server; its output media are in the local store on return.
         (`progress` is not reported: the diffusion steps run on the server.)"""
         body = self._body(request)
-        return self._localise(self.client.post_json(f"/v1/generate?include={ATTACH}", body))
+        answer = self.client.request(
+            "POST", f"/v1/generate?include={ATTACH}", json=body, headers=_session_header(request)
+        )
+        return self._localise(answer.json())
 
     async def agenerate(
         self, request: GenerateRequest, *, progress: ProgressFn | None = None
@@ -170,10 +179,11 @@ class RemoteBackend:
     ) -> Iterator[str | GenerateResult]:
         """`generate`, streamed: text pieces as the server's model decodes them, then the result."""
         body = self._body(request)  # uploads happen here, before anything streams
-        return self._stream(body)
+        return self._stream(body, _session_header(request))
 
-    def _stream(self, body: dict[str, Any]) -> Iterator[str | GenerateResult]:
-        with self.client.stream("POST", f"/v1/generate/stream?include={ATTACH}", json=body) as response:
+    def _stream(self, body: dict[str, Any], headers: dict[str, str]) -> Iterator[str | GenerateResult]:
+        path = f"/v1/generate/stream?include={ATTACH}"
+        with self.client.stream("POST", path, json=body, headers=headers) as response:
             for event, data in _sse_events(response.iter_lines()):
                 if event == "text":
                     yield str(data["text"])

@@ -272,6 +272,27 @@ def test_window_policy_shows_only_recent_turns(
     assert last[-1].parts == ("make it bigger",)  # the words as sent: nothing resolved for the model
 
 
+def test_each_thread_sends_its_own_opaque_session_key(
+    make_graph: Any, tiny_model: Any, store: ArtifactStore
+) -> None:
+    keys: list[str | None] = []
+
+    class Spy(LocalBackend):
+        def generate(self, request: Any, *, progress: Any = None) -> Any:
+            keys.append(request.session)
+            return super().generate(request, progress=progress)
+
+    graph = make_graph(Spy(tiny_model, store), caption_outputs=False)
+    for name in ["alpha", "alpha", "beta"]:
+        _say(graph, "draw a small red star in the snow", name=name)
+    other_tenant = {"configurable": {"thread_id": "alpha", "tenant": "acme"}}
+    graph.invoke({"messages": [HumanMessage(content="draw a blue circle")]}, other_tenant)
+    alpha, again, beta, acme = keys
+    assert alpha == again  # a thread's turns share a key: a served model keeps them on one replica
+    assert len({alpha, beta, acme}) == 3  # another thread, or the same thread id of another tenant
+    assert all(k is not None and len(k) == 32 and "alpha" not in k for k in keys)  # a hash, not the names
+
+
 def test_checkpoints_grow_by_a_few_kilobytes_per_turn(make_graph: Any, tmp_path: Path) -> None:
     graph = make_graph(caption_outputs=False)
     sizes = []

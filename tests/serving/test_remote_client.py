@@ -16,6 +16,7 @@ from served_model import free_port
 from codi2_agent.backends import TransientBackendError, as_backend
 from codi2_agent.serving import BackendUnavailableError, RemoteBackend, ServeConfigError, load_config
 from codi2_agent.serving.launch import APP_IMPORT_PATH, default_config, with_overrides
+from codi2_agent.serving.routing import ROUTER_CLASS
 from codi2_agent.serving.service import BatchSettings, ServerSettings
 
 EXAMPLE_CONFIG = Path(__file__).parents[2] / "codi2_agent" / "serving" / "serve_config.yaml"
@@ -60,6 +61,12 @@ def test_the_example_config_is_a_valid_serve_config() -> None:
     shipped = default_config().applications[0].deployments[0].user_config
     assert deployment.user_config == BatchSettings().model_dump() == shipped
     assert config.http_options.port == default_config().http_options.port == 8000
+    # sessions stay on one replica, in the file and in what `codi2-agent serve` deploys without one
+    shipped_router = default_config().applications[0].deployments[0].request_router_config
+    for router in (deployment.request_router_config, shipped_router):
+        fields = router if isinstance(router, dict) else router.model_dump()
+        assert fields["request_router_class"] == ROUTER_CLASS
+        assert fields["request_router_kwargs"] == {"idle_s": 30}
 
 
 def test_overrides_set_the_address_and_make_paths_absolute(

@@ -1,18 +1,20 @@
 """Against a real `codi2-agent serve` (Ray Serve on loopback, see conftest.py): a Session through
 `RemoteBackend`, batching, SSE streaming, the HTTP API's media by value and by reference, named
-errors and timeouts, and a clean stop. The stop test is last: it ends the shared server."""
+errors and timeouts, sessions kept on one of two replicas, and a clean stop. The stop test is last:
+it ends the shared server."""
 
 from __future__ import annotations
 
 import base64
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from served_model import STEPS, Server, port_is_free
+from served_model import PAIR_PREFIX, STEPS, Server, port_is_free
 
 from codi2_agent import Media, Session
 from codi2_agent.artifacts import ArtifactNotFoundError, ArtifactStore
@@ -223,6 +225,62 @@ def test_agent_tools_run_against_the_server(server: Server, tmp_path: Path) -> N
         assert len(outputs) == 2 and outputs[1].parents == (outputs[0].id,)
     finally:
         toolkit.close()
+
+
+def pair_stats(server: Server, session: str) -> dict:
+    """/v1/stats of the two-replica application, asked as `session`: its home replica answers."""
+    response = httpx.get(
+        server.url + PAIR_PREFIX + "/v1/stats", headers={"x-session-id": session}, timeout=60
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def test_two_replicas_keep_each_session_on_its_own_replica(server: Server, tmp_path: Path) -> None:
+    sessions = [f"route-{i}" for i in range(4)]
+    homes = {s: pair_stats(server, s)["replica"] for s in sessions}
+    assert sorted(Counter(homes.values()).values()) == [2, 2]  # new sessions spread evenly
+    backend = RemoteBackend(server.url + PAIR_PREFIX, artifacts=tmp_path / "pair-client", timeout=120)
+    try:
+        for round_ in range(2):
+            for i, session in enumerate(sessions):
+                before = pair_stats(server, session)
+                result = backend.generate(request(f"draw a {COLOURS[i]} star", seed=round_, session=session))
+                after = pair_stats(server, session)
+                assert result.media and result.media[0].id in backend.artifacts
+                # the model call ran on the session's home: its count, read there, grew by one
+                assert before["replica"] == after["replica"] == homes[session]
+                assert after["requests"] == before["requests"] + 1
+        # a streamed answer goes home too
+        before = pair_stats(server, sessions[0])
+        items = list(backend.stream(request("draw a red star", seed=9, session=sessions[0])))
+        assert isinstance(items[-1], GenerateResult)
+        assert pair_stats(server, sessions[0])["requests"] == before["requests"] + 1
+        # a request without a session is answered too (by either replica)
+        assert backend.generate(request("draw a blue circle", seed=4)).media
+    finally:
+        backend.close()
+
+
+def test_a_session_thread_stays_on_one_replica(server: Server, tmp_path: Path) -> None:
+    # One probe session homed on each replica reads that replica's counts.
+    probes: dict[str, str] = {}
+    for i in range(8):
+        probe = f"probe-{i}"
+        probes.setdefault(pair_stats(server, probe)["replica"], probe)
+        if len(probes) == 2:
+            break
+    assert len(probes) == 2
+    before = {replica: pair_stats(server, probe)["requests"] for replica, probe in probes.items()}
+    session = Session(model=server.url + PAIR_PREFIX, thread="sticky", root=tmp_path / "s", progress=False)
+    try:
+        turns = [session.say("draw a large red star in the desert"), session.say("make it blue"),
+                 session.say("now put it in the snow")]  # fmt: skip
+    finally:
+        session.close()
+    assert all(t.refs for t in turns)
+    grown = sorted(pair_stats(server, probe)["requests"] - before[r] for r, probe in probes.items())
+    assert grown == [0, 3]  # all three turns on one replica, none on the other
 
 
 def test_the_server_stops_cleanly(server: Server) -> None:

@@ -153,3 +153,19 @@ def test_a_backend_without_stream_gives_its_text_in_one_chunk(tiny_model: CoDi2M
     text_chunk, last = llm.stream(PROMPT, output="image")
     assert text_chunk.text == llm.invoke(PROMPT, output="image").text and text_chunk.text
     assert last.chunk_position == "last" and last.content_blocks[-1]["type"] == "image"
+
+
+def test_a_call_names_its_session_for_a_served_model(tiny_model: CoDi2Model, tmp_path: Path) -> None:
+    sessions: list[str | None] = []
+
+    class Spy(WholeAnswerBackend):
+        def generate(self, request: GenerateRequest, *, progress: Any = None) -> GenerateResult:
+            sessions.append(request.session)
+            return super().generate(request, progress=progress)
+
+    llm = ChatCoDi2(model=Spy(LocalBackend(tiny_model, ArtifactStore(tmp_path / "artifacts"))), output="text")
+    llm.invoke(PROMPT, session="user-42")
+    llm.invoke(PROMPT)
+    assert sessions == ["user-42", None]
+    with pytest.raises(ValueError, match="session"):  # it becomes a header: only safe characters
+        llm.invoke(PROMPT, session="a\r\nX-Injected: 1")
