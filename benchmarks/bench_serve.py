@@ -10,15 +10,18 @@ at once, one Python thread each, all opened on one session folder (`Session.open
 store, memory and checkpoint database, as a server hosting many users has). Three ways to run them:
 
 - ``in-process``: today's `LocalBackend` in this process, one turn at a time (its lock);
+- ``in-process, 2 thr``: the same with two torch threads: what one process gets from the second core;
 - ``served, unbatched``: `RemoteBackend` against `codi2-agent serve`, ``max_batch_size: 1``;
 - ``served, batched``: the same with the shipped batching (``serve_config.yaml``'s ``user_config``:
   ``max_batch_size: 8``, ``batch_wait_timeout_s``, ``max_batch_wait_s``);
 - ``batched, 2 replicas``: that deployment with ``num_replicas: 2`` (one model per core), each
   session's turns on one replica (the shipped ``SessionAffinityRouter``, keyed by the thread);
 - ``2 replicas, Ray default``: the same two replicas behind Ray Serve's default router (the less
-  queued of two, per request), the comparison for the routing.
+  queued of two, per request), the comparison for the routing;
+- ``batched, 1 rep x 2 thr``: one batching replica with two torch threads (the other way to use two
+  cores: one model whose batched calls are split over both).
 
-One server process (one Ray instance) hosts the served modes as three applications, and the
+One server process (one Ray instance) hosts the served modes as one application each, and the
 modes take turns level by level, `--repeats` rounds: a shared machine's load drifts over minutes,
 and interleaving spreads that drift over all modes alike.
 
@@ -29,7 +32,9 @@ times replicas). Cold start: loading the model and answering a first turn in-pro
 `codi2-agent serve` from launch to ``/ready`` (Ray, the replicas, the models) plus a first turn.
 Last, with the server stopped, one in-process model call on N image requests at once, per turn:
 the most batching can gain on this machine, whatever the server does.
-The server gets the same torch threads as the in-process runs; the client sessions share the CPUs.
+The server gets the same torch threads as the in-process runs (``--threads``), except the modes
+named "2 thr"; the client sessions share the CPUs. "vs in-process" compares with the in-process mode of
+the same torch threads per process as the row's model (1 thread: ``in-process``).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -124,23 +129,33 @@ def run_sessions(base: Any, mode: str, n: int, label: str) -> Run:
 
 
 # --- the server -----------------------------------------------------------------------------------
-# mode -> (application name, max_batch_size, replicas, session-affinity router)
+class Mode(NamedTuple):
+    app: str  # the application's name and route prefix
+    batch: int  # max_batch_size
+    replicas: int
+    by_session: bool  # the shipped SessionAffinityRouter (else Ray Serve's default router)
+    threads: int | None = None  # torch threads per replica (None: --threads)
+
+
 MODES = {
-    "served, unbatched": ("unbatched", 1, 1, True),
-    "served, batched": ("batched", 8, 1, True),
-    "batched, 2 replicas": ("batched2", 8, 2, True),
-    "2 replicas, Ray default": ("batched2ray", 8, 2, False),
+    "served, unbatched": Mode("unbatched", 1, 1, True),
+    "served, batched": Mode("batched", 8, 1, True),
+    "batched, 2 replicas": Mode("batched2", 8, 2, True),
+    "2 replicas, Ray default": Mode("batched2ray", 8, 2, False),
+    "batched, 1 rep x 2 thr": Mode("batched2thr", 8, 1, True, threads=2),
 }
-REPLICAS = sum(replicas for _, _, replicas, _ in MODES.values())
+# in-process modes -> torch threads (None: --threads)
+IN_PROCESS = {"in-process": None, "in-process, 2 thr": 2}
+REPLICAS = sum(mode.replicas for mode in MODES.values())
 
 
 def start_server(
     folder: Path, model: str, *, threads: int, steps: int | None, batching: dict[str, Any]
 ) -> tuple[Any, dict[str, str], float]:
-    """One `codi2-agent serve` (one Ray instance) with an application per served mode (`MODES`: the
-    model unbatched, batched, batched on two replicas), so the modes are measured side by side,
-    under the same load. `batching`: the batched modes' ``user_config`` (unbatched: size 1).
-    Returns (process, urls, seconds to ready)."""
+    """One `codi2-agent serve` (one Ray instance) with an application per served mode (`MODES`:
+    unbatched, batched, on two replicas by two routers, on one replica with two threads), so the modes
+    are measured side by side, under the same load. `batching`: the batched modes' ``user_config``
+    (unbatched: size 1). Returns (process, urls, seconds to ready)."""
     import socket
 
     import yaml
@@ -154,15 +169,18 @@ def start_server(
     data = config.model_dump(mode="json", exclude_unset=True)
     (template,) = data["applications"]
     data["applications"] = []
-    for name, batch, replicas, by_session in MODES.values():
+    for mode in MODES.values():
         app = json.loads(json.dumps(template))
-        app.update(name=name, route_prefix=f"/{name}")
-        app["args"]["artifacts"] = str(folder / f"{name}-artifacts")  # one folder per application
+        app.update(name=mode.app, route_prefix=f"/{mode.app}")
+        app["args"]["artifacts"] = str(folder / f"{mode.app}-artifacts")  # one folder per application
+        if mode.threads is not None:
+            app["args"]["threads"] = mode.threads
         (deployment,) = app["deployments"]
-        deployment["user_config"] = {**batching, "max_batch_size": batch}
-        deployment["num_replicas"] = replicas
-        deployment["ray_actor_options"] = {"num_cpus": 0.3}  # all replicas fit Ray's 2 CPUs
-        if not by_session:
+        deployment["user_config"] = {**batching, "max_batch_size": mode.batch}
+        deployment["num_replicas"] = mode.replicas
+        # all replicas fit Ray's 2 CPUs; one mode runs at a time, so its replicas have the cores
+        deployment["ray_actor_options"] = {"num_cpus": 0.25}
+        if not mode.by_session:
             del deployment["request_router_config"]  # Ray Serve's default router
         data["applications"].append(app)
     path = folder / "serve.yaml"
@@ -308,14 +326,17 @@ def main(argv: list[str] | None = None) -> str:
         bases = {"in-process": Session(backend, thread="warm-up", root=root / "local", **options)}
         bases["in-process"].say(script(0)[0])
         cold["in-process: load + first turn"] = time.perf_counter() - t0
+        bases["in-process, 2 thr"] = bases["in-process"].open_thread("warm-up-2")
         process, urls, ready_s = start_server(
             root, args.model, threads=args.threads, steps=args.steps, batching=args.batching
         )
         cold[f"server: launch to /ready (Ray + {REPLICAS} replicas)"] = ready_s
         try:
-            for mode, (name, *_) in MODES.items():
+            for mode, served in MODES.items():
                 t0 = time.perf_counter()
-                bases[mode] = Session(urls[name], thread="warm-up", root=root / f"client-{name}", **options)
+                bases[mode] = Session(
+                    urls[served.app], thread="warm-up", root=root / f"client-{served.app}", **options
+                )
                 bases[mode].say(script(0)[0])
                 cold[f"{mode}: first remote turn"] = time.perf_counter() - t0
             # 2. every mode at every level, interleaved, `repeats` times: load drift hits all alike
@@ -323,22 +344,22 @@ def main(argv: list[str] | None = None) -> str:
             for repeat in range(args.repeats):
                 for n in levels:
                     for mode, base in bases.items():
-                        measured = mode in MODES
-                        busy = busy_seconds(urls[MODES[mode][0]], MODES[mode][2]) if measured else 0.0
+                        target = MODES.get(mode)
+                        busy = busy_seconds(urls[target.app], target.replicas) if target else 0.0
+                        torch.set_num_threads(IN_PROCESS.get(mode) or args.threads)
                         cpu = time.process_time()
                         run = run_sessions(base, mode, n, f"r{repeat}")
+                        torch.set_num_threads(args.threads)
                         total = pooled.setdefault((mode, n), Run(mode, n, 0.0))
                         total.client_cpu += time.process_time() - cpu
-                        if measured:
-                            total.server_busy += busy_seconds(urls[MODES[mode][0]], MODES[mode][2]) - busy
+                        if target:
+                            total.server_busy += busy_seconds(urls[target.app], target.replicas) - busy
                         total.seconds += run.seconds
                         total.latencies += run.latencies
                         print(f"{mode} n={n} (round {repeat + 1}): {run.turns_per_s:.2f} turns/s", flush=True)
-            stats = {
-                mode: batch_stats(urls[name], replicas) for mode, (name, _, replicas, _) in MODES.items()
-            }
+            stats = {mode: batch_stats(urls[served.app], served.replicas) for mode, served in MODES.items()}
         finally:
-            for session in bases.values():
+            for session in reversed(bases.values()):  # threads opened on a session before it
                 session.close()
             stop_server(process)
         # 3. the model call itself, by batch size (the server stopped: this process alone)
@@ -359,11 +380,17 @@ def report(
     import torch
 
     steps = args.steps or model.config.image_decoder.num_inference_steps
-    sequential = {r.sessions: r for r in runs if r.mode == "in-process"}
+    # in-process runs by (torch threads, sessions): each row is compared with the same threads per model
+    sequential = {(IN_PROCESS[r.mode] or args.threads, r.sessions): r for r in runs if r.mode in IN_PROCESS}
+
+    def threads_of(mode: str) -> int:
+        return (MODES[mode].threads if mode in MODES else IN_PROCESS[mode]) or args.threads
+
     lines = [
         f"# codi2-agent serving on Ray Serve, loopback ({time.strftime('%Y-%m-%d')})",
         f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} torch thread(s) per model process, the same in-process and per replica; "
+        f"{args.threads} torch thread(s) per model process, in-process and per replica, except the modes "
+        f"named '2 thr'; "
         f"model: {args.model}; {steps} image DDIM steps; output captions on (the session default)",
         "# batched server: "
         + ", ".join(f"{k} {v}" for k, v in args.batching.items())
@@ -379,14 +406,14 @@ def report(
         f"{'vs in-process':>14} {'client CPU s/turn':>18} {'model s/turn':>13} {'model busy':>11}",
     ]
     for r in runs:
-        base = sequential.get(r.sessions)
+        base = sequential.get((threads_of(r.mode), r.sessions))
         speedup = f"{r.turns_per_s / base.turns_per_s:.2f}x" if base else "-"
         lines.append(
             f"{r.mode:<24} {r.sessions:>8} {len(r.latencies):>6} {r.turns_per_s:>8.2f} "
             f"{r.percentile(0.5):>7.3f} {r.percentile(0.95):>7.3f} {speedup:>14} "
             f"{r.client_cpu / len(r.latencies):>18.3f} "
             f"{(f'{r.server_busy / len(r.latencies):.3f}' if r.server_busy else '-'):>13} "
-            f"{(f'{r.server_busy / (r.seconds * MODES[r.mode][2]):.0%}' if r.server_busy else '-'):>11}"
+            f"{(f'{r.server_busy / (r.seconds * MODES[r.mode].replicas):.0%}' if r.server_busy else '-'):>11}"
         )
     lines += ["", "cold start"]
     lines += [f"  {name:<40} {seconds:>7.2f} s" for name, seconds in cold.items()]
@@ -402,15 +429,19 @@ def report(
         f"{costs[1] / (seconds / size):5.2f}x a lone call's turns/s"
         for size, seconds in costs.items()
     ]
-    lines += ["", "targets"]
-    for mode in ("served, batched", "batched, 2 replicas", "2 replicas, Ray default"):
+    lines += [
+        "",
+        "targets (throughput against each in-process mode: one torch thread, and two: all of this CPU)",
+    ]
+    for mode in [m for m in MODES if MODES[m].batch > 1]:
         batched = {r.sessions: r for r in runs if r.mode == mode}
-        if 8 in batched and 8 in sequential:
-            ratio = batched[8].turns_per_s / sequential[8].turns_per_s
-            lines.append(
-                f"  {mode}: throughput at 8 sessions >= 2.5x in-process: {ratio:.2f}x "
-                f"({'met' if ratio >= 2.5 else 'NOT met'})"
-            )
+        for (_, n), base in sorted(sequential.items()):
+            if n == 8 and 8 in batched:
+                ratio = batched[8].turns_per_s / base.turns_per_s
+                lines.append(
+                    f"  {mode}: throughput at 8 sessions >= 2.5x {base.mode}: {ratio:.2f}x "
+                    f"({'met' if ratio >= 2.5 else 'NOT met'})"
+                )
         if 4 in batched and 1 in batched:
             lone, p95 = batched[1].percentile(0.5), batched[4].percentile(0.95)
             lines.append(
