@@ -9,6 +9,15 @@ into cohorts that take turns on the model with small batches (measured: 8 sessio
 arriving*: a call starts once the batch is full, or once no request is on its way and none arrived
 for ``batch_wait_timeout_s`` (a lone request waits no longer than before), and at the latest
 ``max_batch_wait_s`` after the model became free (a steady stream cannot hold it idle).
+
+That alone cannot rejoin a cohort once it is split: if session B's first request arrives just after
+the model started on A's, A's next request arrives while B's call runs, and the two take turns for
+ever, each alone. So the batcher also waits (within ``max_batch_wait_s``) for the *sessions it has
+just answered* that come back quickly: a session (the request's ``x-session-id``) is expected back
+after its answer if its last return came within ``max_batch_wait_s`` (a new session is assumed to),
+so A and B meet in one call from their next turn on. A session a person types into returns slowly,
+is marked so after its first answer and is not waited for again; a request without a session is
+never waited for.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -24,12 +34,16 @@ __all__ = ["Arrival", "ModelBatcher"]
 
 Item = TypeVar("Item")
 Answer = TypeVar("Answer")
+# Sessions whose return speed is remembered; the least recently seen are forgotten first (a client
+# chooses its session names, so the table is bounded).
+MAX_SESSIONS = 4096
 
 
 @dataclass(eq=False)
 class Arrival:
     """A request that reached the server and is on its way to the model (parsed, then gathered)."""
 
+    session: str | None = None  # its conversation, if the client named one
     joined: bool = False
 
 
@@ -51,8 +65,12 @@ class ModelBatcher(Generic[Item, Answer]):
     ) -> None:
         self._run = run
         self.configure(max_batch_size, batch_wait_timeout_s, max_batch_wait_s)
-        self._waiting: list[tuple[Item, asyncio.Future[Answer]]] = []
+        self._waiting: list[tuple[Item, asyncio.Future[Answer], str | None]] = []
         self._on_the_way: set[Arrival] = set()
+        # session -> whether it came back within max_batch_wait_s of its last answer (new: assumed so)
+        self._quick: OrderedDict[str, bool] = OrderedDict()
+        self._answered_at: dict[str, float] = {}  # sessions answered, not yet back: when
+        self._due: dict[str, float] = {}  # quick sessions answered and not yet back -> until when
         self._last_arrival = float("-inf")
         self._changed: asyncio.Event | None = None  # made on the loop that uses it
         self._model_free: asyncio.Lock | None = None
@@ -69,11 +87,24 @@ class ModelBatcher(Generic[Item, Answer]):
         self.max_batch_wait_s = max_batch_wait_s
 
     # --- a request's way in ---------------------------------------------------------------------------
-    def expect(self) -> Arrival:
-        """A request has arrived: a free model waits for it (within its limits) before starting."""
-        arrival = Arrival()
+    def expect(self, session: str | None = None) -> Arrival:
+        """A request has arrived (from `session`, if named): a free model waits for it (within its
+        limits) before starting."""
+        now = time.monotonic()
+        arrival = Arrival(session)
+        if session is not None:
+            answered = self._answered_at.pop(session, None)
+            self._due.pop(session, None)
+            quick = self._quick.pop(session, True)
+            if answered is not None:
+                quick = now - answered <= self.max_batch_wait_s
+            self._quick[session] = quick
+            while len(self._quick) > MAX_SESSIONS:
+                forgotten, _ = self._quick.popitem(last=False)
+                self._answered_at.pop(forgotten, None)
+                self._due.pop(forgotten, None)
         self._on_the_way.add(arrival)
-        self._last_arrival = time.monotonic()
+        self._last_arrival = now
         self._notify()
         return arrival
 
@@ -90,7 +121,7 @@ class ModelBatcher(Generic[Item, Answer]):
         for arrival in arrivals:
             arrival.joined = True
             self._on_the_way.discard(arrival)
-        self._waiting.extend(zip(items, futures, strict=True))
+        self._waiting.extend(zip(items, futures, [a.session for a in arrivals], strict=True))
         self._notify()
         while not all(f.done() for f in futures):
             await self._run_waiting(futures)
@@ -111,27 +142,47 @@ class ModelBatcher(Generic[Item, Answer]):
             if not taken:
                 return
             try:
-                answers = await self._run([item for item, _ in taken])
+                answers = await self._run([item for item, _, _ in taken])
             except Exception as e:  # the callers of this call get its error
-                for _, future in taken:
+                for _, future, _ in taken:
                     if not future.done():
                         future.set_exception(e)
                 return
-            for (_, future), answer in zip(taken, answers, strict=True):
+            finally:
+                self._answered([session for _, _, session in taken])
+            for (_, future, _), answer in zip(taken, answers, strict=True):
                 if not future.done():
                     future.set_result(answer)
 
+    def _answered(self, sessions: list[str | None]) -> None:
+        """These sessions got their answers now: the quick ones are due back within max_batch_wait_s."""
+        now = time.monotonic()
+        for session in sessions:
+            if session is not None and session in self._quick:
+                self._answered_at[session] = now
+                if self._quick[session]:
+                    self._due[session] = now + self.max_batch_wait_s
+
     async def _gather(self) -> None:
-        """Wait, the model being free, until the batch is full or the requests stop arriving."""
+        """Wait, the model being free, until the batch is full or the requests stop arriving (and
+        the quick sessions just answered are back)."""
         start = time.monotonic()
         deadline = start + self.max_batch_wait_s
         while len(self._waiting) < self.max_batch_size:
             now = time.monotonic()
+            for session in [s for s, until in self._due.items() if until <= now]:
+                del self._due[session]  # not back in time: it starts no later call
             quiet_from = self._last_arrival + self.batch_wait_timeout_s
-            if now >= deadline or (not self._on_the_way and now >= quiet_from):
+            if now >= deadline or (not self._on_the_way and not self._due and now >= quiet_from):
                 break
-            # a request on its way joins (or leaves) with a notification; otherwise wake when quiet
-            wake = deadline if self._on_the_way else min(deadline, quiet_from)
+            # a request on its way joins (or leaves) with a notification, and so does a session
+            # coming back; otherwise wake when quiet, or when the next due session is overdue
+            if self._on_the_way:
+                wake = deadline
+            elif self._due:
+                wake = min(deadline, max(quiet_from, min(self._due.values())))
+            else:
+                wake = min(deadline, quiet_from)
             changed = self._event()
             changed.clear()
             with contextlib.suppress(TimeoutError):  # woken by the clock: quiet, or out of time

@@ -40,7 +40,13 @@ from codi2_agent.artifacts import ArtifactNotFoundError
 from codi2_agent.backends import GenerateRequest, GenerateResult
 from codi2_agent.serving.batching import Arrival, ModelBatcher
 from codi2_agent.serving.service import BatchSettings, ModelService, Outcome, ServerSettings
-from codi2_agent.serving.wire import ARTIFACT_HEADER, error_body, vectors_to_wire
+from codi2_agent.serving.wire import (
+    ARTIFACT_HEADER,
+    SESSION_HEADER,
+    SESSION_PATTERN,
+    error_body,
+    vectors_to_wire,
+)
 
 __all__ = ["DEPLOYMENT_NAME", "CoDi2Server", "api"]
 
@@ -83,6 +89,13 @@ def _include(request: Request) -> list[str]:
     """``?include=media,embeddings``: what to attach to a generate answer."""
     raw = request.query_params.get("include", "")
     return [name.strip() for name in raw.split(",") if name.strip()]
+
+
+def _session(request: Request) -> str | None:
+    """The request's session header, if well formed: a hint for batching, so a bad one is ignored (the
+    body's `GenerateRequest.session` is validated and refused with a named error like any field)."""
+    value = request.headers.get(SESSION_HEADER)
+    return value if value is not None and SESSION_PATTERN.fullmatch(value) else None
 
 
 def _sse(event: str, data: Any) -> str:
@@ -163,7 +176,8 @@ class CoDi2Server:
     # --- generation ---------------------------------------------------------------------------------
     @api.post("/v1/generate")
     async def generate(self, request: Request) -> dict[str, Any]:
-        arrival = self.batcher.expect()  # from now on a free model waits for this request (bounded)
+        # From now on a free model waits for this request (bounded), and for this session's next one.
+        arrival = self.batcher.expect(_session(request))
         try:
             include = _include(request)
             parsed = await asyncio.to_thread(self.service.request, await _json(request))

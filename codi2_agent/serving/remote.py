@@ -45,7 +45,7 @@ from codi2_agent.artifacts import ArtifactStore, CorruptArtifactError
 from codi2_agent.backends import GenerateRequest, GenerateResult, ProgressFn, PromptTurn
 from codi2_agent.media import Media, MediaRef, Modality
 from codi2_agent.serving.client import RemoteClient, RemoteServerError
-from codi2_agent.serving.wire import error_type, vectors_from_wire
+from codi2_agent.serving.wire import SESSION_HEADER, error_type, vectors_from_wire
 
 if TYPE_CHECKING:
     from codi2_agent.model import Vocabulary
@@ -57,7 +57,6 @@ COUNT_CACHE_SIZE = 2048
 EMBEDDING_CACHE_SIZE = 1024
 # Asked with every answer: the outputs' bytes and embeddings, so neither needs another round trip.
 ATTACH = "media,embeddings"
-SESSION_HEADER = "x-session-id"  # Ray Serve's default session header (RAY_SERVE_SESSION_ID_HEADER_KEY)
 
 
 def _session_header(request: GenerateRequest) -> dict[str, str]:

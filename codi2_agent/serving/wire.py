@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,10 @@ __all__ = [
 
 # The id the server gave an uploaded medium (also in the JSON body); lets a client check it cheaply.
 ARTIFACT_HEADER = "X-CoDi2-Artifact-Id"
+# A request's conversation (`GenerateRequest.session`): Ray Serve's session header
+# (RAY_SERVE_SESSION_ID_HEADER_KEY), which `SessionAffinityRouter` routes by and the batcher waits on.
+SESSION_HEADER = "x-session-id"
+SESSION_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _model_errors() -> dict[str, type[Exception]]:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from codi2_agent.serving import batching
 from codi2_agent.serving.batching import ModelBatcher
 
 
@@ -32,10 +33,12 @@ def batcher(model: Model, *, size: int = 8, wait: float = 0.05, most: float = 1.
     return ModelBatcher(model.run, max_batch_size=size, batch_wait_timeout_s=wait, max_batch_wait_s=most)
 
 
-async def request(b: ModelBatcher[int, str], item: int, *, after: float, parse: float = 0.01) -> str:
+async def request(
+    b: ModelBatcher[int, str], item: int, *, after: float, parse: float = 0.01, session: str | None = None
+) -> str:
     """A request arriving `after` s from now, ready for the model `parse` s later (as the handler)."""
     await asyncio.sleep(after)
-    arrival = b.expect()
+    arrival = b.expect(session)
     try:
         await asyncio.sleep(parse)
         (answer,) = await b.answer([arrival], [item])
@@ -144,6 +147,72 @@ def test_a_failing_call_fails_its_own_requests_only() -> None:
     assert isinstance(failed, RuntimeError) and "item 0" in str(failed)
     assert answered == "answer 1"
     assert model.calls == [[0], [1]]
+
+
+async def conversation(
+    b: ModelBatcher[int, str], session: str | None, items: list[int], *, start: float, think: float
+) -> None:
+    """A session's turns: each sent `think` s after the last answer."""
+    await asyncio.sleep(start)
+    for item in items:
+        await request(b, item, after=0.0, session=session)
+        await asyncio.sleep(think)
+
+
+def test_a_split_cohort_meets_again_on_its_next_turn() -> None:
+    # B's first turn arrives just after the model started on A's: without sessions the two take
+    # turns for ever, each alone; with sessions the model waits for A (just answered, quick) and
+    # answers B's first turn with A's second, and so on.
+    def calls(named: bool) -> list[list[int]]:
+        model = Model(seconds=0.3)
+        b = batcher(model, wait=0.05, most=0.5)
+
+        async def main() -> None:
+            await asyncio.gather(
+                conversation(b, "a" if named else None, [10, 11, 12], start=0.0, think=0.05),
+                conversation(b, "b" if named else None, [20, 21, 22], start=0.15, think=0.05),
+            )
+
+        asyncio.run(main())
+        return [sorted(call) for call in model.calls]
+
+    assert calls(named=False) == [[10], [20], [11], [21], [12], [22]]
+    assert calls(named=True) == [[10], [11, 20], [12, 21], [22]]
+
+
+def test_a_session_that_returns_slowly_is_waited_for_once_only() -> None:
+    # "a" thinks 0.6 s between turns, longer than max_batch_wait_s (0.3): after its first answer the
+    # model waits for it (a new session is assumed quick), after its second it does not. Requests
+    # without a session (1, 2) arrive during a's calls and are never waited for themselves.
+    model = Model(seconds=0.2)
+    b = batcher(model, wait=0.02, most=0.3)
+
+    async def main() -> None:
+        await asyncio.gather(
+            conversation(b, "a", [10, 11], start=0.0, think=0.6),  # calls at ~0.03 and ~0.86
+            request(b, 1, after=0.05),  # during a's first call
+            request(b, 2, after=0.95),  # during a's second call
+        )
+
+    asyncio.run(main())
+    assert model.calls == [[10], [1], [11], [2]]
+    ended = [t + model.seconds for t in model.started]
+    waited_after_first = model.started[1] - ended[0]
+    waited_after_second = model.started[3] - ended[2]
+    assert waited_after_first >= 0.25  # held for "a", up to max_batch_wait_s
+    assert waited_after_second < 0.2  # "a" is known to be slow now: only the quiet gap
+
+
+def test_the_sessions_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batching, "MAX_SESSIONS", 8)
+    b = batcher(Model())
+
+    async def main() -> None:
+        for i in range(20):  # a client making up session names
+            b.discard(b.expect(f"s{i}"))
+
+    asyncio.run(main())
+    assert list(b._quick) == [f"s{i}" for i in range(12, 20)]  # the most recent 8
 
 
 def test_settings_out_of_range_are_refused() -> None:
