@@ -91,6 +91,8 @@ class SessionHomes(Generic[Replica]):
         known = self._homes.pop(session, None)
         if known is not None:
             self._live[known[0]] -= 1
+        while len(self._homes) >= self.max_sessions:  # room first, so the choice below sees the counts
+            self._drop_oldest()
         if known is not None and known[0] in replicas:
             replica = known[0]
         else:
@@ -98,8 +100,6 @@ class SessionHomes(Generic[Replica]):
             replica = random.choice([r for r in replicas if self._live[r] == fewest])
         self._homes[session] = (replica, now)
         self._live[replica] += 1
-        while len(self._homes) > self.max_sessions:
-            self._drop_oldest()
         return replica
 
     def keep_only(self, replicas: Sequence[Replica] | set[Replica]) -> None:

@@ -30,6 +30,8 @@ from codi2_agent.artifacts import ArtifactNotFoundError, CorruptArtifactError, I
 __all__ = [
     "ARTIFACT_HEADER",
     "ERROR_TYPES",
+    "SESSION_HEADER",
+    "SESSION_PATTERN",
     "error_body",
     "vectors_from_wire",
     "vectors_to_wire",

@@ -122,3 +122,27 @@ def test_the_router_ranks_the_home_first_then_the_others() -> None:
 def test_the_router_refuses_unknown_settings() -> None:
     with pytest.raises(ValueError, match="idle_s and max_sessions"):
         _router(idle_seconds=5)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("0f3a9c", "0f3a9c"),
+        ("tenant.a:thread-1_x", "tenant.a:thread-1_x"),
+        ("", None),  # empty
+        ("a b", None),  # a space
+        ("../../etc", None),  # slashes
+        ("x" * 129, None),  # too long
+        (None, None),  # absent
+    ],
+)
+def test_the_server_takes_a_well_formed_session_header_only(header: str | None, expected: str | None) -> None:
+    # The header is a client's word: a malformed one is no session (for batching), never an error.
+    from starlette.requests import Request
+
+    from codi2_agent.serving.deployment import _session
+    from codi2_agent.serving.wire import SESSION_HEADER
+
+    headers = [] if header is None else [(SESSION_HEADER.encode(), header.encode())]
+    request = Request({"type": "http", "method": "POST", "path": "/v1/generate", "headers": headers})
+    assert _session(request) == expected
