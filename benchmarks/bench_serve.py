@@ -49,8 +49,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -160,7 +158,13 @@ def start_server(
 
     import yaml
 
-    from codi2_agent.serving.launch import default_config, model_urls, with_overrides
+    from codi2_agent.serving.launch import (
+        ServeStartError,
+        default_config,
+        model_urls,
+        wait_ready,
+        with_overrides,
+    )
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -194,22 +198,18 @@ def start_server(
         stderr=subprocess.STDOUT,
         env={**os.environ, "OMP_NUM_THREADS": str(threads)},
     )
-    deadline = time.monotonic() + 300
-    waiting = set(urls.values())
-    while waiting and time.monotonic() < deadline:
+
+    def alive() -> None:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}; see {folder / 'server.log'}")
-        for url in list(waiting):
-            try:
-                with urllib.request.urlopen(url + "/ready", timeout=5) as response:
-                    if response.status == 200:
-                        waiting.discard(url)
-            except (urllib.error.URLError, OSError):
-                pass
-        time.sleep(0.2)
-    if waiting:
+
+    try:
+        wait_ready(
+            [url + "/ready" for url in urls.values()], time.monotonic() + 300, alive=alive, interval_s=0.2
+        )
+    except ServeStartError:
         process.kill()
-        raise RuntimeError("the server was not ready within 300 s")
+        raise
     return process, urls, time.perf_counter() - t0
 
 

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from codi2_agent.model import CoDi2Model, GenerationOutput, Vocabulary
 
 __all__ = [
+    "SESSION_KEY_PATTERN",
     "Backend",
     "GenerateRequest",
     "GenerateResult",
@@ -88,6 +89,11 @@ class PromptTurn(BaseModel):
     parts: tuple[str | MediaRef, ...] = Field(min_length=1)
 
 
+# What a session key may be (`GenerateRequest.session`, and the server's session header): 1-128 characters
+# a header and a log line carry safely.
+SESSION_KEY_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+
 class GenerateRequest(BaseModel):
     """What to generate: an interleaved conversation and how to answer it (see `CoDi2Model.generate`)."""
 
@@ -109,7 +115,7 @@ class GenerateRequest(BaseModel):
     # The conversation this request belongs to, an opaque key: a served model answers one session's
     # requests on one replica, so sessions answered together are batched together again (the session
     # graph sets a hash of tenant and thread). It changes nothing in the answer.
-    session: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    session: str | None = Field(default=None, pattern=SESSION_KEY_PATTERN)
 
 
 class GenerateResult(BaseModel):

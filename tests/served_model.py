@@ -8,12 +8,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from codi2_agent.serving.launch import ServeStartError, wait_ready
 
 STEPS = 2
 START_TIMEOUT_S = 240.0
@@ -143,21 +143,17 @@ def start_server(folder: Path, model_dir: Path, *, pair: bool = False) -> Server
             cwd=folder,
         )
     served = Server(f"http://127.0.0.1:{port}", port, folder / "server-artifacts", process, log)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    waiting = {served.url + "/ready", *([served.url + PAIR_PREFIX + "/ready"] if pair else [])}
-    while True:
+    ready = [served.url + "/ready", *([served.url + PAIR_PREFIX + "/ready"] if pair else [])]
+
+    def alive() -> None:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}:\n{served.log_tail()}")
-        for url in sorted(waiting):
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        waiting.discard(url)
-            except (urllib.error.URLError, OSError):
-                pass
-        if not waiting:
-            return served
-        if time.monotonic() > deadline:
-            served.stop()
-            raise RuntimeError(f"the server was not ready in {START_TIMEOUT_S} s:\n{served.log_tail()}")
-        time.sleep(0.5)
+
+    try:
+        wait_ready(ready, time.monotonic() + START_TIMEOUT_S, alive=alive, interval_s=0.5)
+    except ServeStartError as e:
+        served.stop()
+        raise RuntimeError(
+            f"the server was not ready in {START_TIMEOUT_S} s ({e}):\n{served.log_tail()}"
+        ) from e
+    return served

@@ -70,7 +70,9 @@ class ModelBatcher(Generic[Item, Answer]):
         # session -> whether it came back within max_batch_wait_s of its last answer (new: assumed so)
         self._quick: OrderedDict[str, bool] = OrderedDict()
         self._answered_at: dict[str, float] = {}  # sessions answered, not yet back: when
-        self._due: dict[str, float] = {}  # quick sessions answered and not yet back -> until when
+        # quick sessions answered and not yet back -> until when: what `_answered_at` and `_quick` say,
+        # kept apart so that the gather loop scans only the few sessions it waits for, not the table
+        self._due: dict[str, float] = {}
         self._last_arrival = float("-inf")
         self._changed: asyncio.Event | None = None  # made on the loop that uses it
         self._model_free: asyncio.Lock | None = None

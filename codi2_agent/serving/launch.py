@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "server_url",
     "start_server",
     "stop_server",
+    "wait_ready",
 ]
 
 logger = logging.getLogger(__name__)
@@ -196,8 +197,8 @@ def start_server(
     deadline = time.monotonic() + timeout
     _wait_running([app.name for app in config.applications], deadline)
     urls = model_urls(config)
+    wait_ready([url + "/ready" for url in urls.values()], deadline)
     for name, url in urls.items():
-        _wait_http(url + "/ready", deadline)
         logger.info("serving %s at %s", name, url)
     return urls
 
@@ -275,14 +276,31 @@ def _wait_running(names: list[str], deadline: float) -> None:
         time.sleep(0.5)
 
 
-def _wait_http(url: str, deadline: float) -> None:
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError) as e:
-            last = str(e)
-        time.sleep(0.25)
-    raise ServeStartError(f"{url} did not answer 200 in time ({last})")
+def wait_ready(
+    urls: Iterable[str],
+    deadline: float,
+    *,
+    alive: Callable[[], None] | None = None,
+    interval_s: float = 0.25,
+) -> None:
+    """Poll every URL (a server's ``/ready``) until each has answered 200 once, or `deadline`
+    (`time.monotonic()`) passes: then ServeStartError names the URLs still silent and the last
+    error each gave. `alive` is called every round before polling; it raises to stop the wait at
+    once (e.g. when the server process it watches has exited)."""
+    last = {url: "no answer" for url in urls}
+    while True:
+        if alive is not None:
+            alive()
+        for url in sorted(last):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        del last[url]
+            except (urllib.error.URLError, OSError) as e:
+                last[url] = str(e)
+        if not last:
+            return
+        if time.monotonic() >= deadline:
+            silent = "; ".join(f"{url} ({error})" for url, error in sorted(last.items()))
+            raise ServeStartError(f"not ready in time: {silent}")
+        time.sleep(interval_s)

@@ -26,6 +26,7 @@ from codi2_agent._media_errors import (
     UnsupportedFormatError,
 )
 from codi2_agent.artifacts import ArtifactNotFoundError, CorruptArtifactError, InvalidArtifactIdError
+from codi2_agent.backends import SESSION_KEY_PATTERN
 
 __all__ = [
     "ARTIFACT_HEADER",
@@ -42,7 +43,7 @@ ARTIFACT_HEADER = "X-CoDi2-Artifact-Id"
 # A request's conversation (`GenerateRequest.session`): Ray Serve's session header
 # (RAY_SERVE_SESSION_ID_HEADER_KEY), which `SessionAffinityRouter` routes by and the batcher waits on.
 SESSION_HEADER = "x-session-id"
-SESSION_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+SESSION_PATTERN = re.compile(SESSION_KEY_PATTERN)
 
 
 def _model_errors() -> dict[str, type[Exception]]:

@@ -11,6 +11,7 @@ import pytest
 
 from codi2_agent.backends import GenerateRequest, PromptTurn
 from codi2_agent.serving.routing import SessionAffinityRouter, SessionHomes
+from codi2_agent.serving.wire import SESSION_PATTERN
 
 
 class Clock:
@@ -75,10 +76,13 @@ def test_bad_settings_and_no_replicas_are_refused() -> None:
 
 def test_a_session_key_is_header_safe_and_bounded() -> None:
     prompt = (PromptTurn(role="user", parts=("hi",)),)
-    assert GenerateRequest(prompt=prompt, session="a1B2-c3_d.e:f").session == "a1B2-c3_d.e:f"
-    for bad in ["", "a b", "x\r\nInjected: 1", "é", "k" * 129]:
+    for good in ["a1B2-c3_d.e:f", "k" * 128]:
+        assert GenerateRequest(prompt=prompt, session=good).session == good
+        assert SESSION_PATTERN.fullmatch(good)  # the server's header check takes what a request may carry
+    for bad in ["", "a b", "x\r\nInjected: 1", "ok\n", "é", "k" * 129]:
         with pytest.raises(ValueError, match="session"):
             GenerateRequest(prompt=prompt, session=bad)
+        assert SESSION_PATTERN.fullmatch(bad) is None
 
 
 # --- the Ray Serve router: ranks for Ray's routing loop ----------------------------------------------
