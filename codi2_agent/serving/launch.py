@@ -286,7 +286,8 @@ def wait_ready(
     """Poll every URL (a server's ``/ready``) until each has answered 200 once, or `deadline`
     (`time.monotonic()`) passes: then ServeStartError names the URLs still silent and the last
     error each gave. `alive` is called every round before polling; it raises to stop the wait at
-    once (e.g. when the server process it watches has exited)."""
+    once (e.g. when the server process it watches has exited). Meant for a server the caller has
+    just started (its own proxy, on the config's host, loopback by default): it reaches nothing else."""
     last = {url: "no answer" for url in urls}
     while True:
         if alive is not None:
