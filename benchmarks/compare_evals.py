@@ -1,6 +1,6 @@
 """Print several `codi2-agent eval` results side by side, with the spread between runs of one recipe.
 
-    python benchmarks/compare_evals.py "v6 s0=benchmarks/results/eval_tiny.json" \
+    python benchmarks/compare_evals.py "v6 s0=benchmarks/results/eval_tiny_v6.json" \
         "v7 s0=/tmp/a.json" "v7 s1=/tmp/b.json" --spread "v7 s0" "v7 s1" [--out FILE]
 
 Each argument is LABEL=PATH to the JSON list `eval --out DIR` writes (one object per task with `task` and

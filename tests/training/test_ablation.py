@@ -78,11 +78,11 @@ def test_ablation_trains_each_variant_on_the_frozen_perception_and_scores_it(per
         assert os.path.samefile(run / "encoders" / "final.pt", perception / "encoders" / "final.pt")
     # A second call resumes: nothing trains again, the scores are the same; other overrides under a
     # used name are refused rather than mixed into the finished runs.
-    log = (out / "runs/base/seed0/lm/loss.jsonl").read_text()
+    log = (out / "runs/base/seed0/lm/branch1/loss.jsonl").read_text()  # `lm`: two branches by default
     again = run_ablation(perception, variants, [0], out, tasks=TASKS, per_task=3, progress=False, threads=1)
     timeless = [replace(r, seconds=0.0) for r in rows]
     assert [replace(r, seconds=0.0) for r in again] == timeless and (
-        out / "runs/base/seed0/lm/loss.jsonl"
+        out / "runs/base/seed0/lm/branch1/loss.jsonl"
     ).read_text() == log
     with pytest.raises(ValueError, match="runs/base/seed0 was made for"):
         run_ablation(perception, load_variants({"base": {"lm_steps": 5}}), [0], out, tasks=TASKS, threads=1)

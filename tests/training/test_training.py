@@ -123,7 +123,8 @@ def test_tiny_recipe_smoke_learns_and_writes_a_loadable_model(tmp_path):
     assert enc[-1] < 0.8 * enc[0]
     text = losses("align", "text")  # the LM's first stage starts from a fresh init
     assert text[-1] < 0.8 * text[0]
-    assert losses("lm")  # and the task-mixture stage ran on top of it
+    assert losses("lm/branch0") and losses("lm/branch1")  # the task mixture, as two branches (the default)
+    assert json.loads((work / "lm" / "done").read_text()) == {"steps": 10, "branches": 2}
     assert len(losses("tune")) >= 1  # then `tune` continued it
     model = load_model(str(out))
     assert model.config.preset == "tiny"
@@ -165,7 +166,7 @@ def test_a_run_adopts_a_finished_models_perception_and_trains_only_the_lm(tmp_pa
             assert mine.keys() == theirs.keys()
             assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert not (work / "encoders" / "loss.jsonl").exists()  # adopted, never trained
-    assert (work / "lm" / "loss.jsonl").exists()
+    assert all((work / "lm" / f"branch{b}" / "loss.jsonl").exists() for b in (0, 1))  # two by default
     lm_mine = dict(trained.lm.named_parameters())
     lm_theirs = dict(shipped.lm.named_parameters())
     assert any(not torch.equal(p, lm_theirs[k]) for k, p in lm_mine.items())  # the LM is this run's own
@@ -182,7 +183,7 @@ def test_lm_as_a_soup_averages_branches_that_start_from_align_and_draw_their_own
 ):
     from codi2_agent.training import reasoning as reasoning_module
 
-    recipe = replace(TinyRecipe.smoke(), align_steps=4, lm_steps=3, lm_batch=4, tune_steps=0)
+    recipe = replace(TinyRecipe.smoke(), align_steps=4, lm_steps=3, lm_batch=4, tune_steps=0, lm_branches=1)
     plain, soup = tmp_path / "plain", tmp_path / "soup"
     train(tmp_path / "a", workdir=plain, recipe=recipe, perception_from="tiny", stages=["align", "lm"])
     starts = []
@@ -431,6 +432,9 @@ def test_a_recipe_file_sets_fields_over_the_defaults_and_refuses_what_it_cannot_
     assert (smoke.analogy_replay, smoke.tune_steps, smoke.lm_steps) == (0, 1500, TinyRecipe.smoke().lm_steps)
     shipped = Path(__file__).resolve().parents[2] / "codi2_agent" / "weights" / "tiny" / "recipe.json"
     assert asdict(TinyRecipe.from_json_file(shipped)) == json.loads(shipped.read_text())  # a whole recipe
+    # The shipped weights were made by today's defaults (REPRODUCE.md's plain command): v7, two `lm` branches.
+    made_with = replace(TinyRecipe(), threads=2)
+    assert TinyRecipe.from_json_file(shipped) == made_with and made_with.lm_branches == 2
 
     bad = tmp_path / "bad.json"
     for text, needle in [
