@@ -22,8 +22,8 @@ from codi2_agent.model import load_model, shipped_model_path
 # 1.00, what_changed 1.00, text_to_image 0.99, concept 0.975, analogy_image 0.975, edit_image 0.975,
 # edit_audio 0.975, subject 0.975, compose 0.96, analogy_audio 0.94, text_to_audio 0.94) sits well above
 # these: a floor is about the shipped figure minus 0.25, two standard errors of a 12-sample draw, rounded
-# down to 0.05 (captions and what_changed kept at v5's floors); v7's figures give v6's floors again. Guessing gets a whole picture right 1 time
-# in 360 and a whole sound 1 time in 120.
+# down to 0.05 (captions and what_changed kept at v5's floors); v7's figures give v6's floors again.
+# Guessing gets a whole picture right 1 time in 360 and a whole sound 1 time in 120.
 FLOORS = {
     "caption_image": 0.9,
     "caption_audio": 0.9,
