@@ -39,7 +39,10 @@ def test_invert_is_deterministic_in_range_and_batch_independent(
     wav = mel.invert(clean)
     assert wav.shape == (4, mel.num_samples) and wav.dtype == torch.float32
     assert torch.equal(wav, mel.invert(clean))
-    assert torch.equal(mel.invert(clean[2:3])[0], wav[2])  # a row inverts the same alone
+    # A row inverts the same alone, to float rounding: a batched FFT may sum in another order on some
+    # CPUs, and Griffin-Lim's iterations carry that on (an Intel Xeon: up to 3e-5 in a [-0.99, 0.99]
+    # clip; equal bit for bit elsewhere).
+    torch.testing.assert_close(mel.invert(clean[2:3])[0], wav[2], rtol=0, atol=1e-4)
     assert float(wav.abs().max()) <= 0.99 + 1e-6
 
 
