@@ -1,0 +1,130 @@
+"""How good are the decoders alone, and how much do the sampler's settings move them?
+
+    python benchmarks/bench_decoder_oracle.py --model tiny --modality image --draws 1234,777 --per-draw 200 \
+        --settings 20:3.5,40:3.5,20:5.0 --threads 2 --out benchmarks/results/decoder_oracle.txt
+
+`eval`'s `decoder_oracle_*` rows in a larger sample and under other settings: the decoder renders the true
+encoder feature C_x of a held-out render, and the attribute probes judge the result. A draw is made as
+`codi2-agent eval --seed S --per-task N` makes its own (attributes first, then renders, from one stream),
+so `--per-draw 80` at the model's own setting repeats that eval's row; other sizes draw other renders
+from the same distribution. A setting is `steps:guidance`. Rows are decoded in batches (`decode_batch`:
+each row as `decode` gives it alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codi2_agent.data import world
+from codi2_agent.data.probes import load_probes
+from codi2_agent.model import load_model
+
+BATCH = 16
+
+
+def parse_settings(text: str) -> list[tuple[int, float]]:
+    """'20:3.5,40:3.5' -> [(20, 3.5), (40, 3.5)]; a malformed item is an error naming it."""
+    settings = []
+    for item in text.split(","):
+        steps, sep, guidance = item.partition(":")
+        try:
+            settings.append((int(steps), float(guidance)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a setting is STEPS:GUIDANCE, got {item!r}") from None
+        if not sep or settings[-1][0] < 1 or settings[-1][1] < 1.0:
+            raise argparse.ArgumentTypeError(f"a setting is STEPS>=1:GUIDANCE>=1.0, got {item!r}")
+    return settings
+
+
+def oracle_draw(modality: world.WorldModality, seed: int, n: int) -> tuple[list[dict[str, str]], list]:
+    """The attributes and renders `evaluate`'s decoder oracle draws for `seed` and `per_task` n."""
+    rng = np.random.default_rng([seed, 99, 0 if modality == "image" else 1])
+    attrs = [world.random_attrs(modality, rng, "test") for _ in range(n)]
+    media = [world.render(a, world.render_seed(rng, "test")) for a in attrs]
+    return attrs, media
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--modality", choices=("image", "audio"), default="image")
+    parser.add_argument("--draws", default="1234,777", help="eval seeds, comma-separated")
+    parser.add_argument("--per-draw", type=int, default=200)
+    parser.add_argument("--settings", type=parse_settings, default=None, help="STEPS:GUIDANCE,...")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    # 1. The model, its own sampler settings first, and the probes that judge the renders.
+    model = load_model(args.model)
+    decoder = model.decoder(args.modality)
+    own = (decoder.cfg.num_inference_steps, decoder.cfg.guidance_scale)  # the tiny decoder's config
+    settings = [own] + [s for s in (args.settings or []) if s != own]
+    probes = load_probes()
+    draws = [int(s) for s in args.draws.split(",")]
+
+    # 2. Each draw's true features, encoded once.
+    cases = []
+    for seed in draws:
+        attrs, media = oracle_draw(args.modality, seed, args.per_draw)
+        feats = model.encode_media(args.modality, model.processor.media_tensor(media[0].modality, media))
+        cases.append((seed, attrs, feats))
+
+    # 3. Decode every draw under every setting; the probes judge each attribute.
+    lines = [
+        f"# bench_decoder_oracle.py, {date.today()}, {platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} thread(s); model {args.model!r}, {args.modality}; {args.per_draw} per draw; "
+        f"the model's own setting first ({own[0]} steps, guidance {own[1]})",
+        f"{'steps':>5} {'guid':>5} {'draw':>6} {'all':>6}  per attribute{'':<36} s/sample",
+    ]
+    for steps, guidance in settings:
+        hits_all: list[bool] = []
+        misses: Counter[str] = Counter()
+        for seed, attrs, feats in cases:
+            t0 = time.perf_counter()
+            decoded = []
+            for lo in range(0, len(attrs), BATCH):
+                rows = range(lo, min(lo + BATCH, len(attrs)))
+                decoded += decoder.decode_batch(
+                    feats[rows.start : rows.stop],
+                    generators=[torch.Generator().manual_seed(seed + i) for i in rows],
+                    prompts=[None] * len(rows),
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                )
+            seconds = (time.perf_counter() - t0) / len(attrs)
+            predicted = probes.predict(decoded)
+            verdicts = [{k: p[k] == a[k] for k in a} for p, a in zip(predicted, attrs, strict=True)]
+            misses.update(
+                f"{k} {a[k]}->{p[k]}" + (f" ({a['size']})" if "size" in a else "")
+                for p, a in zip(predicted, attrs, strict=True)
+                for k in a
+                if p[k] != a[k]
+            )
+            hits = [all(v.values()) for v in verdicts]
+            hits_all += hits
+            per_attr = {a: np.mean([v[a] for v in verdicts]) for a in verdicts[0]}
+            attr_text = " ".join(f"{a}={x:.3f}" for a, x in per_attr.items())
+            head = f"{steps:>5} {guidance:>5.1f} {seed:>6} {np.mean(hits):>6.3f}"
+            lines.append(f"{head}  {attr_text:<49} {seconds:.2f}")
+        lines.append(f"{steps:>5} {guidance:>5.1f} {'all':>6} {np.mean(hits_all):>6.3f}  (n={len(hits_all)})")
+        listed = ", ".join(f"{m} x{c}" for m, c in misses.most_common()) or "none"
+        lines.append(f"{'':>19}misses: {listed}")
+        print("\n".join(lines[-len(cases) - 2 :]), flush=True)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

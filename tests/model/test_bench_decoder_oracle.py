@@ -1,0 +1,63 @@
+"""benchmarks/bench_decoder_oracle.py: a small run on the shipped tiny repeats `evaluate`'s decoder-oracle
+row for the same draw, and a malformed setting is refused by name."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from codi2_agent.evaluation import _decoder_oracle
+from codi2_agent.model import load_model
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_decoder_oracle.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_decoder_oracle", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_draw_of_eval_size_repeats_the_eval_row(tmp_path: Path) -> None:
+    out = tmp_path / "oracle.txt"
+    args = ["--per-draw", "6", "--draws", "5", "--settings", "2:3.5", "--threads", "1", "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in out.read_text().splitlines()[2:]]
+    own = [r for r in rows if r[:3] == ["20", "3.5", "5"]]  # the model's own setting comes first
+    other = [r for r in rows if r[:3] == ["2", "3.5", "5"]]
+    assert rows[0][:3] == ["20", "3.5", "5"] and len(own) == 1 and len(other) == 1
+    assert sum(r[0] == "misses:" for r in rows) == 2  # one list of misses per setting
+    # evaluate()'s own decoder oracle on the same seed and size, decoded one row at a time; at 2 steps
+    # the renders are poor, so the figures depend on every sample being the same one
+    model, probes = load_model("tiny"), _probes()
+    for row, steps in ((own[0], None), (other[0], 2)):
+        expected = _decoder_oracle(model, probes, 6, 5, steps)[0]
+        assert float(row[3]) == pytest.approx(expected.accuracy, abs=1e-3)
+        assert row[4] == f"shape={expected.per_attribute['shape']:.3f}"
+        assert row[5:8] == [f"{a}={expected.per_attribute[a]:.3f}" for a in ("colour", "size", "scene")]
+    assert float(other[0][3]) < 1.0  # the check above is not between two perfect scores
+
+
+def _probes():
+    from codi2_agent.data.probes import load_probes
+
+    return load_probes()
+
+
+@pytest.mark.parametrize("text", ["20", "x:3.5", "0:3.5", "20:0.5"])
+def test_a_malformed_setting_is_named(text: str) -> None:
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match=text.replace(".", r"\.")):
+        _bench().parse_settings(f"20:3.5,{text}")
