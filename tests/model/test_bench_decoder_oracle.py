@@ -3,6 +3,7 @@ row for the same draw, and a malformed setting is refused by name."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from codi2_agent.data.probes import load_probes
 from codi2_agent.evaluation import _decoder_oracle
 from codi2_agent.model import load_model
 
@@ -40,7 +42,7 @@ def test_a_draw_of_eval_size_repeats_the_eval_row(tmp_path: Path) -> None:
     assert sum(r[0] == "misses:" for r in rows) == 2  # one list of misses per setting
     # evaluate()'s own decoder oracle on the same seed and size, decoded one row at a time; at 2 steps
     # the renders are poor, so the figures depend on every sample being the same one
-    model, probes = load_model("tiny"), _probes()
+    model, probes = load_model("tiny"), load_probes()
     for row, steps in ((own[0], None), (other[0], 2)):
         expected = _decoder_oracle(model, probes, 6, 5, steps)[0]
         assert float(row[3]) == pytest.approx(expected.accuracy, abs=1e-3)
@@ -49,15 +51,7 @@ def test_a_draw_of_eval_size_repeats_the_eval_row(tmp_path: Path) -> None:
     assert float(other[0][3]) < 1.0  # the check above is not between two perfect scores
 
 
-def _probes():
-    from codi2_agent.data.probes import load_probes
-
-    return load_probes()
-
-
 @pytest.mark.parametrize("text", ["20", "x:3.5", "0:3.5", "20:0.5"])
 def test_a_malformed_setting_is_named(text: str) -> None:
-    import argparse
-
     with pytest.raises(argparse.ArgumentTypeError, match=text.replace(".", r"\.")):
         _bench().parse_settings(f"20:3.5,{text}")
