@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codi2_agent.data import world
 from codi2_agent.data.probes import load_probes
+from codi2_agent.evaluation import decoder_oracle_draw
 from codi2_agent.model import load_model
 
 BATCH = 16
@@ -42,14 +42,6 @@ def parse_settings(text: str) -> list[tuple[int, float]]:
         if not sep or settings[-1][0] < 1 or settings[-1][1] < 1.0:
             raise argparse.ArgumentTypeError(f"a setting is STEPS>=1:GUIDANCE>=1.0, got {item!r}")
     return settings
-
-
-def oracle_draw(modality: world.WorldModality, seed: int, n: int) -> tuple[list[dict[str, str]], list]:
-    """The attributes and renders `evaluate`'s decoder oracle draws for `seed` and `per_task` n."""
-    rng = np.random.default_rng([seed, 99, 0 if modality == "image" else 1])
-    attrs = [world.random_attrs(modality, rng, "test") for _ in range(n)]
-    media = [world.render(a, world.render_seed(rng, "test")) for a in attrs]
-    return attrs, media
 
 
 def main() -> None:
@@ -77,7 +69,7 @@ def main() -> None:
     # 2. Each draw's true features, encoded once.
     cases = []
     for seed in draws:
-        attrs, media = oracle_draw(args.modality, seed, args.per_draw)
+        attrs, media = decoder_oracle_draw(args.modality, seed, args.per_draw)
         feats = model.encode_media(args.modality, model.processor.media_tensor(media[0].modality, media))
         cases.append((seed, attrs, feats))
 

@@ -17,13 +17,16 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from codi2_agent.media import Media, OutputKind
 from codi2_agent.model import CoDi2Model, Turn
+
+if TYPE_CHECKING:
+    from codi2_agent.data.world import Attrs, WorldModality
 
 __all__ = [
     "EvalRow",
@@ -141,16 +144,22 @@ def evaluate(
     return rows
 
 
-def _decoder_oracle(model: CoDi2Model, probes: Any, n: int, seed: int, steps: int | None) -> list[EvalRow]:
-    """Decode the true C_x(target) of test renders: how good the decoders are on their own."""
+def decoder_oracle_draw(modality: WorldModality, seed: int, n: int) -> tuple[list[Attrs], list[Media]]:
+    """The held-out attributes and renders the decoder oracle judges for `seed` and `n` samples (all
+    attributes first, then the renders, from one stream: another `n` draws other renders)."""
     from codi2_agent.data import world
 
+    rng = np.random.default_rng([seed, 99, ("image", "audio").index(modality)])
+    attrs = [world.random_attrs(modality, rng, "test") for _ in range(n)]
+    return attrs, [world.render(a, world.render_seed(rng, "test")) for a in attrs]
+
+
+def _decoder_oracle(model: CoDi2Model, probes: Any, n: int, seed: int, steps: int | None) -> list[EvalRow]:
+    """Decode the true C_x(target) of test renders: how good the decoders are on their own."""
     rows = []
-    modalities: tuple[world.WorldModality, ...] = ("image", "audio")
-    for k, modality in enumerate(modalities):
-        rng = np.random.default_rng([seed, 99, k])
-        attrs = [world.random_attrs(modality, rng, "test") for _ in range(n)]
-        media = [world.render(a, world.render_seed(rng, "test")) for a in attrs]
+    modalities: tuple[WorldModality, ...] = ("image", "audio")
+    for modality in modalities:
+        attrs, media = decoder_oracle_draw(modality, seed, n)
         t0 = time.perf_counter()
         feats = model.encode_media(modality, model.processor.media_tensor(media[0].modality, media))
         decoded = []
