@@ -4,27 +4,19 @@ row for the same draw, and a malformed setting is refused by name."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 from codi2_agent.data.probes import load_probes
 from codi2_agent.evaluation import _decoder_oracle
 from codi2_agent.model import load_model
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_decoder_oracle.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_decoder_oracle", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_draw_of_eval_size_repeats_the_eval_row(tmp_path: Path) -> None:
@@ -54,4 +46,4 @@ def test_a_draw_of_eval_size_repeats_the_eval_row(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text", ["20", "x:3.5", "0:3.5", "20:0.5"])
 def test_a_malformed_setting_is_named(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=text.replace(".", r"\.")):
-        _bench().parse_settings(f"20:3.5,{text}")
+        load_benchmark("bench_decoder_oracle").parse_settings(f"20:3.5,{text}")

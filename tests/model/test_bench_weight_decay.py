@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -57,10 +57,7 @@ def test_a_short_screen_trains_both_arms_from_one_start_and_writes_the_table(tmp
 
 
 def test_the_heads_scope_decays_the_output_heads_alone() -> None:
-    spec = importlib.util.spec_from_file_location("bench_weight_decay", BENCHMARKS / "bench_weight_decay.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_weight_decay")
     everything = bench.arm_recipe(1.0, "all")
     assert (everything.lm_weight_decay, everything.head_weight_decay) == (1.0, None)
     heads = bench.arm_recipe(1.0, "heads")

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_evals.py"
 
 
-def _script_module():
-    spec = importlib.util.spec_from_file_location("compare_evals", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MEDIA = _script_module().MEDIA_TASKS
+MEDIA = load_benchmark("compare_evals").MEDIA_TASKS
 
 
 def _write(path: Path, accuracies: dict[str, float]) -> Path:
