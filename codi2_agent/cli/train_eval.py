@@ -52,8 +52,8 @@ def train_cmd(
     retrain: Annotated[
         str | None,
         typer.Option(
-            help="Tiny, with --perception-from: decoder stages to train anew on the adopted encoders "
-            "instead of adopting them (image_decoder, audio_decoder).",
+            help="Tiny, with --perception-from or --continue-from: decoder stages to train anew on the "
+            "adopted encoders instead of adopting them (image_decoder, audio_decoder).",
             show_default=False,
         ),
     ] = None,
@@ -61,7 +61,7 @@ def train_cmd(
         str | None,
         typer.Option(
             help="Tiny: a finished model ('tiny' or a folder) this run adopts whole, then trains only tune "
-            "on top of it.",
+            "on top of it (and the --retrain decoders; --stages without tune keeps its reasoning as is).",
             show_default=False,
         ),
     ] = None,

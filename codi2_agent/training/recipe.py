@@ -449,29 +449,38 @@ def adopt_perception(
 
 
 def adopt_reasoning(
-    workdir: Path, model_dir: str | Path, *, load: Callable[[], CoDi2Model] | None = None
+    workdir: Path,
+    model_dir: str | Path,
+    *,
+    load: Callable[[], CoDi2Model] | None = None,
+    with_tune: bool = False,
 ) -> None:
     """Take the projectors, LM and output heads of a finished tiny model as this run's `align` and
     `lm` stages (after `adopt_perception` from the same model), so the run trains `tune` alone.
-    `load`: returns that model already loaded (both adoptions share one load)."""
+    `with_tune`: `tune` is adopted too (marked done), so the model's reasoning is kept exactly as it
+    is: a run that only retrains a decoder. `load`: returns that model already loaded (both adoptions
+    share one load)."""
     from codi2_agent.model import load_model
 
     marker = json.dumps({"adopted_from": str(model_dir)})
-    if _adopted(workdir, REASONING_STAGES, marker):
-        return  # a resumed run
-    started = [s for s in REASONING_STAGES if (workdir / s).exists()]
-    if started:
-        raise ValueError(
-            f"workdir {workdir} already has its own {started}; continue a model in a fresh workdir"
-        )
-    source = load() if load is not None else load_model(model_dir)
-    parts = {"lm": source.lm, "projectors": source.projectors, "heads": source.output_heads}
-    state = {f"{name}.{k}": v for name, part in parts.items() for k, v in part.state_dict().items()}
-    (workdir / "align").mkdir(parents=True)
-    (workdir / "align" / "done").write_text(marker)  # `lm` holds the adopted weights; align's are in them
-    (workdir / "lm").mkdir(parents=True)
-    torch.save(state, workdir / "lm" / "final.pt")
-    (workdir / "lm" / "done").write_text(marker)
+    if not _adopted(workdir, REASONING_STAGES, marker):  # else a resumed run
+        started = [s for s in REASONING_STAGES if (workdir / s).exists()]
+        if started:
+            raise ValueError(
+                f"workdir {workdir} already has its own {started}; continue a model in a fresh workdir"
+            )
+        source = load() if load is not None else load_model(model_dir)
+        parts = {"lm": source.lm, "projectors": source.projectors, "heads": source.output_heads}
+        state = {f"{name}.{k}": v for name, part in parts.items() for k, v in part.state_dict().items()}
+        (workdir / "align").mkdir(parents=True)
+        (workdir / "align" / "done").write_text(marker)  # `lm` holds the adopted weights (align's in them)
+        (workdir / "lm").mkdir(parents=True)
+        torch.save(state, workdir / "lm" / "final.pt")
+        (workdir / "lm" / "done").write_text(marker)
+    if with_tune and not (workdir / "tune").exists():
+        # A `tune` already started here is left alone: it goes on when a run names it again.
+        (workdir / "tune").mkdir()
+        (workdir / "tune" / "done").write_text(marker)  # no final.pt: the model is `lm`'s weights
 
 
 def train(
@@ -494,7 +503,9 @@ def train(
     (`adopt_perception`); the run then trains `align` and `lm` only, plus the decoder stages named in
     `retrain` (trained anew on the adopted encoders, with the recipe's current shapes).
     `continue_from`: a finished tiny model folder whose every stage this run adopts (perception and
-    reasoning), so only `tune` trains, on top of that model.
+    reasoning), so only `tune` trains, on top of that model; with `retrain`, the decoders named there
+    are trained anew instead of adopted, and when `stages` leaves `tune` out it is adopted too, so the
+    model written is the source with new decoders and nothing else changed.
     """
     if preset != "tiny":
         raise ValueError(
@@ -505,11 +516,14 @@ def train(
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; expected some of {list(STAGES)}")
-    if continue_from is not None and (perception_from is not None or retrain):
-        raise ValueError("continue_from adopts the whole model: give it without perception_from / retrain")
-    if retrain and perception_from is None:
+    if continue_from is not None and perception_from is not None:
         raise ValueError(
-            "retrain names decoder stages to train anew on an adopted perception (--perception-from)"
+            "continue_from adopts the whole model, perception included: give it without perception_from"
+        )
+    if retrain and perception_from is None and continue_from is None:
+        raise ValueError(
+            "retrain names decoder stages to train anew on an adopted perception "
+            "(--perception-from or --continue-from)"
         )
     _check_retrain(retrain)
     recipe = recipe or TinyRecipe()
@@ -524,9 +538,9 @@ def train(
         from codi2_agent.model import load_model
 
         source = functools.cache(lambda: load_model(continue_from))  # loaded once, and only if needed
-        adopt_perception(workdir, continue_from, load=source)
-        adopt_reasoning(workdir, continue_from, load=source)
-        stages = [s for s in stages if s not in PERCEPTION_STAGES + REASONING_STAGES]
+        adopt_perception(workdir, continue_from, retrain=retrain, load=source)
+        adopt_reasoning(workdir, continue_from, load=source, with_tune="tune" not in stages)
+        stages = [s for s in stages if s not in PERCEPTION_STAGES + REASONING_STAGES or s in retrain]
     (workdir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
 
     model = _build_model(recipe, workdir)

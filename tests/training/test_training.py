@@ -245,6 +245,34 @@ def test_a_run_continues_a_finished_model_and_trains_only_tune(tmp_path):
         train(tmp_path / "n", recipe=recipe, continue_from="tiny", perception_from="tiny")
 
 
+def test_a_run_continues_a_finished_model_and_retrains_only_a_decoder(tmp_path):
+    # How a shipped model gets a better decoder and nothing else: --continue-from, --retrain, and
+    # --stages without tune (so the LM is adopted whole, not tuned again).
+    recipe = replace(TinyRecipe.smoke(), image_decoder_steps=3)
+    work = tmp_path / "work"
+    kwargs = dict(
+        workdir=work, recipe=recipe, continue_from="tiny", retrain=["image_decoder"], progress=False
+    )
+    out = train(tmp_path / "m", stages=["image_decoder"], **kwargs)
+    assert out == tmp_path / "m"
+    assert sorted(p.parent.name for p in work.glob("*/loss.jsonl")) == ["image_decoder"]
+    assert not (work / "tune" / "final.pt").exists()  # tune adopted: marked done, nothing trained
+    shipped, swapped = load_model("tiny"), load_model(str(out))
+    for part in ("encoders", "projectors", "output_heads", "lm"):  # everything but the decoder: bit for bit
+        mine, theirs = getattr(swapped, part).state_dict(), getattr(shipped, part).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    mine, theirs = swapped.decoders["audio"].state_dict(), shipped.decoders["audio"].state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    mine, theirs = swapped.decoders["image"].state_dict(), shipped.decoders["image"].state_dict()
+    assert any(not torch.equal(mine[k], theirs[k]) for k in theirs)  # trained anew
+    # Resumed with the same arguments: recognised, nothing trains again.
+    logged = (work / "image_decoder" / "loss.jsonl").read_text()
+    assert train(tmp_path / "m", stages=["image_decoder"], **kwargs) == out
+    assert (work / "image_decoder" / "loss.jsonl").read_text() == logged
+    with pytest.raises(ValueError, match=r"cannot retrain \['lm'\]"):
+        train(tmp_path / "n", recipe=recipe, continue_from="tiny", retrain=["lm"])
+
+
 def test_tune_needs_lm_and_zero_steps_skip_it(tmp_path):
     work = tmp_path / "work"
     (work / "encoders").mkdir(parents=True)
