@@ -34,6 +34,10 @@ class StageConfig:
     grad_accum: int = 1
     clip: float = 1.0
     ema: float | None = None  # EMA decay of the trained weights; the EMA copy is what gets kept
+    # Start the EMA at zero and divide it by 1 - ema**step when it is read (Adam's bias correction), so
+    # the weights the stage starts from carry no weight in it. For modules trained from a random init:
+    # a plain EMA of decay 0.999 still holds 0.999**1500 = 22 % of the init after 1,500 steps.
+    ema_debias: bool = False
     save_every: int = 200
     log_every: int = 20
     # Steps between kept snapshots of the trained weights (the EMA copy when `ema` is set), written as
@@ -89,6 +93,10 @@ def run_stage(
     stage_dir.mkdir(parents=True, exist_ok=True)
     done_flag, state_path, log_path = stage_dir / "done", stage_dir / "state.pt", stage_dir / "loss.jsonl"
     ema = copy.deepcopy(module).eval().requires_grad_(False) if cfg.ema else None
+    if ema is not None and cfg.ema_debias:
+        with torch.no_grad():
+            for e in ema.parameters():
+                e.zero_()
     if done_flag.exists():  # a finished stage: load its result and move on
         final = ema if ema is not None else module
         final.load_state_dict(torch.load(stage_dir / "final.pt", map_location="cpu"))
@@ -166,12 +174,24 @@ def run_stage(
                 bar.set_postfix({k: f"{v:.4f}" for k, v in mean.items()})
                 window = []
             if cfg.keep_every and (step + 1) % cfg.keep_every == 0 and step + 1 < cfg.steps:
-                kept = ema if ema is not None else accelerator.unwrap_model(module)
+                kept = _ema_read(ema, cfg, step + 1) if ema is not None else accelerator.unwrap_model(module)
                 torch.save(kept.state_dict(), stage_dir / f"step{step + 1}.pt")
             if (step + 1) % cfg.save_every == 0:
                 save(step + 1)
-    final = ema if ema is not None else accelerator.unwrap_model(module)
+    final = _ema_read(ema, cfg, cfg.steps) if ema is not None else accelerator.unwrap_model(module)
     torch.save(final.state_dict(), stage_dir / "final.pt")
     done_flag.write_text(json.dumps({"steps": cfg.steps}))
     state_path.unlink(missing_ok=True)
     return final
+
+
+def _ema_read(ema: nn.Module, cfg: StageConfig, steps: int) -> nn.Module:
+    """The EMA's weights after `steps` updates: itself, or a bias-corrected copy (`cfg.ema_debias`)."""
+    if not cfg.ema_debias:
+        return ema
+    assert cfg.ema is not None
+    read = copy.deepcopy(ema)
+    with torch.no_grad():
+        for p in read.parameters():
+            p.div_(1.0 - cfg.ema**steps)
+    return read

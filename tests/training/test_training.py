@@ -99,6 +99,64 @@ def test_kept_snapshots_are_the_ema_copy_when_the_stage_keeps_an_ema(tmp_path):
     assert not torch.equal(kept["weight"], state["model"]["weight"])  # the EMA, not the raw weights
 
 
+def test_a_debiased_ema_is_the_plain_ema_with_the_start_weights_taken_out(tmp_path):
+    # Same training twice: the plain EMA starts at the init and keeps decay**steps of it; the debiased
+    # one must be exactly (plain - decay**steps * init) / (1 - decay**steps), at the end and in snapshots.
+    decay, steps = 0.9, 20
+    plain_cfg = StageConfig("reg", steps=steps, lr=0.05, warmup=1, ema=decay, keep_every=10)
+    debiased_cfg = replace(plain_cfg, ema_debias=True)
+    net, batch_fn, loss_fn = _regression()
+    init = {k: v.clone() for k, v in net.state_dict().items()}
+    plain = run_stage(plain_cfg, net, net.parameters(), batch_fn, loss_fn, tmp_path / "a", progress=False)
+    net, batch_fn, loss_fn = _regression()
+    fixed = run_stage(debiased_cfg, net, net.parameters(), batch_fn, loss_fn, tmp_path / "b", progress=False)
+    for at, p, d in [
+        (steps, plain.state_dict(), fixed.state_dict()),
+        (10, torch.load(tmp_path / "a/reg/step10.pt"), torch.load(tmp_path / "b/reg/step10.pt")),
+    ]:
+        w = decay**at
+        for k in init:
+            torch.testing.assert_close(d[k], (p[k] - w * init[k]) / (1 - w), rtol=1e-5, atol=1e-6)
+            assert not torch.allclose(d[k], p[k], atol=1e-3)  # the init's share is not negligible here
+    torch.testing.assert_close(torch.load(tmp_path / "b/reg/final.pt"), fixed.state_dict())
+
+
+def test_a_debiased_ema_resumes_where_it_stopped(tmp_path):
+    cfg = StageConfig("reg", steps=40, lr=0.05, warmup=1, ema=0.95, ema_debias=True, save_every=10)
+    net, batch_fn, loss_fn = _regression()
+    whole = run_stage(cfg, net, net.parameters(), batch_fn, loss_fn, tmp_path / "a", progress=False)
+    net, batch_fn, loss_fn = _regression()
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(
+            cfg, net, net.parameters(), _killed_at(25, batch_fn), loss_fn, tmp_path / "b", progress=False
+        )
+    net, batch_fn, loss_fn = _regression(seed=123)
+    resumed = run_stage(cfg, net, net.parameters(), batch_fn, loss_fn, tmp_path / "b", progress=False)
+    torch.testing.assert_close(resumed.state_dict(), whole.state_dict())
+    # A finished stage is read back as it was written, not corrected twice.
+    net, batch_fn, loss_fn = _regression(seed=7)
+    again = run_stage(cfg, net, net.parameters(), batch_fn, loss_fn, tmp_path / "a", progress=False)
+    torch.testing.assert_close(again.state_dict(), whole.state_dict())
+
+
+def test_the_decoder_stages_keep_a_debiased_ema(tmp_path, monkeypatch):
+    import codi2_agent.training.recipe as recipe_module
+
+    seen = []
+    real = recipe_module.run_stage
+
+    def spy(cfg, *args, **kwargs):
+        seen.append((cfg.name, cfg.ema, cfg.ema_debias))
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(recipe_module, "run_stage", spy)
+    smoke = replace(TinyRecipe.smoke(), encoder_steps=2, image_decoder_steps=2, audio_decoder_steps=2)
+    stages = ["encoders", "image_decoder", "audio_decoder"]
+    train(tmp_path / "out", workdir=tmp_path / "work", recipe=smoke, stages=stages, progress=False)
+    assert ("image_decoder", 0.999, True) in seen and ("audio_decoder", 0.999, True) in seen
+    assert ("encoders", None, False) in seen
+
+
 def test_the_recipe_keeps_snapshots_only_when_asked():
     from codi2_agent.training.reasoning import reasoning_stage_config
 
