@@ -8,7 +8,8 @@ encoder feature C_x of a held-out render, and the attribute probes judge the res
 `codi2-agent eval --seed S --per-task N` makes its own (attributes first, then renders, from one stream),
 so `--per-draw 80` at the model's own setting repeats that eval's row; other sizes draw other renders
 from the same distribution. A setting is `steps:guidance`. Rows are decoded in batches (`decode_batch`:
-each row as `decode` gives it alone).
+each row as `decode` gives it alone). `--round-trip` (audio) adds the ceiling no decoder can pass: each true
+render taken to the decoder's log-mel and back through its inversion, no diffusion in between.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from codi2_agent.data.probes import load_probes
 from codi2_agent.evaluation import decoder_oracle_draw
+from codi2_agent.media import Media
 from codi2_agent.model import load_model
 
 BATCH = 16
@@ -44,6 +46,27 @@ def parse_settings(text: str) -> list[tuple[int, float]]:
     return settings
 
 
+def judge(
+    predicted: list[dict[str, str]], attrs: list[dict[str, str]], misses: Counter[str]
+) -> tuple[list[bool], dict[str, float]]:
+    """Per sample: every attribute right? Then the accuracy per attribute; misses are added to `misses`."""
+    verdicts = [{k: p[k] == a[k] for k in a} for p, a in zip(predicted, attrs, strict=True)]
+    misses.update(
+        f"{k} {a[k]}->{p[k]}" + (f" ({a['size']})" if "size" in a else "")
+        for p, a in zip(predicted, attrs, strict=True)
+        for k in a
+        if p[k] != a[k]
+    )
+    per_attr = {a: float(np.mean([v[a] for v in verdicts])) for a in verdicts[0]}
+    return [all(v.values()) for v in verdicts], per_attr
+
+
+def summary(head: str, hits: list[bool], misses: Counter[str]) -> list[str]:
+    """A setting's pooled line and its misses, most frequent first."""
+    listed = ", ".join(f"{m} x{c}" for m, c in misses.most_common()) or "none"
+    return [f"{head} {'all':>6} {np.mean(hits):>6.3f}  (n={len(hits)})", f"{'':>19}misses: {listed}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -54,8 +77,11 @@ def main() -> None:
     parser.add_argument("--per-draw", type=int, default=200)
     parser.add_argument("--settings", type=parse_settings, default=None, help="STEPS:GUIDANCE,...")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--round-trip", action="store_true", help="audio: add the mel -> waveform ceiling")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.round_trip and args.modality != "audio":
+        parser.error("--round-trip is for --modality audio (a decoded picture needs no inversion)")
     torch.set_num_threads(args.threads)
 
     # 1. The model, its own sampler settings first, and the probes that judge the renders.
@@ -70,8 +96,8 @@ def main() -> None:
     cases = []
     for seed in draws:
         attrs, media = decoder_oracle_draw(args.modality, seed, args.per_draw)
-        feats = model.encode_media(args.modality, model.processor.media_tensor(media[0].modality, media))
-        cases.append((seed, attrs, feats))
+        values = model.processor.media_tensor(media[0].modality, media)
+        cases.append((seed, attrs, values, model.encode_media(args.modality, values)))
 
     # 3. Decode every draw under every setting; the probes judge each attribute.
     lines = [
@@ -83,7 +109,7 @@ def main() -> None:
     for steps, guidance in settings:
         hits_all: list[bool] = []
         misses: Counter[str] = Counter()
-        for seed, attrs, feats in cases:
+        for seed, attrs, _, feats in cases:
             t0 = time.perf_counter()
             decoded = []
             for lo in range(0, len(attrs), BATCH):
@@ -96,24 +122,31 @@ def main() -> None:
                     guidance_scale=guidance,
                 )
             seconds = (time.perf_counter() - t0) / len(attrs)
-            predicted = probes.predict(decoded)
-            verdicts = [{k: p[k] == a[k] for k in a} for p, a in zip(predicted, attrs, strict=True)]
-            misses.update(
-                f"{k} {a[k]}->{p[k]}" + (f" ({a['size']})" if "size" in a else "")
-                for p, a in zip(predicted, attrs, strict=True)
-                for k in a
-                if p[k] != a[k]
-            )
-            hits = [all(v.values()) for v in verdicts]
+            hits, per_attr = judge(probes.predict(decoded), attrs, misses)
             hits_all += hits
-            per_attr = {a: np.mean([v[a] for v in verdicts]) for a in verdicts[0]}
             attr_text = " ".join(f"{a}={x:.3f}" for a, x in per_attr.items())
             head = f"{steps:>5} {guidance:>5.1f} {seed:>6} {np.mean(hits):>6.3f}"
             lines.append(f"{head}  {attr_text:<49} {seconds:.2f}")
-        lines.append(f"{steps:>5} {guidance:>5.1f} {'all':>6} {np.mean(hits_all):>6.3f}  (n={len(hits_all)})")
-        listed = ", ".join(f"{m} x{c}" for m, c in misses.most_common()) or "none"
-        lines.append(f"{'':>19}misses: {listed}")
+        lines += summary(f"{steps:>5} {guidance:>5.1f}", hits_all, misses)
         print("\n".join(lines[-len(cases) - 2 :]), flush=True)
+
+    # 4. The ceiling: true renders through the decoder's log-mel and its inversion, no diffusion.
+    if args.round_trip:
+        lines.append("# mel round trip: true render -> the decoder's log-mel -> its inversion -> the probes")
+        hits_all, misses = [], Counter()
+        mel = getattr(decoder, "mel", None)
+        if mel is None:
+            raise SystemExit(f"--round-trip: the {decoder.cfg.kind} audio decoder has no log-mel inversion")
+        for seed, attrs, values, _ in cases:
+            with torch.no_grad():
+                wavs = mel.invert(mel(values))
+            restored = [Media.from_audio(w.numpy(), mel.sample_rate) for w in wavs]
+            hits, per_attr = judge(probes.predict(restored), attrs, misses)
+            hits_all += hits
+            attr_text = " ".join(f"{a}={x:.3f}" for a, x in per_attr.items())
+            lines.append(f"{'round':>5} {'trip':>5} {seed:>6} {np.mean(hits):>6.3f}  {attr_text}")
+        lines += summary(f"{'round':>5} {'trip':>5}", hits_all, misses)
+        print("\n".join(lines[-len(cases) - 3 :]), flush=True)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
 
