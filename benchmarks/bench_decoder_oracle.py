@@ -61,6 +61,11 @@ def judge(
     return [all(v.values()) for v in verdicts], per_attr
 
 
+def draw_line(head: str, hits: list[bool], per_attr: dict[str, float]) -> str:
+    """One draw's line: `head`, the share of samples right in every attribute, then each attribute's."""
+    return f"{head} {np.mean(hits):>6.3f}  " + " ".join(f"{a}={x:.3f}" for a, x in per_attr.items())
+
+
 def summary(head: str, hits: list[bool], misses: Counter[str]) -> list[str]:
     """A setting's pooled line and its misses, most frequent first."""
     listed = ", ".join(f"{m} x{c}" for m, c in misses.most_common()) or "none"
@@ -89,6 +94,9 @@ def main() -> None:
     decoder = model.decoder(args.modality)
     own = (decoder.cfg.num_inference_steps, decoder.cfg.guidance_scale)  # the tiny decoder's config
     settings = [own] + [s for s in (args.settings or []) if s != own]
+    mel = getattr(decoder, "mel", None)
+    if args.round_trip and mel is None:
+        raise SystemExit(f"--round-trip: the {decoder.cfg.kind} audio decoder has no log-mel inversion")
     probes = load_probes()
     draws = [int(s) for s in args.draws.split(",")]
 
@@ -124,27 +132,23 @@ def main() -> None:
             seconds = (time.perf_counter() - t0) / len(attrs)
             hits, per_attr = judge(probes.predict(decoded), attrs, misses)
             hits_all += hits
-            attr_text = " ".join(f"{a}={x:.3f}" for a, x in per_attr.items())
-            head = f"{steps:>5} {guidance:>5.1f} {seed:>6} {np.mean(hits):>6.3f}"
-            lines.append(f"{head}  {attr_text:<49} {seconds:.2f}")
+            line = draw_line(f"{steps:>5} {guidance:>5.1f} {seed:>6}", hits, per_attr)
+            lines.append(f"{line:<76} {seconds:.2f}")
         lines += summary(f"{steps:>5} {guidance:>5.1f}", hits_all, misses)
         print("\n".join(lines[-len(cases) - 2 :]), flush=True)
 
     # 4. The ceiling: true renders through the decoder's log-mel and its inversion, no diffusion.
     if args.round_trip:
+        assert mel is not None  # refused in step 1
         lines.append("# mel round trip: true render -> the decoder's log-mel -> its inversion -> the probes")
         hits_all, misses = [], Counter()
-        mel = getattr(decoder, "mel", None)
-        if mel is None:
-            raise SystemExit(f"--round-trip: the {decoder.cfg.kind} audio decoder has no log-mel inversion")
         for seed, attrs, values, _ in cases:
             with torch.no_grad():
                 wavs = mel.invert(mel(values))
             restored = [Media.from_audio(w.numpy(), mel.sample_rate) for w in wavs]
             hits, per_attr = judge(probes.predict(restored), attrs, misses)
             hits_all += hits
-            attr_text = " ".join(f"{a}={x:.3f}" for a, x in per_attr.items())
-            lines.append(f"{'round':>5} {'trip':>5} {seed:>6} {np.mean(hits):>6.3f}  {attr_text}")
+            lines.append(draw_line(f"{'round':>5} {'trip':>5} {seed:>6}", hits, per_attr))
         lines += summary(f"{'round':>5} {'trip':>5}", hits_all, misses)
         print("\n".join(lines[-len(cases) - 3 :]), flush=True)
     if args.out:
