@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALIGN_TASKS",
     "ANALOGY_TASKS",
+    "SOUND_TASKS",
     "reasoning_param_groups",
     "reasoning_stage_config",
     "task_draw",
@@ -34,12 +35,15 @@ __all__ = [
 # Paired media <-> text tasks: the `align` stage's whole diet and the `lm` stage's replayed share.
 ALIGN_TASKS = ("caption_audio", "caption_image", "text_to_audio", "text_to_image")
 ANALOGY_TASKS = ("analogy_audio", "analogy_image")
+# The tasks whose answer is a sound: what `tune_sound_replay` draws more often in `tune`.
+SOUND_TASKS = ("analogy_audio", "edit_audio", "text_to_audio")
 
 
 def task_draw(recipe: TinyRecipe, stage: str) -> list[str]:
     """The tasks a reasoning stage draws each sample from: a list with repeats, so a task listed twice
     is drawn twice as often. `align` sees the paired tasks; `lm` and `tune` every task, with the paired
-    ones, the concept and the analogies replayed (`align_replay`, `concept_replay`, `analogy_replay`)."""
+    ones, the concept and the analogies replayed (`align_replay`, `concept_replay`, `analogy_replay`);
+    `tune` also the sound tasks (`tune_sound_replay`)."""
     from codi2_agent.data.tasks import TASKS
 
     if stage == "align":
@@ -51,6 +55,7 @@ def task_draw(recipe: TinyRecipe, stage: str) -> list[str]:
         + list(ALIGN_TASKS) * recipe.align_replay
         + ["concept_image"] * recipe.concept_replay
         + list(ANALOGY_TASKS) * recipe.analogy_replay
+        + (list(SOUND_TASKS) * recipe.tune_sound_replay if stage == "tune" else [])
     )
 
 

@@ -87,6 +87,11 @@ class TinyRecipe:
     # started from the random init and kept 0.999**1500 = 22 % of it in a 1,500-step audio decoder: seed 1's
     # renders 0.935 of 400 held-out sounds right, the same weights bias-corrected 0.973 (v8's 0.973).
     decoder_ema: float = 0.999
+    # Noise on the decoders' training condition: each sample's C_x(x) gets Gaussian noise of a standard
+    # deviation drawn uniformly from [0, decoder_feature_noise] per element, then the encoder's
+    # normalisation again (what generation does to c_MLLM), so a decoder learns to render the LM's
+    # imperfect predictions and not only exact features (unCLIP's noise augmentation). 0: exact C_x.
+    decoder_feature_noise: float = 0.0
     # Measured with a fresh LM on the frozen encoders (nearest-class-mean read-out of c_MLLM, caption
     # parsing; held-out combinations): at lr 2e-3 every mixture of four or more tasks loses the scene
     # (0.15-0.35) while shape/colour/size stay near 1.0, and even text-to-image + text-to-audio alone
@@ -142,6 +147,10 @@ class TinyRecipe:
     tune_steps: int = 1500
     tune_lr: float = 2e-4
     tune_ema: float | None = 0.998
+    # Extra copies of each sound task (`SOUND_TASKS`: audio analogy, audio editing, text-to-audio) in the
+    # `tune` draw only; 0 draws them as often as in `lm`. At 2, on the seed-1 run of v8's recipe, every
+    # held-out sound row fell or stayed (up to -0.038; benchmarks/results/tiny_tune_sound_replay.txt).
+    tune_sound_replay: int = 0
     # Steps between kept weight snapshots in the reasoning stages (`<stage>/step<N>.pt` in the workdir),
     # to measure where along a run its held-out behaviour is decided; 0 keeps none. Not used by the
     # shipped weights, and it does not change what a run trains.
@@ -304,7 +313,11 @@ def _train_decoder(
 
     def loss_fn(values: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
-            feats = encoder(values)
+            feats = encoder(values)  # (B, K, D)
+            if recipe.decoder_feature_noise > 0:
+                scale = torch.rand(feats.shape[0], 1, 1, generator=generator) * recipe.decoder_feature_noise
+                noise = torch.randn(feats.shape, generator=generator) * scale
+                feats = encoder.onto_features(feats + noise.to(feats))
         return decoder.loss(values, feats, generator), {}
 
     cfg = StageConfig(

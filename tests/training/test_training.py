@@ -157,6 +157,44 @@ def test_the_decoder_stages_keep_a_debiased_ema(tmp_path, monkeypatch):
     assert ("encoders", None, False) in seen
 
 
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_the_decoders_train_on_noised_features_only_when_the_recipe_says(tmp_path, monkeypatch, noise):
+    """`decoder_feature_noise`: each sample's C_x gets noise of its own scale, then the encoder's
+    normalisation again; at 0 the decoders see C_x exactly."""
+    from codi2_agent.model.decoders import TinyDiffusionDecoder
+    from codi2_agent.model.encoders import TinyAudioEncoder
+
+    encoded, decoded = [], []
+    encode, loss = TinyAudioEncoder.forward, TinyDiffusionDecoder.loss
+
+    def encode_spy(self, values):
+        out = encode(self, values)
+        encoded.append((values.detach().clone(), out.detach().clone()))
+        return out
+
+    def loss_spy(self, values, features, generator=None):
+        decoded.append((values.detach().clone(), features.detach().clone()))
+        return loss(self, values, features, generator)
+
+    monkeypatch.setattr(TinyAudioEncoder, "forward", encode_spy)
+    monkeypatch.setattr(TinyDiffusionDecoder, "loss", loss_spy)
+    smoke = replace(TinyRecipe.smoke(), encoder_steps=2, audio_decoder_steps=2, decoder_feature_noise=noise)
+    stages = ["encoders", "audio_decoder"]
+    train(tmp_path / "out", workdir=tmp_path / "work", recipe=smoke, stages=stages, progress=False)
+    assert len(decoded) == 2
+    for values, features in decoded:
+        # C_x of these very values, from the frozen encoder the stage ran
+        (exact,) = [out for seen, out in encoded if seen.shape == values.shape and torch.equal(seen, values)]
+        dim = exact.shape[-1]
+        norms = torch.full(features.shape[:2], dim**0.5)
+        torch.testing.assert_close(features.norm(dim=-1), norms, rtol=1e-3, atol=0)
+        distance = (features - exact).norm(dim=-1).flatten()  # one per sample
+        if noise == 0:
+            assert distance.max() < 1e-5
+        else:  # every sample moved, by amounts that differ from sample to sample
+            assert distance.min() > 0 and distance.max() - distance.min() > 0.1
+
+
 def test_the_recipe_keeps_snapshots_only_when_asked():
     from codi2_agent.training.reasoning import reasoning_stage_config
 
@@ -443,6 +481,11 @@ def test_reasoning_stages_draw_the_concept_and_paired_tasks_as_often_as_the_reci
     plain = Counter(task_draw(TinyRecipe(align_replay=0, concept_replay=0, analogy_replay=0), "lm"))
     assert set(plain.values()) == {1}
     assert (TinyRecipe().concept_replay, TinyRecipe().analogy_replay) == (3, 2)  # the shipped recipe's
+    # The sound replay reaches `tune` alone: `lm`'s draw is the same with or without it.
+    loud = TinyRecipe(tune_sound_replay=2)
+    assert task_draw(loud, "lm") == task_draw(TinyRecipe(), "lm")
+    extra = Counter(task_draw(loud, "tune")) - Counter(task_draw(TinyRecipe(), "tune"))
+    assert extra == Counter({"analogy_audio": 2, "edit_audio": 2, "text_to_audio": 2})
     with pytest.raises(ValueError, match="'image_decoder' is not a reasoning stage"):
         task_draw(TinyRecipe(), "image_decoder")
 
