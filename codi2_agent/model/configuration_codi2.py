@@ -361,6 +361,11 @@ class CoDi2Config:
     alpha: NonNegativeFloat = 1.0
     diffusion_loss_weight: NonNegativeFloat = 1.0
     diffusion_loss_into_lm: Flag = False  # condition L_DM on c_MLLM (paper) instead of C_x(target)
+    # At generation, put c_MLLM through the fixed normalisation its encoder's features end in (the tiny
+    # encoders' LayerNorm; the pretrained encoders have none) before a decoder reads it. The decoders
+    # learn from C_x(x) alone, and an MSE regressor's c_MLLM is shrunk towards the mean (norm about 7.1
+    # where every C_x has 8). Measured in benchmarks/results/renorm_c_mllm.txt.
+    renorm_c_mllm: Flag = True
     max_length: PositiveInt = 1024
     # What the model can talk about (see `codi2_agent.model.vocabulary`); {} = open vocabulary.
     vocabulary: Annotated[dict[str, Any], PlainValidator(_vocabulary)] = field(default_factory=dict)

@@ -59,6 +59,13 @@ class MediaEncoder(nn.Module):
         """Move to `device`, cast to `dtype` (encoders are small next to the decoders: never offloaded)."""
         cast_floating(self.to(device), dtype)
 
+    def onto_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Predicted features (..., D) -> the normalisation every output of this encoder ends in, so a
+        decoder trained on this encoder's features reads a prediction on the same scale. Identity here:
+        the pretrained encoders (CLIP, CLAP, ImageBind) keep their predictions as the heads make them
+        (renormalising them is not measured at paper scale)."""
+        return features
+
 
 def _conv_stack(in_channels: int, channels: tuple[int, ...]) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -129,6 +136,9 @@ class TinyImageEncoder(MediaEncoder):
         # Unit-scale features: they are regression targets and decoder conditions, so keep them bounded.
         self.norm = nn.LayerNorm(cfg.feature_dim, elementwise_affine=False)
 
+    def onto_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.norm(features)  # zero mean, unit variance over D: norm sqrt(D) (no weights to learn)
+
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         h = self.body(values.to(self.dtype))  # (B, C, S/8, S/8)
         pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 2C)
@@ -146,6 +156,9 @@ class TinyAudioEncoder(MediaEncoder):
         self.body = _conv_stack(1, cfg.channels)
         self.out = nn.Linear(2 * cfg.channels[-1], cfg.feature_dim)
         self.norm = nn.LayerNorm(cfg.feature_dim, elementwise_affine=False)
+
+    def onto_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.norm(features)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         h = self.body(self.mel(values).to(self.dtype))  # mel in fp32, the CNN in the model's dtype

@@ -22,7 +22,7 @@ from codi2_agent.model._generation_types import (
     _TextRules,
 )
 from codi2_agent.model._lm_cache import cache_kwargs, cache_of, drop_last
-from codi2_agent.model.configuration_codi2 import check_sampling_arguments
+from codi2_agent.model.configuration_codi2 import CoDi2Config, check_sampling_arguments
 from codi2_agent.model.consistency import clause_start, contradiction, opens_clause
 from codi2_agent.model.decoders import ProgressCallback
 from codi2_agent.model.drafts import TextDrafts
@@ -45,6 +45,7 @@ class GenerationMixin(BatchGenerationMixin):
     """The generation methods of `CoDi2Model` (see the module docstring)."""
 
     # Provided by `CoDi2Model` (with those `BatchGenerationMixin` declares).
+    config: CoDi2Config
     output_heads: Any
     encoder_calls: int
 
@@ -380,10 +381,14 @@ class GenerationMixin(BatchGenerationMixin):
         return int(self.encoder(modality).num_feature_tokens)
 
     def _c_mllm(self, modality: Modality, hidden: torch.Tensor) -> torch.Tensor:
-        """Last hidden states at the gen positions (B, K, H) -> c_MLLM (B, K, D)."""
+        """Last hidden states at the gen positions (B, K, H) -> c_MLLM (B, K, D), on the encoder's scale
+        when `config.renorm_c_mllm` (what the decoders were trained on)."""
         head = self.output_heads[modality.value]
         # with a device map the LM's last layer may sit on another device than the head
-        return cast(torch.Tensor, head(hidden.to(next(head.parameters()).device)))
+        c_mllm = cast(torch.Tensor, head(hidden.to(next(head.parameters()).device)))
+        if self.config.renorm_c_mllm:
+            c_mllm = self.encoder(modality).onto_features(c_mllm)
+        return c_mllm
 
     def _output_features(self, modality: Modality, media: Sequence[Media]) -> list[torch.Tensor]:
         """C_x (K, D) of each produced medium, in one encoder pass."""

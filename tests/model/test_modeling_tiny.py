@@ -139,6 +139,45 @@ def test_generate_is_deterministic_under_a_seed(tiny_model):
     assert a.image != c.image
 
 
+def test_decoders_read_c_mllm_on_the_encoders_scale(make_model):
+    """The decoders learn from C_x(x), which ends in a LayerNorm; generation hands them c_MLLM through
+    the same normalisation (`renorm_c_mllm`), and nothing else differs between the two settings."""
+    from codi2_agent.model.generation import _seeded_generator
+
+    on = make_model(seed=3).eval()
+    off = make_model(seed=3, renorm_c_mllm=False).eval()
+    assert on.config.renorm_c_mllm and CoDi2Config.tiny().renorm_c_mllm  # the default
+    for output, prompt in (("image", ["draw", image(0)]), ("audio", ["play", tone()])):
+        a = on.generate(prompt, output=output, seed=5, num_inference_steps=3)
+        b = off.generate(prompt, output=output, seed=5, num_inference_steps=3)
+        assert a.text == b.text
+        raw = b.features  # (K, D): the output head's prediction as it is
+        dim = raw.shape[-1]
+        torch.testing.assert_close(a.features, torch.nn.functional.layer_norm(raw, (dim,)))
+        torch.testing.assert_close(a.features.norm(dim=-1), torch.full((1,), dim**0.5), rtol=1e-3, atol=0)
+        assert (raw.norm(dim=-1) - dim**0.5).abs().min() > 0.5  # an untrained head's output is not
+        # the medium is the one decoded from the normalised features, and not from the raw ones
+        decoder = on.decoder(Modality(output))
+        again = decoder.decode(a.features[None], generator=_seeded_generator(5), num_inference_steps=3)
+        assert again[0] == a.media[0] and b.media[0] != a.media[0]
+    # a C_x is on its own scale already: the normalisation leaves it as it is
+    for modality, medium in ((Modality.IMAGE, image(1)), (Modality.AUDIO, tone())):
+        c_x = on.encode_media(modality, on.processor.media_tensor(modality, [medium]))  # (1, K, D)
+        torch.testing.assert_close(on.encoder(modality).onto_features(c_x), c_x, rtol=1e-5, atol=1e-5)
+
+
+def test_a_config_without_renorm_c_mllm_loads_with_it_on(tmp_path):
+    """Model folders saved before the field existed decode as today's do; a folder that turns it off
+    keeps it off."""
+    CoDi2Config.tiny().to_json_file(tmp_path / "c.json")
+    data = json.loads((tmp_path / "c.json").read_text())
+    del data["renorm_c_mllm"]
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    assert CoDi2Config.from_json_file(tmp_path / "c.json").renorm_c_mllm is True
+    CoDi2Config.tiny(renorm_c_mllm=False).to_json_file(tmp_path / "off.json")
+    assert CoDi2Config.from_json_file(tmp_path / "off.json").renorm_c_mllm is False
+
+
 def teach_text(model: CoDi2Model, batch: dict, steps: int, until: float = 0.005) -> None:
     """Overfit the LM's text loss on one batch (enough to make it write a trained answer): at most
     `steps` steps, stopping once the loss is below `until`. A fixed count at a high rate was not enough:

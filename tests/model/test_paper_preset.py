@@ -94,6 +94,9 @@ def test_loads_the_paper_classes(paper_model: CoDi2Model) -> None:
     assert isinstance(model.decoders["image"].pipe, StableUnCLIPImg2ImgPipeline)
     assert isinstance(model.decoders["audio"], AudioLDM2Decoder)
     assert isinstance(model.decoders["audio"].pipe, AudioLDM2Pipeline)
+    # c_MLLM reaches the pipelines as the heads predict it: the pretrained encoders add no normalisation
+    x = torch.randn(2, 1, 7)
+    assert all(model.encoders[m].onto_features(x) is x for m in ("image", "audio"))
     # the tokenizer carries the CoDi-2 special tokens
     assert all(t in model.tokenizer.get_vocab() for t in ("<image>", "<audio>", "<boi>", "<boa>"))
 
