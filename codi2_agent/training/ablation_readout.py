@@ -127,7 +127,9 @@ class ScoreRow:
     n: int
     accuracy: float  # media: every attribute read right; text: the answer parses to the target
     per_attribute: dict[str, float] = field(default_factory=dict)
-    feature_mse: float | None = None  # MSE(c_MLLM, C_x(target)); None for text answers
+    # MSE(c_MLLM, C_x(target)), c_MLLM as the decoders read it (renormalised when the model's config says
+    # so; tables made before 2026-12-03 measured the heads' raw output); None for text answers
+    feature_mse: float | None = None
     readout_ceiling: float | None = None  # the read-out's accuracy on the true C_x(target)
     seconds: float = 0.0
 

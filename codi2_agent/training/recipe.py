@@ -87,10 +87,12 @@ class TinyRecipe:
     # started from the random init and kept 0.999**1500 = 22 % of it in a 1,500-step audio decoder: seed 1's
     # renders 0.935 of 400 held-out sounds right, the same weights bias-corrected 0.973 (v8's 0.973).
     decoder_ema: float = 0.999
-    # Noise on the decoders' training condition: each sample's C_x(x) gets Gaussian noise of a standard
-    # deviation drawn uniformly from [0, decoder_feature_noise] per element, then the encoder's
+    # Noise on the decoders' training condition: each sample's C_x(x) gets Gaussian noise whose standard
+    # deviation is drawn per sample uniformly from [0, decoder_feature_noise], then the encoder's
     # normalisation again (what generation does to c_MLLM), so a decoder learns to render the LM's
-    # imperfect predictions and not only exact features (unCLIP's noise augmentation). 0: exact C_x.
+    # imperfect predictions and not only exact features (unCLIP's noise augmentation). 0: exact C_x. At
+    # 0.4 (the LM's error is about 0.23 per element) two runs' audio decoders rendered their LM's sound
+    # answers worse, not better (benchmarks/results/renorm_c_mllm.txt).
     decoder_feature_noise: float = 0.0
     # Measured with a fresh LM on the frozen encoders (nearest-class-mean read-out of c_MLLM, caption
     # parsing; held-out combinations): at lr 2e-3 every mixture of four or more tasks loses the scene
