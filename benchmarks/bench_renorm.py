@@ -25,7 +25,6 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SOUND_TASKS = ("analogy_audio", "edit_audio", "text_to_audio")
 BATCH = 16  # rows per decoder call: each row keeps its own generator, so the batch size changes nothing
 
 
@@ -53,29 +52,21 @@ def judged(
 def compare(
     model: Any, probes: Any, readout: Any, task: str, draw: int, per_task: int, steps: int | None
 ) -> tuple[float, float, float, float]:
-    """One task on one draw: (read-out accuracy of the raw c_MLLM, its mean norm per vector, raw
-    accuracy, renormalised accuracy)."""
+    """One task on one draw, for a `model` whose config has `renorm_c_mllm` off: (read-out accuracy of the
+    raw c_MLLM, its mean norm per vector, raw accuracy, renormalised accuracy)."""
     import torch
 
-    from codi2_agent.data.tasks import sample_task
-    from codi2_agent.evaluation import task_stream
-    from codi2_agent.training.ablation_readout import predict_answers
+    from codi2_agent.training.ablation_readout import eval_samples, predict_answers
 
-    rng = task_stream(task, draw)
-    items = [sample_task(task, rng, "test") for _ in range(per_task)]
+    items = eval_samples([task], per_task, draw)[task]  # the samples `evaluate` draws for this seed
     if items[0].target is None:
         raise ValueError(f"{task} answers with text: nothing is decoded, so nothing to compare")
-    renorm = model.config.renorm_c_mllm
-    model.config = model.config.replace(renorm_c_mllm=False)
-    try:
-        _, predicted = predict_answers(model, items)
-    finally:
-        model.config = model.config.replace(renorm_c_mllm=renorm)
+    _, predicted = predict_answers(model, items)
     raw = torch.stack(predicted).float()  # (N, K, D): the heads' predictions
     modality = items[0].target.modality
     verdicts = readout.verdicts(modality, raw.flatten(1), [s.target_attrs for s in items])
     read_right = sum(all(v.values()) for v in verdicts) / per_task
-    onto = model.encoder(modality).onto_features(raw)
+    onto = model.encoder(modality).onto_features(raw)  # what generation decodes with the setting on
     scores = [judged(model, probes, items, f, draw, steps) for f in (raw, onto)]
     return read_right, float(raw.norm(dim=-1).mean()), sum(scores[0]) / per_task, sum(scores[1]) / per_task
 
@@ -87,7 +78,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--model", action="append", help="a model name or folder (repeat to compare)")
     parser.add_argument("--draws", default="1234,777", help="eval seeds, comma-separated")
     parser.add_argument("--per-task", type=int, default=80)
-    parser.add_argument("--tasks", default=",".join(SOUND_TASKS), help="tasks with a medium answer")
+    parser.add_argument("--tasks", default=None, help="tasks with a medium answer (default: the sound tasks)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the decoder's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
@@ -98,11 +89,12 @@ def main(argv: list[str] | None = None) -> str:
     from codi2_agent.data.tasks import TASKS
     from codi2_agent.model import load_model
     from codi2_agent.training.ablation_readout import ClassMeanReadout
+    from codi2_agent.training.reasoning import SOUND_TASKS
 
     torch.set_num_threads(args.threads)
     models = args.model or ["tiny"]
     draws = [int(d) for d in args.draws.split(",")]
-    tasks = args.tasks.split(",")
+    tasks = args.tasks.split(",") if args.tasks else list(SOUND_TASKS)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or args.per_task < 1:
         parser.error(f"unknown tasks {unknown}" if unknown else "--per-task must be at least 1")
@@ -119,6 +111,7 @@ def main(argv: list[str] | None = None) -> str:
     ]
     for name in models:
         model = load_model(name).eval()
+        model.config = model.config.replace(renorm_c_mllm=False)  # raw predictions; `compare` renormalises
         readout = ClassMeanReadout.fit(model)
         sums = [0.0, 0.0]
         for task in tasks:
