@@ -1,8 +1,9 @@
 """How compositional are the tiny model's features? Encoder C_x and LM c_MLLM against an additive model.
 
-Run: `.venv/bin/python benchmarks/bench_additivity.py [--model tiny|PATH ...] [--modality audio|image|both]
-[--renders 4] [--threads 2] [--out FILE] [--note TEXT ...]`. Prints a table and writes it to FILE
-(default benchmarks/results/additivity.txt); each `--note` becomes a comment line at its head.
+Run: `.venv/bin/python benchmarks/bench_additivity.py [--model tiny|PATH ...] [--workdir WORK ...]
+[--modality audio|image|both] [--renders 4] [--threads 2] [--out FILE] [--note TEXT ...]`. Prints a table
+and writes it to FILE (default benchmarks/results/additivity.txt); each `--note` becomes a comment line at
+its head.
 
 The tiny world holds out attribute *pairs* (`codi2_agent.data.world.HELD_OUT`): the reasoning model
 never sees, say, a sine tone at 880 Hz, yet must produce its features. If the encoder's features were
@@ -17,6 +18,10 @@ combinations would predict every held-out combination. This script measures, per
    answers lie from the additive extrapolation of its *own* train-combination answers (near zero: the
    LM composes additively; large: it does something else on unseen pairs);
 3. with two or more models, the error of their averaged c_MLLM (variance across runs vs a bias they share).
+
+`--workdir WORK` (repeatable) measures a training run instead of a finished model: the LM's c_MLLM after
+each reasoning checkpoint in WORK (`align`, every `lm` branch, the `lm` soup, `tune`), each against the
+run's own encoder, to show which stage sets a run's held-out error.
 """
 
 from __future__ import annotations
@@ -133,9 +138,56 @@ def run(models: Mapping[str, Any], kind: world.WorldModality, renders: int) -> l
     return lines
 
 
+def reasoning_checkpoints(workdir: Path) -> list[Path]:
+    """The reasoning weights a training workdir holds, in the order the recipe makes them."""
+    branches = sorted((workdir / "lm").glob("branch*/final.pt"), key=lambda p: int(p.parent.name[6:]))
+    names = [
+        workdir / "align" / "final.pt",
+        *branches,
+        workdir / "lm" / "final.pt",
+        workdir / "tune" / "final.pt",
+    ]
+    return [path for path in names if path.is_file()]
+
+
+def checkpoint_run(workdir: Path, kind: world.WorldModality, renders: int) -> list[str]:
+    """The table's lines for one training run: c_MLLM after each of its reasoning checkpoints, all measured
+    against the run's own encoder (every run trains its own encoders, so runs share no perception)."""
+    import torch
+
+    from codi2_agent.training.ablation import base_recipe
+    from codi2_agent.training.reasoning import _reasoning_parts
+    from codi2_agent.training.recipe import _build_model, _restore_done
+
+    model = _build_model(base_recipe(workdir), workdir)
+    _restore_done(model, workdir)  # its encoders (and decoders); the reasoning is replaced below
+    model.eval()
+    combos = list(world.all_attrs(kind))
+    held = np.array([world.is_held_out(c) for c in combos])
+    design = one_hot_design(combos, world.ATTRIBUTES[kind])
+    truth, _ = encoder_means(model, kind, combos, renders)
+    lines = [
+        f"## {kind}: LM c_MLLM after each reasoning checkpoint of {workdir}",
+        "checkpoint                    train  held-out  held vs own additive",
+    ]
+    for path in reasoning_checkpoints(workdir):
+        _reasoning_parts(model).load_state_dict(torch.load(path, map_location="cpu"))
+        answer = lm_features(model, kind, combos)
+        own = additive_fit(answer, design, held)
+        name = str(path.parent.relative_to(workdir))
+        lines.append(
+            f"{name:26s} {mse(answer[~held], truth[~held]):8.4f}  {mse(answer[held], truth[held]):8.4f}  "
+            f"{mse(answer[held], own[held]):20.4f}"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="tiny or a model folder; repeat for several")
+    parser.add_argument(
+        "--workdir", action="append", type=Path, default=[], help="a training workdir; repeat for several"
+    )
     parser.add_argument("--modality", choices=("audio", "image", "both"), default="both")
     parser.add_argument("--renders", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
@@ -148,11 +200,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from codi2_agent.model import load_model
 
-    models = {"/".join(Path(path).parts[-2:]): load_model(path).eval() for path in args.model or ["tiny"]}
     kinds: tuple[world.WorldModality, ...] = (
         ("audio", "image") if args.modality == "both" else (args.modality,)
     )
-    lines = [line for kind in kinds for line in run(models, kind, args.renders)]
+    lines = []
+    if args.model or not args.workdir:
+        models = {"/".join(Path(path).parts[-2:]): load_model(path).eval() for path in args.model or ["tiny"]}
+        lines += [line for kind in kinds for line in run(models, kind, args.renders)]
+    for workdir in args.workdir:
+        lines += [line for kind in kinds for line in checkpoint_run(workdir, kind, args.renders)]
     head = [f"# {note}" for note in args.note]
     head.append(f"# machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads")
     lines = head + lines

@@ -60,19 +60,23 @@ def test_an_interaction_on_the_held_out_pair_is_what_the_fit_misses(bench) -> No
     assert bench.mse(fitted[HELD], table[HELD]) == pytest.approx(float((bump**2).mean()))
 
 
-def test_a_run_on_the_shipped_model_writes_every_section(tmp_path: Path) -> None:
-    out = tmp_path / "additivity.txt"
+def run_bench(out: Path, *args: str) -> str:
+    """Run the script on sounds with one render per combination; its table, checked to be what it printed."""
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_additivity.py"), "--modality", "audio", "--renders", "1",
-         "--threads", "1", "--out", str(out)],
+        [sys.executable, str(BENCHMARKS / "bench_additivity.py"), *args, "--modality", "audio",
+         "--renders", "1", "--threads", "1", "--out", str(out)],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    text = out.read_text()
-    assert proc.stdout == text
+    assert proc.stdout == out.read_text()
+    return proc.stdout
+
+
+def test_a_run_on_the_shipped_model_writes_every_section(tmp_path: Path) -> None:
+    text = run_bench(tmp_path / "additivity.txt")
     assert "# audio: 120 combinations, 40 held out" in text
     fit = dict(re.findall(r"additive fit on train combinations: (train rows|held-out)\s+([\d.]+)", text))
     assert set(fit) == {"train rows", "held-out"}
@@ -85,3 +89,27 @@ def test_a_run_on_the_shipped_model_writes_every_section(tmp_path: Path) -> None
     assert own_vs_truth == pytest.approx(float(fit["held-out"]), abs=0.02)  # the LM fits seen combos well
     pairs = re.search(r"per held-out pair: (.*)$", text, re.M)
     assert pairs is not None and len(pairs.group(1).split(", ")) == 8
+
+
+def test_a_training_workdir_is_measured_checkpoint_by_checkpoint_and_its_last_is_the_model(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from codi2_agent.training.recipe import TinyRecipe, train
+
+    work, out = tmp_path / "work", tmp_path / "model"
+    train(out, workdir=work, recipe=replace(TinyRecipe.smoke(), lm_branches=2), progress=False)
+
+    text = run_bench(tmp_path / "checkpoints.txt", "--workdir", str(work))
+    rows = re.findall(r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", text, re.M)
+    assert [name for name, *_ in rows] == ["align", "lm/branch0", "lm/branch1", "lm", "tune"]
+    errors = {name: (float(train_), float(held)) for name, train_, held, _ in rows}
+    assert errors["lm/branch0"] != errors["lm/branch1"]  # each branch on its own draw: other weights
+    # the last checkpoint is what the run assembled: measured as a model folder it gives the same errors
+    model_row = re.search(
+        r"^0: \S+\s+([\d.]+)\s+([\d.]+)", run_bench(tmp_path / "model.txt", "--model", str(out)), re.M
+    )
+    assert model_row is not None
+    assert (float(model_row.group(1)), float(model_row.group(2))) == errors["tune"]
+    assert "## 1. encoder C_x" not in text  # the workdir mode alone: no model was asked for
