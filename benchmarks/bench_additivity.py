@@ -140,7 +140,10 @@ def run(models: Mapping[str, Any], kind: world.WorldModality, renders: int) -> l
 
 def reasoning_checkpoints(workdir: Path) -> list[Path]:
     """The reasoning weights a training workdir holds, in the order the recipe makes them."""
-    branches = sorted((workdir / "lm").glob("branch*/final.pt"), key=lambda p: int(p.parent.name[6:]))
+    branches = sorted(
+        (p for p in (workdir / "lm").glob("branch*/final.pt") if p.parent.name[6:].isdigit()),
+        key=lambda p: int(p.parent.name[6:]),  # branch10 after branch9
+    )
     names = [
         workdir / "align" / "final.pt",
         *branches,

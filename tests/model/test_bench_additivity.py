@@ -113,3 +113,12 @@ def test_a_training_workdir_is_measured_checkpoint_by_checkpoint_and_its_last_is
     assert model_row is not None
     assert (float(model_row.group(1)), float(model_row.group(2))) == errors["tune"]
     assert "## 1. encoder C_x" not in text  # the workdir mode alone: no model was asked for
+
+
+def test_checkpoints_come_in_the_recipes_order_with_branches_by_number(bench, tmp_path: Path) -> None:
+    for name in ("tune", "lm", "lm/branch10", "lm/branch2", "lm/branch0", "lm/branch_old", "align"):
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / name / "final.pt").write_bytes(b"")
+    (tmp_path / "lm" / "branch3").mkdir()  # a branch still training: no final weights yet
+    found = [str(p.parent.relative_to(tmp_path)) for p in bench.reasoning_checkpoints(tmp_path)]
+    assert found == ["align", "lm/branch0", "lm/branch2", "lm/branch10", "lm", "tune"]
