@@ -95,12 +95,20 @@ def lm_features(model, kind: str, combos: Sequence[Mapping[str, str]]) -> np.nda
     return torch.stack([f.float().flatten() for f in features if f is not None]).numpy()
 
 
-def run(models: Mapping[str, Any], kind: world.WorldModality, renders: int) -> list[str]:
-    """The table's lines for one modality; `models`: label -> loaded model, all on one perception."""
+def world_table(
+    model, kind: str, renders: int
+) -> tuple[list[dict[str, str]], np.ndarray, np.ndarray, np.ndarray, float]:
+    """Every combination of `kind`, which are held out, their additive design, and `model`'s encoder truth."""
     combos = list(world.all_attrs(kind))
     held = np.array([world.is_held_out(c) for c in combos])
     design = one_hot_design(combos, world.ATTRIBUTES[kind])
-    truth, within = encoder_means(next(iter(models.values())), kind, combos, renders)
+    truth, within = encoder_means(model, kind, combos, renders)
+    return combos, held, design, truth, within
+
+
+def run(models: Mapping[str, Any], kind: world.WorldModality, renders: int) -> list[str]:
+    """The table's lines for one modality; `models`: label -> loaded model, all on one perception."""
+    combos, held, design, truth, within = world_table(next(iter(models.values())), kind, renders)
     fitted = additive_fit(truth, design, held)
     lines = [
         f"# {kind}: {len(combos)} combinations, {int(held.sum())} held out; "
@@ -153,22 +161,25 @@ def reasoning_checkpoints(workdir: Path) -> list[Path]:
     return [path for path in names if path.is_file()]
 
 
-def checkpoint_run(workdir: Path, kind: world.WorldModality, renders: int) -> list[str]:
-    """The table's lines for one training run: c_MLLM after each of its reasoning checkpoints, all measured
-    against the run's own encoder (every run trains its own encoders, so runs share no perception)."""
-    import torch
-
+def load_workdir(workdir: Path):
+    """A training run's model: its own encoders and decoders (the reasoning is set per checkpoint)."""
     from codi2_agent.training.ablation import base_recipe
-    from codi2_agent.training.reasoning import _reasoning_parts
     from codi2_agent.training.recipe import _build_model, _restore_done
 
     model = _build_model(base_recipe(workdir), workdir)
-    _restore_done(model, workdir)  # its encoders (and decoders); the reasoning is replaced below
-    model.eval()
-    combos = list(world.all_attrs(kind))
-    held = np.array([world.is_held_out(c) for c in combos])
-    design = one_hot_design(combos, world.ATTRIBUTES[kind])
-    truth, _ = encoder_means(model, kind, combos, renders)
+    _restore_done(model, workdir)
+    return model.eval()
+
+
+def checkpoint_run(model, workdir: Path, kind: world.WorldModality, renders: int) -> list[str]:
+    """The table's lines for one training run (`model`: `load_workdir(workdir)`): c_MLLM after each of its
+    reasoning checkpoints, all measured against the run's own encoder (every run trains its own encoders, so
+    runs share no perception)."""
+    import torch
+
+    from codi2_agent.training.reasoning import _reasoning_parts
+
+    combos, held, design, truth, _ = world_table(model, kind, renders)
     lines = [
         f"## {kind}: LM c_MLLM after each reasoning checkpoint of {workdir}",
         "checkpoint                    train  held-out  held vs own additive",
@@ -211,7 +222,8 @@ def main() -> None:
         models = {"/".join(Path(path).parts[-2:]): load_model(path).eval() for path in args.model or ["tiny"]}
         lines += [line for kind in kinds for line in run(models, kind, args.renders)]
     for workdir in args.workdir:
-        lines += [line for kind in kinds for line in checkpoint_run(workdir, kind, args.renders)]
+        model = load_workdir(workdir)
+        lines += [line for kind in kinds for line in checkpoint_run(model, workdir, kind, args.renders)]
     head = [f"# {note}" for note in args.note]
     head.append(f"# machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads")
     lines = head + lines
