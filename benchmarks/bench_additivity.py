@@ -21,12 +21,15 @@ combinations would predict every held-out combination. This script measures, per
 
 `--workdir WORK` (repeatable) measures a training run instead of a finished model: the LM's c_MLLM after
 each reasoning checkpoint in WORK (`align`, every `lm` branch, the `lm` soup, `tune`), each against the
-run's own encoder, to show which stage sets a run's held-out error.
+run's own encoder, to show which stage sets a run's held-out error; with two or more `lm` branches, also
+whether a branch's error on half of the held-out pairs tells which branch is better on the other half
+(what choosing a branch on validation pairs would rely on).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 from collections.abc import Mapping, Sequence
@@ -106,6 +109,37 @@ def world_table(
     return combos, held, design, truth, within
 
 
+def pair_rows(combos: Sequence[Mapping[str, str]], kind: world.WorldModality) -> dict[str, np.ndarray]:
+    """Each held-out pair of `kind`, named by its values ("sine+880"), and the combinations holding it."""
+    return {
+        "+".join(v for _, v in sorted(pair)): np.array([pair <= c.items() for c in combos])
+        for pair in world.HELD_OUT[kind]
+    }
+
+
+def per_pair_line(errors: Mapping[str, float]) -> str:
+    return "   per held-out pair: " + ", ".join(f"{name} {error:.3f}" for name, error in errors.items())
+
+
+def pick_agreement(branches: Sequence[Mapping[str, float]]) -> tuple[int, int]:
+    """How often the branch with the lower mean error on one half of the held-out pairs also has the lower
+    mean error on the other half: (agreeing, all) over every split of the pairs into two equal halves
+    (each split once) and every two branches. About half agree when a branch's errors on unseen pairs are
+    idiosyncratic; all of them when one branch is better across the board."""
+    names = list(branches[0])
+    agree = total = 0
+    for half in itertools.combinations(names, len(names) // 2):
+        if names[0] not in half:  # {A, B} and {B, A} are one split
+            continue
+        other = [name for name in names if name not in half]
+        for a, b in itertools.combinations(branches, 2):
+            on_half = np.mean([a[n] for n in half]) < np.mean([b[n] for n in half])
+            on_other = np.mean([a[n] for n in other]) < np.mean([b[n] for n in other])
+            agree += on_half == on_other
+            total += 1
+    return agree, total
+
+
 def run(models: Mapping[str, Any], kind: world.WorldModality, renders: int) -> list[str]:
     """The table's lines for one modality; `models`: label -> loaded model, all on one perception."""
     combos, held, design, truth, within = world_table(next(iter(models.values())), kind, renders)
@@ -120,7 +154,7 @@ def run(models: Mapping[str, Any], kind: world.WorldModality, renders: int) -> l
         "## 2. LM c_MLLM, one text-to-media prompt per combination",
         "model                         train  held-out  held vs own additive  own additive vs truth",
     ]
-    pair_rows = {pair: np.array([pair <= c.items() for c in combos]) for pair in world.HELD_OUT[kind]}
+    pairs = pair_rows(combos, kind)
     answers = []
     for index, (label, model) in enumerate(models.items()):
         answer = lm_features(model, kind, combos)
@@ -131,11 +165,7 @@ def run(models: Mapping[str, Any], kind: world.WorldModality, renders: int) -> l
             f"{mse(answer[held], truth[held]):8.4f}  {mse(answer[held], own[held]):20.4f}  "
             f"{mse(own[held], truth[held]):21.4f}"
         )
-        per_pair = (
-            f"{'+'.join(v for _, v in sorted(pair))} {mse(answer[rows], truth[rows]):.3f}"
-            for pair, rows in pair_rows.items()
-        )
-        lines.append("   per held-out pair: " + ", ".join(per_pair))
+        lines.append(per_pair_line({name: mse(answer[rows], truth[rows]) for name, rows in pairs.items()}))
     if len(answers) >= 2:
         mean = np.mean(answers, 0)
         lines += [
@@ -180,10 +210,12 @@ def checkpoint_run(model, workdir: Path, kind: world.WorldModality, renders: int
     from codi2_agent.training.reasoning import _reasoning_parts
 
     combos, held, design, truth, _ = world_table(model, kind, renders)
+    pairs = pair_rows(combos, kind)
     lines = [
         f"## {kind}: LM c_MLLM after each reasoning checkpoint of {workdir}",
         "checkpoint                    train  held-out  held vs own additive",
     ]
+    branches = []
     for path in reasoning_checkpoints(workdir):
         _reasoning_parts(model).load_state_dict(torch.load(path, map_location="cpu"))
         answer = lm_features(model, kind, combos)
@@ -192,6 +224,15 @@ def checkpoint_run(model, workdir: Path, kind: world.WorldModality, renders: int
         lines.append(
             f"{name:26s} {mse(answer[~held], truth[~held]):8.4f}  {mse(answer[held], truth[held]):8.4f}  "
             f"{mse(answer[held], own[held]):20.4f}"
+        )
+        errors = {pair: mse(answer[rows], truth[rows]) for pair, rows in pairs.items()}
+        lines.append(per_pair_line(errors))
+        if name.startswith("lm/branch"):
+            branches.append(errors)
+    if len(branches) >= 2:
+        agree, total = pick_agreement(branches)
+        lines.append(
+            f"branch picked on half of the held-out pairs is the better on the other half: {agree} of {total}"
         )
     return lines
 

@@ -15,7 +15,7 @@ What a variant may change (anything else is a ValueError naming the field):
 
 - recipe fields of the reasoning stages: `align_steps`, `lm_steps`, `lm_branches`, `align_replay`,
   `concept_replay`, `analogy_replay`, `lm_batch`, `lm_lr`, `lm_weight_decay`,
-  `head_weight_decay`
+  `head_weight_decay`, `lm_dropout`
   (the base is the workdir's own `recipe.json`; `seed` comes from the seeds list);
 - model fields the reasoning stages own (projector, LM and output heads are trained from scratch, so
   they may take any shape): `num_media_tokens` (placeholder tokens per input medium),
@@ -88,6 +88,7 @@ RECIPE_FIELDS = (
     "lm_lr",
     "lm_weight_decay",
     "head_weight_decay",
+    "lm_dropout",
 )
 MODEL_FIELDS = ("num_media_tokens", "projector_type", "alpha", "lm")
 LM_FIELDS = (
@@ -149,6 +150,9 @@ class Variant:
             elif key in ("lm_weight_decay", "head_weight_decay"):
                 ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 10
                 what = "a weight decay in [0, 10]"
+            elif key == "lm_dropout":
+                ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
+                what = "a dropout rate in [0, 1)"
             else:
                 low = 0 if key.endswith("_replay") else 1
                 ok = isinstance(value, int) and not isinstance(value, bool) and value >= low

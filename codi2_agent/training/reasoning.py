@@ -7,6 +7,8 @@ The encoders and decoders stay frozen here; `codi2_agent.training.recipe` runs t
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,7 @@ __all__ = [
     "reasoning_stage_config",
     "task_draw",
     "train_reasoning_stage",
+    "training_dropout",
 ]
 
 # Paired media <-> text tasks: the `align` stage's whole diet and the `lm` stage's replayed share.
@@ -133,16 +136,45 @@ def _run_reasoning_stage(
     config = reasoning_stage_config(recipe, stage)
     if recipe.lm_branches > 1 and stage == "lm":
         config = replace(config, name=f"lm/branch{branch}")
-    run_stage(
-        config,
-        _reasoning_parts(model),
-        reasoning_param_groups(model, recipe),
-        batch_fn,
-        loss_fn,
-        workdir,
-        seed=recipe.seed + branch,
-        progress=progress,
-    )
+    with training_dropout(model, recipe.lm_dropout if stage == "lm" else 0.0):
+        run_stage(
+            config,
+            _reasoning_parts(model),
+            reasoning_param_groups(model, recipe),
+            batch_fn,
+            loss_fn,
+            workdir,
+            seed=recipe.seed + branch,
+            progress=progress,
+        )
+
+
+@contextmanager
+def training_dropout(model: CoDi2Model, p: float) -> Iterator[None]:
+    """Dropout at rate `p` on the LM's attention weights and on the hidden states the output heads
+    read, for as long as the block runs; both act in training mode only. The model's config and saved
+    weights are untouched, and the previous attention rates come back afterwards."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"lm_dropout must be in [0, 1), got {p}")
+    if p == 0.0:
+        yield
+        return
+    attentions = [m for m in model.lm.modules() if hasattr(m, "attention_dropout")]
+    before = [m.attention_dropout for m in attentions]
+
+    def drop_head_input(head: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return (nn.functional.dropout(args[0], p, head.training), *args[1:])
+
+    hooks = [head.register_forward_pre_hook(drop_head_input) for head in model.output_heads.values()]
+    for m in attentions:
+        m.attention_dropout = p
+    try:
+        yield
+    finally:
+        for m, rate in zip(attentions, before, strict=True):
+            m.attention_dropout = rate
+        for hook in hooks:
+            hook.remove()
 
 
 def _train_lm_soup(model: CoDi2Model, recipe: TinyRecipe, workdir: Path, progress: bool | None) -> None:

@@ -142,6 +142,13 @@ class TinyRecipe:
     # because it made the shipped weights.
     lm_weight_decay: float = 0.1
     head_weight_decay: float | None = 1.0
+    # Dropout in the `lm` stage only, on the LM's attention weights and on the hidden states the output
+    # heads read at the gen positions (training only; generation never drops). 0: none, as every shipped
+    # version was made. Tried against the LM's memorising of attribute combinations (its error on held-out
+    # sound combinations is 10-30 times that on trained ones): at 0.1, two branches from the seed-2 run's
+    # `align`, each on its no-dropout twin's sample draw, ended at 0.071 / 0.096 held-out against 0.069 /
+    # 0.057 (benchmarks/results/tiny_lm_branches.txt).
+    lm_dropout: float = 0.0
     # `tune`: the `lm` diet again, from `lm`'s weights, with a fresh warm-up to a lower rate and an EMA of
     # the weights kept. Screened on the two finished v2 runs (read-out of c_MLLM, 200 held-out samples
     # per task): concept 0.485 / 0.540 -> 0.755 / 0.765 with concept answers that name the shared value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import math
 import os
 import re
 import subprocess
@@ -113,6 +114,17 @@ def test_a_training_workdir_is_measured_checkpoint_by_checkpoint_and_its_last_is
     assert model_row is not None
     assert (float(model_row.group(1)), float(model_row.group(2))) == errors["tune"]
     assert "## 1. encoder C_x" not in text  # the workdir mode alone: no model was asked for
+    from codi2_agent.data import world
+
+    per_pair = re.findall(r"^   per held-out pair: (.+)$", text, re.M)
+    assert len(per_pair) == len(rows)
+    branch0 = {name: float(e) for name, e in re.findall(r"(\S+) ([\d.]+)(?:,|$)", per_pair[1])}
+    assert set(branch0) == {"+".join(v for _, v in sorted(p)) for p in world.HELD_OUT["audio"]}
+    branch1 = {name: float(e) for name, e in re.findall(r"(\S+) ([\d.]+)(?:,|$)", per_pair[2])}
+    assert branch0 != branch1 and min(branch0.values()) > 0
+    agreement = re.search(r"the better on the other half: (\d+) of (\d+)$", text, re.M)
+    n = len(branch0)
+    assert agreement is not None and int(agreement.group(2)) == math.comb(n, n // 2) // 2  # two branches
 
 
 def test_checkpoints_come_in_the_recipes_order_with_branches_by_number(bench, tmp_path: Path) -> None:
@@ -122,3 +134,17 @@ def test_checkpoints_come_in_the_recipes_order_with_branches_by_number(bench, tm
     (tmp_path / "lm" / "branch3").mkdir()  # a branch still training: no final weights yet
     found = [str(p.parent.relative_to(tmp_path)) for p in bench.reasoning_checkpoints(tmp_path)]
     assert found == ["align", "lm/branch0", "lm/branch2", "lm/branch10", "lm", "tune"]
+
+
+def test_pick_agreement_counts_splits_where_one_half_ranks_branches_as_the_other(bench) -> None:
+    pairs = ("p", "q", "r", "s")
+    better = dict.fromkeys(pairs, 0.04)
+    worse = dict.fromkeys(pairs, 0.06)
+    assert bench.pick_agreement([better, worse]) == (3, 3)  # {p,q|r,s}, {p,r|q,s}, {p,s|q,r}
+    assert bench.pick_agreement([better, worse, dict.fromkeys(pairs, 0.05)]) == (9, 9)
+    # idiosyncratic: each branch bad on its own pair; the split decides which looks better
+    a = {"p": 0.10, "q": 0.04, "r": 0.04, "s": 0.04}
+    b = {"p": 0.04, "q": 0.10, "r": 0.04, "s": 0.04}
+    # {p,q|r,s}: a and b tie on both halves (counted as agreeing: neither is lower); {p,r|q,s} and
+    # {p,s|q,r}: a looks worse on the half with p, better on the other half
+    assert bench.pick_agreement([a, b]) == (1, 3)

@@ -152,6 +152,9 @@ def test_bad_input_is_a_value_error_naming_it(perception, tmp_path):
     assert load_variants({"v": {"lm_branches": 2}})[0].recipe_for(TinyRecipe(), 3).lm_branches == 2
     heads = load_variants({"v": {"head_weight_decay": 2.0}})[0].recipe_for(TinyRecipe(), 3)
     assert (heads.head_weight_decay, heads.lm_weight_decay) == (2.0, TinyRecipe().lm_weight_decay)
+    assert load_variants({"v": {"lm_dropout": 0.1}})[0].recipe_for(TinyRecipe(), 3).lm_dropout == 0.1
+    with pytest.raises(ValueError, match=r"lm_dropout must be a dropout rate in \[0, 1\), got 1"):
+        load_variants({"v": {"lm_dropout": 1}})
 
     partial = tmp_path / "partial"
     for stage in ("encoders", "image_decoder"):  # audio_decoder never trained

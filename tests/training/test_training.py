@@ -157,10 +157,9 @@ def test_the_decoder_stages_keep_a_debiased_ema(tmp_path, monkeypatch):
     assert ("encoders", None, False) in seen
 
 
-@pytest.mark.parametrize("noise", [0.0, 0.5])
-def test_the_decoders_train_on_noised_features_only_when_the_recipe_says(tmp_path, monkeypatch, noise):
-    """`decoder_feature_noise`: each sample's C_x gets noise of its own scale, then the encoder's
-    normalisation again; at 0 the decoders see C_x exactly."""
+def _decoder_conditions(tmp_path, monkeypatch, **recipe) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(C_x of the batch from the frozen encoder, the conditions the audio decoder trained on) for each of
+    two audio-decoder steps of a smoke recipe with `recipe`'s fields."""
     from codi2_agent.model.decoders import TinyDiffusionDecoder
     from codi2_agent.model.encoders import TinyAudioEncoder
 
@@ -178,16 +177,26 @@ def test_the_decoders_train_on_noised_features_only_when_the_recipe_says(tmp_pat
 
     monkeypatch.setattr(TinyAudioEncoder, "forward", encode_spy)
     monkeypatch.setattr(TinyDiffusionDecoder, "loss", loss_spy)
-    smoke = replace(TinyRecipe.smoke(), encoder_steps=2, audio_decoder_steps=2, decoder_feature_noise=noise)
+    smoke = replace(TinyRecipe.smoke(), encoder_steps=2, audio_decoder_steps=2, **recipe)
     stages = ["encoders", "audio_decoder"]
     train(tmp_path / "out", workdir=tmp_path / "work", recipe=smoke, stages=stages, progress=False)
     assert len(decoded) == 2
+    pairs = []
     for values, features in decoded:
         # C_x of these very values, from the frozen encoder the stage ran
         (exact,) = [out for seen, out in encoded if seen.shape == values.shape and torch.equal(seen, values)]
         dim = exact.shape[-1]
-        norms = torch.full(features.shape[:2], dim**0.5)
+        norms = torch.full(features.shape[:2], dim**0.5)  # the encoder's normalisation, always
         torch.testing.assert_close(features.norm(dim=-1), norms, rtol=1e-3, atol=0)
+        pairs.append((exact, features))
+    return pairs
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_the_decoders_train_on_noised_features_only_when_the_recipe_says(tmp_path, monkeypatch, noise):
+    """`decoder_feature_noise`: each sample's C_x gets noise of its own scale, then the encoder's
+    normalisation again; at 0 the decoders see C_x exactly."""
+    for exact, features in _decoder_conditions(tmp_path, monkeypatch, decoder_feature_noise=noise):
         distance = (features - exact).norm(dim=-1).flatten()  # one per sample
         if noise == 0:
             assert distance.max() < 1e-5
@@ -546,6 +555,42 @@ def test_the_output_heads_get_their_own_decay_only_when_the_recipe_sets_one(tiny
     assert [id(p) for p in body["params"]] == [id(p) for p in trained] and "weight_decay" not in body
     assert [id(p) for p in own["params"]] == [id(p) for p in heads] and own["weight_decay"] == 1.0
     assert heads and not {id(p) for p in heads} & {id(p) for p in trained}
+
+
+def test_lm_dropout_acts_in_training_only_and_leaves_the_model_as_it_was(tiny_model):
+    from codi2_agent.training.reasoning import training_dropout
+
+    attentions = [m for m in tiny_model.lm.modules() if hasattr(m, "attention_dropout")]
+    assert len(attentions) == tiny_model.lm.config.num_hidden_layers
+    head = tiny_model.output_heads["audio"]
+    hidden = torch.randn(3, 1, tiny_model.lm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[5, 9, 11, 7, 13, 6]])
+    was_training = tiny_model.training
+    try:
+        tiny_model.train()
+        plain_head, plain_lm = head(hidden), tiny_model.lm(input_ids=ids).logits
+        torch.testing.assert_close(tiny_model.lm(input_ids=ids).logits, plain_lm)  # no dropout of its own
+        with training_dropout(tiny_model, 0.25):
+            assert [m.attention_dropout for m in attentions] == [0.25] * len(attentions)
+            torch.manual_seed(1)
+            first, second = head(hidden), head(hidden)
+            assert not torch.allclose(first, plain_head) and not torch.allclose(first, second)
+            assert not torch.allclose(tiny_model.lm(input_ids=ids).logits, plain_lm)
+            tiny_model.eval()  # generation inside a stage (none today) would see the plain model
+            torch.testing.assert_close(head(hidden), plain_head)
+            torch.testing.assert_close(tiny_model.lm(input_ids=ids).logits, plain_lm)
+            tiny_model.train()
+        assert [m.attention_dropout for m in attentions] == [0.0] * len(attentions)
+        torch.testing.assert_close(head(hidden), plain_head)
+        torch.testing.assert_close(tiny_model.lm(input_ids=ids).logits, plain_lm)
+        assert tiny_model.lm.config.attention_dropout == 0.0  # what a saved model records
+        with training_dropout(tiny_model, 0.0):  # the shipped recipe's: nothing is touched
+            torch.testing.assert_close(head(hidden), plain_head)
+        for bad in (-0.1, 1.0):
+            with pytest.raises(ValueError, match="lm_dropout must be in"), training_dropout(tiny_model, bad):
+                pass
+    finally:
+        tiny_model.train(was_training)
 
 
 def test_a_recipe_file_sets_fields_over_the_defaults_and_refuses_what_it_cannot_set(tmp_path):
