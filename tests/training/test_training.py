@@ -204,6 +204,23 @@ def test_the_decoders_train_on_noised_features_only_when_the_recipe_says(tmp_pat
             assert distance.min() > 0 and distance.max() - distance.min() > 0.1
 
 
+def test_the_decoders_train_on_conditions_moved_part_way_to_another_sample(tmp_path, monkeypatch):
+    """`decoder_feature_mix`: each sample's condition is its own C_x moved towards the previous sample's
+    by a share of its own in [0, mix], then normalised again; the target stays the sample."""
+    shares = torch.linspace(0, 0.4, 401)  # candidate shares, 0.001 apart
+    found = []
+    for exact, features in _decoder_conditions(tmp_path, monkeypatch, decoder_feature_mix=0.4):
+        partner = exact.roll(1, dims=0)
+        for own, other, seen in zip(exact, partner, features, strict=True):
+            candidates = torch.stack([(1 - s) * own + s * other for s in shares])  # (401, K, D)
+            normalised = nn.functional.layer_norm(candidates, candidates.shape[-1:])  # the tiny encoder's
+            errors = (normalised - seen).norm(dim=(-2, -1))
+            found.append(float(shares[errors.argmin()]))
+            assert errors.min() < 0.05 * seen.norm()  # on the segment from C_x(x) to C_x(y), within [0, 0.4]
+            assert (seen - own).norm() < (seen - other).norm()  # always nearer its own medium
+    assert max(found) > 0.2 and max(found) - min(found) > 0.1  # shares of their own, not one constant
+
+
 def test_the_recipe_keeps_snapshots_only_when_asked():
     from codi2_agent.training.reasoning import reasoning_stage_config
 
