@@ -1,6 +1,6 @@
 """How compositional are the tiny model's features? Encoder C_x and LM c_MLLM against an additive model.
 
-Run: `.venv/bin/python benchmarks/bench_additivity.py [--model tiny|PATH ...] [--workdir WORK ...]
+Run: `.venv/bin/python benchmarks/bench_additivity.py [--model tiny|PATH ...] [--workdir WORK ...] [--layers]
 [--modality audio|image|both] [--renders 4] [--threads 2] [--out FILE] [--note TEXT ...]`. Prints a table
 and writes it to FILE (default benchmarks/results/additivity.txt); each `--note` becomes a comment line at
 its head.
@@ -23,7 +23,10 @@ combinations would predict every held-out combination. This script measures, per
 each reasoning checkpoint in WORK (`align`, every `lm` branch, the `lm` soup, `tune`), each against the
 run's own encoder, to show which stage sets a run's held-out error; with two or more `lm` branches, also
 whether a branch's error on half of the held-out pairs tells which branch is better on the other half
-(what choosing a branch on validation pairs would rely on).
+(what choosing a branch on validation pairs would rely on). With `--layers` as well, each checkpoint's
+hidden state at the gen position after every LM layer, the final norm and the head's hidden layer, each
+against an additive fit on the train combinations: where in the network the answers to unseen
+combinations stop being a sum of one part per attribute value.
 """
 
 from __future__ import annotations
@@ -176,6 +179,52 @@ def run(models: Mapping[str, Any], kind: world.WorldModality, renders: int) -> l
     return lines
 
 
+def layer_additivity(
+    model,
+    kind: world.WorldModality,
+    combos: Sequence[Mapping[str, str]],
+    design: np.ndarray,
+    held: np.ndarray,
+) -> list[str]:
+    """For every LM layer, the final norm and the output head's hidden and output layers: how far the state
+    at the gen position lies from an additive fit on the train combinations, on train and on held-out
+    combinations, as a share of that state's variance across combinations (0: a sum of one vector per
+    attribute value; the encoder's own features: about 0.02 held out)."""
+    head = model.output_heads[kind].net
+    taps = {f"layer {i}": layer for i, layer in enumerate(model.lm.model.layers)}
+    taps |= {"final norm": model.lm.model.norm, "head hidden": head[1], "head output": head[2]}
+    seen: dict[str, Any] = {}
+
+    def keep(name: str):
+        def hook(module, args, output) -> None:
+            state = output[0] if isinstance(output, tuple) else output
+            seen[name] = state.detach().reshape(-1, state.shape[-1])[-1].float().numpy()  # the last position
+
+        return hook
+
+    hooks = [module.register_forward_hook(keep(name)) for name, module in taps.items()]
+    try:
+        states: dict[str, list[np.ndarray]] = {name: [] for name in taps}
+        for combo in combos:  # one at a time: the gen position is then the last one of the last LM call
+            lm_features(model, kind, [combo])
+            for name in taps:
+                states[name].append(seen[name])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    lines = []
+    for name, rows in states.items():
+        table = np.stack(rows)
+        table = table - table.mean(0)
+        fitted = additive_fit(table, design, held)
+        variance = float((table**2).mean())
+        lines.append(
+            f"   {name:12s} off additive, train {mse(fitted[~held], table[~held]) / variance:.3f}  "
+            f"held-out {mse(fitted[held], table[held]) / variance:.3f}"
+        )
+    return lines
+
+
 def reasoning_checkpoints(workdir: Path) -> list[Path]:
     """The reasoning weights a training workdir holds, in the order the recipe makes them."""
     branches = sorted(
@@ -201,7 +250,9 @@ def load_workdir(workdir: Path):
     return model.eval()
 
 
-def checkpoint_run(model, workdir: Path, kind: world.WorldModality, renders: int) -> list[str]:
+def checkpoint_run(
+    model, workdir: Path, kind: world.WorldModality, renders: int, layers: bool = False
+) -> list[str]:
     """The table's lines for one training run (`model`: `load_workdir(workdir)`): c_MLLM after each of its
     reasoning checkpoints, all measured against the run's own encoder (every run trains its own encoders, so
     runs share no perception)."""
@@ -227,6 +278,8 @@ def checkpoint_run(model, workdir: Path, kind: world.WorldModality, renders: int
         )
         errors = {pair: mse(answer[rows], truth[rows]) for pair, rows in pairs.items()}
         lines.append(per_pair_line(errors))
+        if layers:
+            lines += layer_additivity(model, kind, combos, design, held)
         if name.startswith("lm/branch"):
             branches.append(errors)
     if len(branches) >= 2:
@@ -248,6 +301,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--note", action="append", default=[], help="a comment line for the table's head")
+    parser.add_argument(
+        "--layers",
+        action="store_true",
+        help="with --workdir: how additive each layer's state is",
+    )
     args = parser.parse_args()
 
     import torch
@@ -264,7 +322,9 @@ def main() -> None:
         lines += [line for kind in kinds for line in run(models, kind, args.renders)]
     for workdir in args.workdir:
         model = load_workdir(workdir)
-        lines += [line for kind in kinds for line in checkpoint_run(model, workdir, kind, args.renders)]
+        lines += [
+            line for kind in kinds for line in checkpoint_run(model, workdir, kind, args.renders, args.layers)
+        ]
     head = [f"# {note}" for note in args.note]
     head.append(f"# machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads")
     lines = head + lines

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import math
 import os
 import re
@@ -102,7 +103,7 @@ def test_a_training_workdir_is_measured_checkpoint_by_checkpoint_and_its_last_is
     work, out = tmp_path / "work", tmp_path / "model"
     train(out, workdir=work, recipe=replace(TinyRecipe.smoke(), lm_branches=2), progress=False)
 
-    text = run_bench(tmp_path / "checkpoints.txt", "--workdir", str(work))
+    text = run_bench(tmp_path / "checkpoints.txt", "--workdir", str(work), "--layers")
     rows = re.findall(r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", text, re.M)
     assert [name for name, *_ in rows] == ["align", "lm/branch0", "lm/branch1", "lm", "tune"]
     errors = {name: (float(train_), float(held)) for name, train_, held, _ in rows}
@@ -122,6 +123,14 @@ def test_a_training_workdir_is_measured_checkpoint_by_checkpoint_and_its_last_is
     assert set(branch0) == {"+".join(v for _, v in sorted(p)) for p in world.HELD_OUT["audio"]}
     branch1 = {name: float(e) for name, e in re.findall(r"(\S+) ([\d.]+)(?:,|$)", per_pair[2])}
     assert branch0 != branch1 and min(branch0.values()) > 0
+    # --layers: after each checkpoint, every LM layer, the final norm and the head's two layers
+    layers = re.findall(r"^   (.+?)\s+off additive, train ([\d.]+)  held-out ([\d.]+)$", text, re.M)
+    n_layers = json.loads((out / "config.json").read_text())["lm"]["num_hidden_layers"]
+    names = [f"layer {i}" for i in range(n_layers)] + ["final norm", "head hidden", "head output"]
+    assert [name for name, *_ in layers] == names * len(rows)
+    shares = np.array([[float(train_), float(held)] for _, train_, held in layers])
+    assert (shares >= 0).all() and (shares[:, 0] <= 1.0).all()  # a least-squares fit never exceeds the spread
+    assert len(set(shares[:, 1].round(3))) > len(names)  # the checkpoints' states differ
     agreement = re.search(r"the better on the other half: (\d+) of (\d+)$", text, re.M)
     n = len(branch0)
     assert agreement is not None and int(agreement.group(2)) == math.comb(n, n // 2) // 2  # two branches
