@@ -66,6 +66,10 @@ _STAGE_FIELDS = {
 }
 
 
+# Recipe fields that are a rate or a share of something: a value of 1 or more is an error.
+_BELOW_ONE = frozenset({"lm_dropout", "decoder_feature_mix"})
+
+
 @dataclass
 class TinyRecipe:
     """Step counts and sizes: the recipe of the shipped `tiny` weights (its REPRODUCE.md says which stages
@@ -220,6 +224,8 @@ class TinyRecipe:
                 )
             if isinstance(value, int | float) and value < 0:  # steps, sizes, rates, replays: never negative
                 raise ValueError(f"{source}: {name} must not be negative, got {value!r}")
+            if name in _BELOW_ONE and value >= 1:  # a rate or share: checked before hours of training
+                raise ValueError(f"{source}: {name} must be below 1, got {value!r}")
             setattr(recipe, name, value)
         return recipe
 

@@ -636,6 +636,8 @@ def test_a_recipe_file_sets_fields_over_the_defaults_and_refuses_what_it_cannot_
         ('{"head_weight_decay": "1"}', "head_weight_decay must be int or float or NoneType"),
         ('{"head_weight_decay": -1.0}', "head_weight_decay must not be negative, got -1.0"),
         ('{"analogy_replay": -1}', "analogy_replay must not be negative, got -1"),
+        ('{"lm_dropout": 1.0}', "lm_dropout must be below 1, got 1.0"),
+        ('{"decoder_feature_mix": 2}', "decoder_feature_mix must be below 1, got 2"),
         ("[1, 2]", "expected a JSON object of TinyRecipe fields"),
         ("{not json", "cannot read it as JSON"),
     ]:
