@@ -120,6 +120,11 @@ def pair_rows(combos: Sequence[Mapping[str, str]], kind: world.WorldModality) ->
     }
 
 
+def pair_errors(answer: np.ndarray, truth: np.ndarray, pairs: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """The answers' error on the combinations of each held-out pair (`pair_rows`)."""
+    return {name: mse(answer[rows], truth[rows]) for name, rows in pairs.items()}
+
+
 def per_pair_line(errors: Mapping[str, float]) -> str:
     return "   per held-out pair: " + ", ".join(f"{name} {error:.3f}" for name, error in errors.items())
 
@@ -168,7 +173,7 @@ def run(models: Mapping[str, Any], kind: world.WorldModality, renders: int) -> l
             f"{mse(answer[held], truth[held]):8.4f}  {mse(answer[held], own[held]):20.4f}  "
             f"{mse(own[held], truth[held]):21.4f}"
         )
-        lines.append(per_pair_line({name: mse(answer[rows], truth[rows]) for name, rows in pairs.items()}))
+        lines.append(per_pair_line(pair_errors(answer, truth, pairs)))
     if len(answers) >= 2:
         mean = np.mean(answers, 0)
         lines += [
@@ -276,7 +281,7 @@ def checkpoint_run(
             f"{name:26s} {mse(answer[~held], truth[~held]):8.4f}  {mse(answer[held], truth[held]):8.4f}  "
             f"{mse(answer[held], own[held]):20.4f}"
         )
-        errors = {pair: mse(answer[rows], truth[rows]) for pair, rows in pairs.items()}
+        errors = pair_errors(answer, truth, pairs)
         lines.append(per_pair_line(errors))
         if layers:
             lines += layer_additivity(model, kind, combos, design, held)
