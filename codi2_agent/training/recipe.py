@@ -222,10 +222,11 @@ class TinyRecipe:
                 raise ValueError(
                     f"{source}: {name} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}"
                 )
-            if isinstance(value, int | float) and value < 0:  # steps, sizes, rates, replays: never negative
-                raise ValueError(f"{source}: {name} must not be negative, got {value!r}")
-            if name in _BELOW_ONE and value >= 1:  # a rate or share: checked before hours of training
-                raise ValueError(f"{source}: {name} must be below 1, got {value!r}")
+            if isinstance(value, int | float):
+                if value < 0:  # steps, sizes, rates, replays: never negative
+                    raise ValueError(f"{source}: {name} must not be negative, got {value!r}")
+                if name in _BELOW_ONE and value >= 1:  # a rate or share: checked before hours of training
+                    raise ValueError(f"{source}: {name} must be below 1, got {value!r}")
             setattr(recipe, name, value)
         return recipe
 
