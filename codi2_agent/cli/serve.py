@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from codi2_agent.cli._common import STEPS_HELP, _fail, _say
+from codi2_agent.cli._common import STEPS_HELP, DeviceOption, DtypeOption, _fail, _say
 
 
 def serve(
@@ -26,6 +26,8 @@ def serve(
         Path | None, typer.Option(help="The server's artifact folder (default: ./codi2-serve/artifacts).")
     ] = None,
     steps: Annotated[int | None, typer.Option(help=STEPS_HELP, min=1)] = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (default: the config's).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: the config's, else 8000).", min=1)] = None,
     num_cpus: Annotated[
@@ -57,6 +59,8 @@ def serve(
             model=model,
             artifacts=str(artifacts) if artifacts is not None else None,
             num_inference_steps=steps,
+            device=device,
+            dtype=dtype,
         )
         serve_until_signalled(deploy, num_cpus=num_cpus, timeout=timeout, on_ready=_print_urls)
     except (ServeConfigError, ServeStartError) as e:

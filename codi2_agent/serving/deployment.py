@@ -4,7 +4,7 @@
 |---|---|
 | ``GET /health`` | 200 while the replica lives |
 | ``GET /ready`` | 200 once the model is loaded and warm (before that the proxy has no route: 404/503) |
-| ``GET /v1/info`` | name, context limit, vocabulary, embedder name and dimension |
+| ``GET /v1/info`` | name, context limit, vocabulary, embedder name and size, weights' dtypes and devices |
 | ``GET /v1/stats`` | how this replica batched its requests, and its id |
 | ``POST /v1/generate`` | one request (JSON, media by value or by reference) → `GenerateResult` |
 | ``POST /v1/generate/stream`` | the same as server-sent events: ``text`` pieces, then ``result`` |

@@ -104,10 +104,7 @@ def load_config(path: str | Path) -> ServeDeploySchema:
     try:
         return ServeDeploySchema.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in e.errors()
-        )
-        raise ServeConfigError(f"{path}: not a Ray Serve config: {problems}") from None
+        raise ServeConfigError(f"{path}: not a Ray Serve config: {_problems(e)}") from None
 
 
 def with_overrides(
@@ -118,7 +115,8 @@ def with_overrides(
     **args: Any,
 ) -> ServeDeploySchema:
     """`config` with the HTTP address and our applications' args changed (None leaves a value), and
-    relative paths in those args made absolute (replicas need not share this process's folder)."""
+    relative paths in those args made absolute (replicas need not share this process's folder).
+    Raises `ServeConfigError` when an application's args would not load (`check_server_args`)."""
     data = config.model_dump(exclude_unset=True)
     http = data.setdefault("http_options", {})
     http.update({k: v for k, v in {"host": host, "port": port}.items() if v is not None})
@@ -127,12 +125,32 @@ def with_overrides(
             continue
         app_args = app.setdefault("args", {})
         app_args.update({k: v for k, v in args.items() if v is not None})
+        check_server_args(app.get("name", "?"), app_args)
         if "artifacts" in app_args:
             app_args["artifacts"] = str(Path(app_args["artifacts"]).expanduser().resolve())
         model = app_args.get("model")
         if isinstance(model, str) and model != "tiny" and Path(model).expanduser().exists():
             app_args["model"] = str(Path(model).expanduser().resolve())
     return type(config).model_validate(data)
+
+
+def check_server_args(app: str, args: dict[str, Any]) -> None:
+    """Validate an application's ``args`` as its replicas will (`ServerSettings`), here and now: a
+    bad ``dtype`` or ``device`` is then one line naming it, before Ray starts, not a deploy failure
+    in a replica's log minutes later."""
+    from pydantic import ValidationError
+
+    from codi2_agent.serving.service import ServerSettings
+
+    try:
+        ServerSettings.model_validate(args)
+    except ValidationError as e:
+        raise ServeConfigError(f"application {app!r}: bad args: {_problems(e)}") from None
+
+
+def _problems(error: Any) -> str:
+    """A pydantic ValidationError in one line: ``field.path: message; ...``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
 
 
 def server_url(config: ServeDeploySchema) -> str:

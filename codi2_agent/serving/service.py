@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from codi2_agent._media_errors import CorruptMediaError, MediaTooLargeError
 from codi2_agent.artifacts import ArtifactNotFoundError, ArtifactStore
 from codi2_agent.backends import _WORD_RE, GenerateRequest, GenerateResult, LocalBackend, PromptTurn
 from codi2_agent.media import Media, MediaRef
 from codi2_agent.serving.wire import vectors_to_wire
+from codi2_agent.settings import check_device_name, check_dtype_name
 
 __all__ = ["BadRequestError", "BatchSettings", "ModelService", "Outcome", "ServerSettings"]
 
@@ -78,6 +79,17 @@ class ServerSettings(BatchSettings):
     dtype: str | None = None
     threads: int | None = Field(default=None, ge=1)
     warm_up: bool = True
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str | None) -> str | None:
+        return None if value is None else check_dtype_name(value)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str | None) -> str | None:
+        # the name only: whether the replica's machine has that device is checked where it loads
+        return None if value is None else check_device_name(value)
 
 
 @dataclass
@@ -147,6 +159,16 @@ class ModelService:
             "vocabulary": self.backend.vocabulary.to_dict(),
             "embedder": {"name": embedder.name, "dim": embedder.dim},
             "load_seconds": round(self.load_seconds, 3),
+            "parameters": self.parameter_placement(),
+        }
+
+    def parameter_placement(self) -> dict[str, list[str]]:
+        """Where this replica's weights are and in what precision, read from the loaded model (not
+        from the settings): an operator sees that ``dtype: bfloat16`` reached every part."""
+        params = list(self.backend.model.parameters())
+        return {
+            "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in params}),
+            "devices": sorted({str(p.device) for p in params}),
         }
 
     def count_tokens(self, body: dict[str, Any]) -> int:

@@ -78,6 +78,17 @@ def test_overrides_set_the_address_and_make_paths_absolute(
     args = config.applications[0].args
     assert args["artifacts"] == str(tmp_path / "codi2-serve" / "artifacts")
     assert args["num_inference_steps"] == 3 and args["model"] == "tiny"
+    placed = with_overrides(load_config(EXAMPLE_CONFIG), dtype="bf16", device="cpu").applications[0].args
+    assert (placed["dtype"], placed["device"]) == ("bf16", "cpu")  # the replicas read "bf16" as bfloat16
+
+
+def test_overrides_that_no_replica_could_load_are_refused_naming_the_arg() -> None:
+    with pytest.raises(
+        ServeConfigError, match=r"application 'codi2': bad args: dtype: .*unknown dtype 'fp8'"
+    ):
+        with_overrides(load_config(EXAMPLE_CONFIG), dtype="fp8")
+    with pytest.raises(ServeConfigError, match=r"bad args: device: .*'gpu'"):
+        with_overrides(load_config(EXAMPLE_CONFIG), device="gpu")
 
 
 def test_a_bad_config_file_names_the_file_and_the_field(tmp_path: Path) -> None:
@@ -106,6 +117,13 @@ def test_serve_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and "serve.yaml" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_serve_refuses_an_unknown_dtype_in_one_line_before_starting_ray(tmp_path: Path) -> None:
+    proc = _serve("--dtype", "fp8", "--artifacts", str(tmp_path / "artifacts"))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and "unknown dtype 'fp8'" in proc.stderr
+    assert "Traceback" not in proc.stderr and "ray" not in proc.stdout.lower()
 
 
 def test_serve_refuses_a_busy_port_before_starting_ray(tmp_path: Path) -> None:

@@ -178,6 +178,11 @@ def test_the_embedder_and_token_counts_come_from_the_server(remote: RemoteBacken
     assert 0 < short < longer <= remote.context_limit
 
 
+def test_info_names_the_precision_and_device_the_replica_loaded(remote: RemoteBackend) -> None:
+    # the test server's config leaves dtype and device unset: float32 on the CPU, every parameter
+    assert remote.info["parameters"] == {"dtypes": ["float32"], "devices": ["cpu"]}
+
+
 def test_bad_input_comes_back_as_a_named_error(server: Server, remote: RemoteBackend) -> None:
     with pytest.raises(ValueError, match="num_inference_steps"):
         remote.generate(request("draw a red star", num_inference_steps=0))
