@@ -1,14 +1,16 @@
 """Batched generation benchmark: `generate_batch` of N turns vs N sequential `generate` calls (CPU).
 
 Run: `.venv/bin/python benchmarks/bench_batch.py [--model tiny|PATH] [--batch 8] [--threads 1]
-[--repeats 3] [--out FILE]`. Prints a table and writes it to FILE (default
+[--dtype float32|bfloat16] [--repeats 3] [--out FILE]`. Prints a table and writes it to FILE (default
 benchmarks/results/batch.txt).
 
 Each workload is N different prompts (varied lengths) with the config's diffusion steps; the
 sequential side calls `generate` once per prompt, the batched side `generate_batch` once. Both
 produce the same answers (tests/model/test_batch_generate.py), so turns/s compare like for like.
 Then the image denoiser alone, per row at growing batch sizes: the part of a turn batching cannot
-share, and so the most it can gain on this machine.
+share, and so the most it can gain on this machine. `--dtype` loads every part in that precision
+(`load_model(dtype=)`): on a CPU with bf16 matrix units (AMX) a bf16 batch fills them far better than
+one turn does, so batching gains more there than in float32.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_line
+
 RESULTS = Path(__file__).resolve().parent / "results" / "batch.txt"
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
@@ -126,11 +132,17 @@ def ceiling_lines(model: Any, batch: int, lone_image_turn_s: float, repeats: int
     return lines
 
 
+def parameter_dtypes(model: Any) -> str:
+    """The dtypes the loaded model's parameters are in (one, unless a part ignored `--dtype`)."""
+    return ", ".join(sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()}))
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description="generate_batch vs sequential generate throughput.")
     parser.add_argument("--model", default="tiny", help="'tiny' (shipped) or a model folder")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", help="precision of every part (load_model's dtype)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help=f"table file (default {RESULTS})")
     args = parser.parse_args(argv)
@@ -140,13 +152,15 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(args.threads)
     from codi2_agent.model import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     lines = [
         f"# codi2-agent batched generation ({time.strftime('%Y-%m-%d')})",
         f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} thread(s); model: {args.model}; {model.config.image_decoder.num_inference_steps} "
+        f"{args.threads} thread(s); model: {args.model}, parameters in {parameter_dtypes(model)}; "
+        f"{model.config.image_decoder.num_inference_steps} "
         f"image / {model.config.audio_decoder.num_inference_steps} audio DDIM steps; "
         f"median of {args.repeats} after a warm-up",
+        f"# {cpu_line()}",
         f"# load average at start: {os.getloadavg()[0]:.2f} (a shared machine makes the figures noisy)",
         "",
         f"{'workload':<18} {'sequential s':>13} {'batched s':>10} {'seq turns/s':>12} "

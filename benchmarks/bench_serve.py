@@ -1,8 +1,8 @@
 """Serving benchmark: concurrent sessions in-process vs on `codi2-agent serve` (Ray Serve, loopback).
 
 Run: `.venv/bin/python benchmarks/bench_serve.py [--model tiny|PATH] [--sessions 1,2,4,8]
-[--steps N] [--threads 1] [--repeats 2] [--batch-wait S] [--out FILE] [--note TEXT]`. Prints a table and
-writes it to FILE (default benchmarks/results/serve.txt).
+[--steps N] [--threads 1] [--dtype float32|bfloat16] [--repeats 2] [--batch-wait S] [--out FILE]
+[--note TEXT]`. Prints a table and writes it to FILE (default benchmarks/results/serve.txt).
 
 Each session is a real `Session` thread doing a three-turn edit ("draw a large red star in the
 desert", "make it blue", "now put it in the snow"; each session its own subject), and N sessions run
@@ -33,8 +33,10 @@ times replicas). Cold start: loading the model and answering a first turn in-pro
 Last, with the server stopped, one in-process model call on N image requests at once, per turn:
 the most batching can gain on this machine, whatever the server does.
 The server gets the same torch threads as the in-process runs (``--threads``), except the modes
-named "2 thr"; the client sessions share the CPUs. "vs in-process" compares with the in-process mode of
-the same torch threads per process as the row's model (1 thread: ``in-process``).
+named "2 thr"; the client sessions share the CPUs. ``--dtype`` is the precision of every model,
+in-process and served (``load_model``'s and the serve config's ``dtype``). "vs in-process" compares
+with the in-process mode of the same torch threads per process as the row's model (1 thread:
+``in-process``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ from typing import Any, NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_line
+
 RESULTS = Path(__file__).resolve().parent / "results" / "serve.txt"
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -148,7 +153,13 @@ REPLICAS = sum(mode.replicas for mode in MODES.values())
 
 
 def start_server(
-    folder: Path, model: str, *, threads: int, steps: int | None, batching: dict[str, Any]
+    folder: Path,
+    model: str,
+    *,
+    threads: int,
+    steps: int | None,
+    dtype: str | None,
+    batching: dict[str, Any],
 ) -> tuple[Any, dict[str, str], float]:
     """One `codi2-agent serve` (one Ray instance) with an application per served mode (`MODES`:
     unbatched, batched, on two replicas by two routers, on one replica with two threads), so the modes
@@ -169,7 +180,9 @@ def start_server(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = with_overrides(default_config(model, port=port), threads=threads, num_inference_steps=steps)
+    config = with_overrides(
+        default_config(model, port=port), threads=threads, num_inference_steps=steps, dtype=dtype
+    )
     data = config.model_dump(mode="json", exclude_unset=True)
     (template,) = data["applications"]
     data["applications"] = []
@@ -287,6 +300,7 @@ def main(argv: list[str] | None = None) -> str:
     # One thread: on a shared 2-core machine two OpenMP threads per process oversubscribe the cores
     # (a tiny image turn measured 2.5 s with one thread and ~50 s with two under a load of 12).
     parser.add_argument("--threads", type=int, default=1, help="torch threads, in-process and per replica")
+    parser.add_argument("--dtype", default="float32", help="precision of every model, in-process and served")
     parser.add_argument(
         "--batch-wait",
         type=float,
@@ -321,14 +335,19 @@ def main(argv: list[str] | None = None) -> str:
         root = Path(tmp)
         # 1. cold starts: the model in this process, and the server (Ray, two replicas, two models)
         t0 = time.perf_counter()
-        model = load_model(args.model)
+        model = load_model(args.model, dtype=args.dtype)
         backend = LocalBackend(model, ArtifactStore(root / "local" / "artifacts"))
         bases = {"in-process": Session(backend, thread="warm-up", root=root / "local", **options)}
         bases["in-process"].say(script(0)[0])
         cold["in-process: load + first turn"] = time.perf_counter() - t0
         bases["in-process, 2 thr"] = bases["in-process"].open_thread("warm-up-2")
         process, urls, ready_s = start_server(
-            root, args.model, threads=args.threads, steps=args.steps, batching=args.batching
+            root,
+            args.model,
+            threads=args.threads,
+            steps=args.steps,
+            dtype=args.dtype,
+            batching=args.batching,
         )
         cold[f"server: launch to /ready (Ray + {REPLICAS} replicas)"] = ready_s
         try:
@@ -391,11 +410,14 @@ def report(
         f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{args.threads} torch thread(s) per model process, in-process and per replica, except the modes "
         f"named '2 thr'; "
-        f"model: {args.model}; {steps} image DDIM steps; output captions on (the session default)",
+        f"model: {args.model}, in-process parameters in "
+        f"{', '.join(sorted({str(p.dtype).removeprefix('torch.') for p in model.parameters()}))}, served in "
+        f"{args.dtype}; {steps} image DDIM steps; output captions on (the session default)",
         "# batched server: "
         + ", ".join(f"{k} {v}" for k, v in args.batching.items())
         + (" (the shipped serve config's)" if args.batch_wait is None else ""),
         "# each session: 3 turns (draw, edit, edit) through Session; N sessions at once, one thread each",
+        f"# {cpu_line()}",
         f"# load average at start: {load_start:.2f}, at end: {os.getloadavg()[0]:.2f}",
     ]
     if args.note:

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def test_bench_batch_writes_its_table_and_the_denoiser_ceiling(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bench_batch_writes_its_table_and_the_denoiser_ceiling(tmp_path: Path, dtype: str) -> None:
     out = tmp_path / "batch.txt"
     proc = subprocess.run(
         [
@@ -21,6 +24,8 @@ def test_bench_batch_writes_its_table_and_the_denoiser_ceiling(tmp_path: Path) -
             "2",
             "--repeats",
             "1",
+            "--dtype",
+            dtype,
             "--out",
             str(out),
         ],
@@ -32,6 +37,7 @@ def test_bench_batch_writes_its_table_and_the_denoiser_ceiling(tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
     assert proc.stdout == text
+    assert f"model: tiny, parameters in {dtype};" in text.splitlines()[1]  # every one, as loaded
 
     rows = {m[1]: [float(v) for v in m.groups()[1:]] for m in re.finditer(
         r"^(2 \w+ turns)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x$", text, re.M
