@@ -132,11 +132,6 @@ def ceiling_lines(model: Any, batch: int, lone_image_turn_s: float, repeats: int
     return lines
 
 
-def parameter_dtypes(model: Any) -> str:
-    """The dtypes the loaded model's parameters are in (one, unless a part ignored `--dtype`)."""
-    return ", ".join(sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()}))
-
-
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description="generate_batch vs sequential generate throughput.")
     parser.add_argument("--model", default="tiny", help="'tiny' (shipped) or a model folder")
@@ -151,12 +146,14 @@ def main(argv: list[str] | None = None) -> str:
 
     torch.set_num_threads(args.threads)
     from codi2_agent.model import load_model
+    from codi2_agent.model.placement import parameter_placement
 
     model = load_model(args.model, dtype=args.dtype)
     lines = [
         f"# codi2-agent batched generation ({time.strftime('%Y-%m-%d')})",
         f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} thread(s); model: {args.model}, parameters in {parameter_dtypes(model)}; "
+        f"{args.threads} thread(s); model: {args.model}, "
+        f"parameters in {', '.join(parameter_placement(model)['dtypes'])}; "
         f"{model.config.image_decoder.num_inference_steps} "
         f"image / {model.config.audio_decoder.num_inference_steps} audio DDIM steps; "
         f"median of {args.repeats} after a warm-up",

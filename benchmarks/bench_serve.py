@@ -398,6 +398,8 @@ def report(
 ) -> str:
     import torch
 
+    from codi2_agent.model.placement import parameter_placement
+
     steps = args.steps or model.config.image_decoder.num_inference_steps
     # in-process runs by (torch threads, sessions): each row is compared with the same threads per model
     sequential = {(IN_PROCESS[r.mode] or args.threads, r.sessions): r for r in runs if r.mode in IN_PROCESS}
@@ -411,7 +413,7 @@ def report(
         f"{args.threads} torch thread(s) per model process, in-process and per replica, except the modes "
         f"named '2 thr'; "
         f"model: {args.model}, in-process parameters in "
-        f"{', '.join(sorted({str(p.dtype).removeprefix('torch.') for p in model.parameters()}))}, served in "
+        f"{', '.join(parameter_placement(model)['dtypes'])}, served in "
         f"{args.dtype}; {steps} image DDIM steps; output captions on (the session default)",
         "# batched server: "
         + ", ".join(f"{k} {v}" for k, v in args.batching.items())

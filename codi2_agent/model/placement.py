@@ -24,7 +24,7 @@ from torch import nn
 
 from codi2_agent.settings import ENV_PREFIX, SettingsError, load_settings
 
-__all__ = ["FLOAT32_BUFFERS", "DeviceUnavailableError", "Placement", "cast_floating"]
+__all__ = ["FLOAT32_BUFFERS", "DeviceUnavailableError", "Placement", "cast_floating", "parameter_placement"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,17 @@ def cast_floating(module: nn.Module, dtype: torch.dtype) -> nn.Module:
             if buffer.dtype != target:
                 owner._buffers[name] = buffer.to(target)
     return module
+
+
+def parameter_placement(module: nn.Module) -> dict[str, list[str]]:
+    """Where `module`'s weights are and in what precision, read from its parameters (not from the
+    settings it was loaded with): ``{"dtypes": ["bfloat16"], "devices": ["cpu"]}``; one of each
+    unless a part ignored the placement."""
+    params = list(module.parameters())
+    return {
+        "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in params}),
+        "devices": sorted({str(p.device) for p in params}),
+    }
 
 
 def _origin(name: str, given: bool) -> str:

@@ -152,6 +152,8 @@ class ModelService:
 
     # --- what the model is ------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
+        from codi2_agent.model.placement import parameter_placement  # torch: loaded by now, not at import
+
         embedder = self.backend.embedder
         return {
             "name": self.backend.name,
@@ -159,16 +161,9 @@ class ModelService:
             "vocabulary": self.backend.vocabulary.to_dict(),
             "embedder": {"name": embedder.name, "dim": embedder.dim},
             "load_seconds": round(self.load_seconds, 3),
-            "parameters": self.parameter_placement(),
-        }
-
-    def parameter_placement(self) -> dict[str, list[str]]:
-        """Where this replica's weights are and in what precision, read from the loaded model (not
-        from the settings): an operator sees that ``dtype: bfloat16`` reached every part."""
-        params = list(self.backend.model.parameters())
-        return {
-            "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in params}),
-            "devices": sorted({str(p.device) for p in params}),
+            "parameters": parameter_placement(
+                self.backend.model
+            ),  # an operator sees dtype reached every part
         }
 
     def count_tokens(self, body: dict[str, Any]) -> int:

@@ -23,6 +23,7 @@ from codi2_agent.model import (
     load_model,
 )
 from codi2_agent.model.paper_testing import build_tiny_paper_model
+from codi2_agent.model.placement import parameter_placement
 from codi2_agent.settings import SettingsError
 
 CODI2_VARIABLES = ("CODI2_DEVICE", "CODI2_DTYPE", "CODI2_DEVICE_MAP", "CODI2_OFFLOAD")
@@ -247,3 +248,10 @@ def test_a_bf16_model_saves_bf16_and_auto_reloads_it_in_bf16(tiny_bf16: CoDi2Mod
     reloaded = load_model(str(folder), dtype="auto")
     assert reloaded.lm.dtype == torch.bfloat16
     assert reloaded.projectors["image"][0].weight.dtype == torch.bfloat16
+
+
+def test_parameter_placement_reads_every_parameter_and_shows_a_part_left_behind() -> None:
+    module = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    assert parameter_placement(module) == {"dtypes": ["float32"], "devices": ["cpu"]}
+    module[1].to(torch.bfloat16)  # one part that ignored a float32 placement
+    assert parameter_placement(module) == {"dtypes": ["bfloat16", "float32"], "devices": ["cpu"]}
