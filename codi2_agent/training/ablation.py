@@ -13,9 +13,9 @@ this ranks variants.
 
 What a variant may change (anything else is a ValueError naming the field):
 
-- recipe fields of the reasoning stages: `align_steps`, `lm_steps`, `lm_branches`, `align_replay`,
-  `concept_replay`, `analogy_replay`, `lm_batch`, `lm_lr`, `lm_weight_decay`,
-  `head_weight_decay`, `lm_dropout`
+- recipe fields of the reasoning stages: `align_steps`, `lm_steps`, `lm_branches`, `lm_layers` (the
+  LM's depth; or `lm.num_hidden_layers` below, not both), `align_replay`, `concept_replay`,
+  `analogy_replay`, `lm_batch`, `lm_lr`, `lm_weight_decay`, `head_weight_decay`, `lm_dropout`
   (the base is the workdir's own `recipe.json`; `seed` comes from the seeds list);
 - model fields the reasoning stages own (projector, LM and output heads are trained from scratch, so
   they may take any shape): `num_media_tokens` (placeholder tokens per input medium),
@@ -58,6 +58,7 @@ from codi2_agent.training.recipe import (
     TinyRecipe,
     _restore_done,
     perception_config,
+    with_lm_layers,
 )
 
 __all__ = [
@@ -81,6 +82,7 @@ RECIPE_FIELDS = (
     "align_steps",
     "lm_steps",
     "lm_branches",
+    "lm_layers",
     "align_replay",
     "concept_replay",
     "analogy_replay",
@@ -136,6 +138,11 @@ class Variant:
                     f"variant {name!r}: unknown override field {key!r}; expected some of "
                     f"{list(RECIPE_FIELDS + MODEL_FIELDS)}"
                 )
+        lm = model.get("lm")
+        if "lm_layers" in recipe and isinstance(lm, Mapping) and "num_hidden_layers" in lm:
+            raise ValueError(
+                f"variant {name!r}: sets the LM's depth twice (lm_layers and lm.num_hidden_layers); set one"
+            )
         variant = cls(name, recipe, model)
         variant.recipe_for(TinyRecipe(), seed=0)  # every value checked now, before any training
         variant.config()
@@ -161,13 +168,19 @@ class Variant:
                 raise ValueError(f"variant {self.name!r}: {key} must be {what}, got {value!r}")
         return replace(base, **self.recipe, seed=seed)
 
-    def config(self, perception: Mapping[str, Any] | None = None) -> CoDi2Config:
+    def config(
+        self, perception: Mapping[str, Any] | None = None, *, lm_layers: int | None = None
+    ) -> CoDi2Config:
         """The tiny config (with the tiny world's vocabulary and the perception workdir's shapes,
-        `perception_config`) and this variant's model overrides."""
+        `perception_config`), `lm_layers` deep (the base recipe's; this variant's own `lm_layers`
+        wins), and this variant's model overrides."""
         from codi2_agent.data.phrasing import tiny_vocabulary
 
         overrides = dict(self.model)
         base = CoDi2Config.tiny(vocabulary=tiny_vocabulary(), **(perception or {}))
+        layers = self.recipe.get("lm_layers", lm_layers)
+        if layers is not None:
+            base = with_lm_layers(base, layers)
         if "lm" in overrides:
             lm = overrides["lm"]
             if not isinstance(lm, Mapping):
@@ -289,10 +302,14 @@ def train_run(
 
     _prepare_run(perception, run_dir, variant, seed)
     recipe = variant.recipe_for(base, seed)
+    config = variant.config(perception_config(run_dir), lm_layers=recipe.lm_layers)
+    # The run's recipe names the depth it trains (an `lm.num_hidden_layers` override included), so the
+    # workdir rebuilds to the same shapes (`_build_model`, e.g. in benchmarks/bench_additivity.py).
+    recipe = replace(recipe, lm_layers=config.lm["num_hidden_layers"])
     torch.set_num_threads(recipe.threads)
     (run_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
-    model = CoDi2Model.from_config(variant.config(perception_config(run_dir)), tokenizer, seed=seed)
+    model = CoDi2Model.from_config(config, tokenizer, seed=seed)
     _restore_done(model, run_dir)  # frozen encoders and decoders (and any finished reasoning stage)
     for stage in ("align", "lm", "tune") if recipe.tune_steps else ("align", "lm"):
         train_reasoning_stage(model, recipe, run_dir, progress, stage=stage)

@@ -18,6 +18,7 @@ from codi2_agent.model import load_model
 from codi2_agent.training import TinyRecipe, train
 from codi2_agent.training.ablation import base_recipe, load_variants, run_ablation
 from codi2_agent.training.ablation_readout import ClassMeanReadout, eval_samples, predict_answers
+from codi2_agent.training.recipe import _build_model, _restore_done
 
 # Smoke settings cut further: the ablation never trains perception, it only needs finished stages.
 PERCEPTION = replace(
@@ -93,6 +94,18 @@ def test_ablation_trains_each_variant_on_the_frozen_perception_and_scores_it(per
     assert base["projectors.image.3.weight"].shape[0] == 2 * width
     assert narrow["projectors.image.3.weight"].shape[0] == width
     assert any(".layers.3." in k for k in base) and not any(".layers.2." in k for k in narrow)
+    # Each run's recipe names the depth it trained (the narrow run's from its `lm` override), so a run
+    # workdir rebuilds to its own depth (how benchmarks/bench_additivity.py loads a run).
+    base_run = out / "runs/base/seed0"
+    assert base_recipe(base_run).lm_layers == 4 and base_recipe(out / "runs/narrow/seed0").lm_layers == 2
+    rebuilt = _build_model(base_recipe(base_run), base_run)
+    _restore_done(rebuilt, base_run)
+    last = torch.load(base_run / "tune" / "final.pt")  # `tune` continued `lm`: its weights are the run's
+    assert torch.equal(
+        rebuilt.lm.model.layers[3].mlp.up_proj.weight, last["lm.model.layers.3.mlp.up_proj.weight"]
+    )
+    with pytest.raises(ValueError, match=r"align/final\.pt does not fit .*lm_layers=2"):
+        _restore_done(_build_model(replace(base_recipe(base_run), lm_layers=2), base_run), base_run)
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +163,16 @@ def test_bad_input_is_a_value_error_naming_it(perception, tmp_path):
     with pytest.raises(ValueError, match="lm_branches must be an integer >= 1, got 0"):
         load_variants({"v": {"lm_branches": 0}})
     assert load_variants({"v": {"lm_branches": 2}})[0].recipe_for(TinyRecipe(), 3).lm_branches == 2
+    with pytest.raises(ValueError, match="lm_layers must be an integer >= 1, got 0"):
+        load_variants({"v": {"lm_layers": 0}})
+    with pytest.raises(ValueError, match="sets the LM's depth twice"):
+        load_variants({"v": {"lm_layers": 2, "lm": {"num_hidden_layers": 3}}})
+    shallow = load_variants({"v": {"lm_layers": 2}})[0]
+    assert (
+        shallow.recipe_for(TinyRecipe(), 3).lm_layers == 2 and shallow.config().lm["num_hidden_layers"] == 2
+    )
+    # no depth of its own: the base recipe's
+    assert load_variants({"v": {}})[0].config(lm_layers=3).lm["num_hidden_layers"] == 3
     heads = load_variants({"v": {"head_weight_decay": 2.0}})[0].recipe_for(TinyRecipe(), 3)
     assert (heads.head_weight_decay, heads.lm_weight_decay) == (2.0, TinyRecipe().lm_weight_decay)
     assert load_variants({"v": {"lm_dropout": 0.1}})[0].recipe_for(TinyRecipe(), 3).lm_dropout == 0.1

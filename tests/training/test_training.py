@@ -408,6 +408,49 @@ def test_tune_needs_lm_and_zero_steps_skip_it(tmp_path):
     assert (work / "tune" / "done").read_text() == "0 steps" and not (work / "tune" / "loss.jsonl").exists()
 
 
+def test_the_recipe_sets_the_lms_depth_and_weights_of_another_depth_are_refused(tmp_path):
+    recipe = replace(
+        TinyRecipe.smoke(),
+        lm_layers=1,
+        threads=1,
+        encoder_steps=2,
+        encoder_batch=8,
+        image_decoder_steps=1,
+        audio_decoder_steps=1,
+        decoder_batch=4,
+        pool_images=32,
+        pool_audio=16,
+        align_steps=2,
+        lm_steps=1,
+        lm_branches=1,
+        lm_batch=4,
+        tune_steps=0,
+    )
+    work = tmp_path / "work"
+    out = train(tmp_path / "m", workdir=work, recipe=recipe, progress=False)
+    model = load_model(str(out))
+    assert model.config.lm["num_hidden_layers"] == 1 and len(model.lm.model.layers) == 1
+    saved = torch.load(work / "lm" / "final.pt")
+    assert any(".layers.0." in k for k in saved) and not any(".layers.1." in k for k in saved)
+    assert json.loads((work / "recipe.json").read_text())["lm_layers"] == 1
+    # The same workdir under a deeper recipe: its finished 1-layer stages do not fit, and the error
+    # says so before anything is written.
+    with pytest.raises(ValueError, match=r"align/final\.pt does not fit .*lm_layers=2"):
+        train(tmp_path / "deeper", workdir=work, recipe=replace(recipe, lm_layers=2), progress=False)
+    assert not (tmp_path / "deeper").exists()
+    assert json.loads((work / "recipe.json").read_text())["lm_layers"] == 1  # still the run's own
+    # Continuing the shipped 4-layer model under a 2-layer recipe: the same clear error.
+    with pytest.raises(ValueError, match=r"lm/final\.pt does not fit .*lm_layers=2"):
+        train(
+            tmp_path / "cont",
+            workdir=tmp_path / "cont-work",
+            recipe=replace(recipe, lm_layers=2),
+            continue_from="tiny",
+            progress=False,
+        )
+    assert not (tmp_path / "cont").exists()
+
+
 def _model_with_audio_decoder(folder, block_out_channels):
     """A tiny model folder (shipped encoders and tokenizer) whose audio decoder has other shapes."""
     from codi2_agent.model import CoDi2Model
@@ -638,6 +681,7 @@ def test_a_recipe_file_sets_fields_over_the_defaults_and_refuses_what_it_cannot_
         ('{"analogy_replay": -1}', "analogy_replay must not be negative, got -1"),
         ('{"lm_dropout": 1.0}', "lm_dropout must be below 1, got 1.0"),
         ('{"decoder_feature_mix": 2}', "decoder_feature_mix must be below 1, got 2"),
+        ('{"lm_layers": 0}', "lm_layers must be 1 or more, got 0"),
         ("[1, 2]", "expected a JSON object of TinyRecipe fields"),
         ("{not json", "cannot read it as JSON"),
     ]:
